@@ -21,6 +21,16 @@ _NORMALISED_TEMPLATES: dict[str, np.ndarray] = {
         ],
         dtype=np.float64,
     ),
+    "arcface_112_v2": np.array(
+        [
+            [0.34191607, 0.46157411],
+            [0.65653393, 0.45983393],
+            [0.50022500, 0.64050536],
+            [0.37097589, 0.82469196],
+            [0.63151696, 0.82325089],
+        ],
+        dtype=np.float64,
+    ),
     "arcface_112_v1": np.array(
         [
             [0.35473214, 0.45658929],
@@ -34,7 +44,7 @@ _NORMALISED_TEMPLATES: dict[str, np.ndarray] = {
 }
 
 # The crop size each template is named after.
-_NATIVE_SIZES = {"ffhq_512": 512, "arcface_112_v1": 112}
+_NATIVE_SIZES = {"ffhq_512": 512, "arcface_112_v1": 112, "arcface_112_v2": 112}
 
 TEMPLATE_NAMES = tuple(_NORMALISED_TEMPLATES)
 

@@ -1,0 +1,72 @@
+"""Typed calls to the swapstream models over Triton gRPC: ``detect``, ``identity`` and ``swap``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+
+class TritonCallError(RuntimeError):
+    """A model call failed; the message names the model and carries Triton's reason."""
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray        # [K,4] x1, y1, x2, y2 in the input's pixels
+    scores: np.ndarray       # [K]
+    landmarks: np.ndarray    # [K,5,2]
+    frame_index: np.ndarray  # [K] which image of the batch
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _input(name: str, value: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+    tensor.set_data_from_numpy(np.ascontiguousarray(value))
+    return tensor
+
+
+class SwapstreamClient:
+    def __init__(self, url: str, timeout: float | None = None):
+        self.url = url
+        self.timeout = timeout
+        self._client = grpcclient.InferenceServerClient(url)
+
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        try:
+            result = self._client.infer(model, [_input(k, v) for k, v in inputs.items()],
+                                        outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
+                                        client_timeout=self.timeout)
+        except InferenceServerException as error:
+            raise TritonCallError(f"Triton model '{model}' at {self.url} failed: {error.message()}") from error
+        return [result.as_numpy(o) for o in outputs]
+
+    def detect(self, images: np.ndarray, *, image_sizes: np.ndarray | None = None, detect_size: int | None = None,
+               score_threshold: float | None = None, nms_threshold: float | None = None) -> Detections:
+        """Faces in RGB images [N,H,W,3] uint8 (padded to one size; their own sizes in ``image_sizes``)."""
+        inputs = {"IMAGES": np.asarray(images, np.uint8)}
+        if image_sizes is not None:
+            inputs["IMAGE_SIZES"] = np.asarray(image_sizes, np.int32)
+        if detect_size is not None:
+            inputs["DETECT_SIZE"] = np.array([detect_size], np.int32)
+        if score_threshold is not None:
+            inputs["SCORE_THRESHOLD"] = np.array([score_threshold], np.float32)
+        if nms_threshold is not None:
+            inputs["NMS_THRESHOLD"] = np.array([nms_threshold], np.float32)
+        return Detections(*self._infer("detect", inputs, ["BOXES", "SCORES", "LANDMARKS", "FRAME_INDEX"]))
+
+    def identity(self, faces: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings [K,512] of faces [K,112,112,3] aligned to ArcFace-112."""
+        return self._infer("identity", {"FACES": np.asarray(faces, np.uint8)}, ["EMBEDDING"])[0]
+
+    def swap(self, faces: np.ndarray, source_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Swapped faces [K,512,512,3] and blend masks [K,512,512] for faces aligned to FFHQ-512."""
+        inputs = {"FACES": np.asarray(faces, np.uint8), "SOURCE_EMBEDDING": np.asarray(source_embedding, np.float32)}
+        faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
+        return faces_out, masks
+
+    def close(self) -> None:
+        self._client.close()
