@@ -120,7 +120,10 @@ BUILDERS = {"arcface_simswap": _arcface, "simswap_256": _simswap, "gfpgan_1.4": 
 
 
 def is_standin(path: Path) -> bool:
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all
+        return False
     return any(p.key == STANDIN_KEY and p.value == "true" for p in model.metadata_props)
 
 
