@@ -92,11 +92,11 @@ def detect_preprocess() -> "onnx.ModelProto":
     new_h = g.cast(g.op("Round", g.mul(hf, scale)), "int64")
     new_w = g.cast(g.op("Round", g.mul(wf, scale)), "int64")
 
-    bgr = g.op("Gather", _nchw(g, images), g.const([2, 1, 0], "int64"), axis=1)
-    sizes = g.op("Concat", n, g.const([3], "int64"), new_h, new_w, axis=0)
-    # half_pixel linear without antialiasing is cv2.resize(INTER_LINEAR); rounding mimics its uint8 result.
-    resized = g.op("Round", g.op("Resize", bgr, "", "", sizes, mode="linear",
-                                 coordinate_transformation_mode="half_pixel"))
+    # Resize the uint8 frames first (half_pixel linear without antialiasing is cv2.resize INTER_LINEAR),
+    # then convert only the small result.
+    sizes = g.op("Concat", n, new_h, new_w, g.const([3], "int64"), axis=0)
+    small = g.op("Resize", images, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    resized = g.op("Gather", _nchw(g, small), g.const([2, 1, 0], "int64"), axis=1)  # RGB -> BGR
     thirty_two = g.const([32], "int64")
     pad_h = g.op("Mod", g.sub(thirty_two, g.op("Mod", new_h, thirty_two)), thirty_two)
     pad_w = g.op("Mod", g.sub(thirty_two, g.op("Mod", new_w, thirty_two)), thirty_two)
