@@ -1,0 +1,192 @@
+"""Batched face alignment: one DALI `warp_affine` over every face of a batch of frames.
+
+Matrices come in OpenCV's convention (source frame -> crop, pixel centres at integer coordinates),
+the way `estimate_similarity` returns them and `cv2.warpAffine(frame, M, (S, S))` would use them.
+DALI's `warp_affine` wants a destination -> source matrix (`inverse_map=True`, its default) with
+(0, 0) at the corner of the first pixel, so each matrix is inverted and shifted by half a pixel.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+DEVICES = ("cpu", "gpu")
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    return device
+
+
+def pipeline_kwargs(device: str, batch_size: int, device_id: int = 0) -> dict:
+    """Arguments for `pipeline_def` shared by this package's pipelines.
+
+    CPU pipelines must have device_id=None, otherwise DALI initialises CUDA. Inputs are passed to
+    `Pipeline.run(**inputs)`, which needs a prefetch queue of depth 1.
+    """
+    check_device(device)
+    return dict(
+        batch_size=batch_size,
+        num_threads=max(1, min(4, len(os.sched_getaffinity(0)))),
+        device_id=device_id if device == "gpu" else None,
+        prefetch_queue_depth=1,
+        exec_async=False,
+        exec_pipelined=False,
+    )
+
+
+def to_numpy(tensor_list) -> list[np.ndarray]:
+    """DALI TensorList (CPU or GPU) -> list of numpy arrays, one per sample.
+
+    Copies: np.asarray would alias DALI's output buffers, which the next run overwrites.
+    """
+    if hasattr(tensor_list, "as_cpu"):
+        tensor_list = tensor_list.as_cpu()
+    return [np.array(tensor_list[i], copy=True) for i in range(len(tensor_list))]
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine matrix (as cv2.invertAffineTransform)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    linear_inv = np.linalg.inv(m[:, :2])
+    return np.hstack([linear_inv, (-linear_inv @ m[:, 2])[:, None]])
+
+
+def opencv_to_dali_inverse(dst_to_src: np.ndarray) -> np.ndarray:
+    """OpenCV-convention destination->source matrix -> DALI's (pixel corners at integers).
+
+    With c = DALI coordinate = OpenCV coordinate + 0.5 on both sides:
+    src_c = A (dst_c - 0.5) + t + 0.5.
+    """
+    m = np.asarray(dst_to_src, dtype=np.float64)
+    linear, translation = m[:, :2], m[:, 2]
+    shifted = translation + 0.5 - linear @ np.array([0.5, 0.5])
+    return np.hstack([linear, shifted[:, None]])
+
+
+def dali_warp_matrix(src_to_dst: np.ndarray) -> np.ndarray:
+    """OpenCV source->destination matrix -> the float32 matrix DALI's warp_affine takes."""
+    return opencv_to_dali_inverse(invert_affine(src_to_dst)).astype(np.float32)
+
+
+def warp_graph(device: str, size: int):
+    """Graph (call inside a pipeline): inputs "images" (HWC uint8) and "matrices" (2x3 float32,
+    DALI convention); returns size x size warps, zero outside the image (BORDER_CONSTANT 0)."""
+    images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
+    matrices = fn.external_source(name="matrices", dtype=types.FLOAT, ndim=2)
+    if check_device(device) == "gpu":
+        images = images.gpu()
+    return fn.warp_affine(
+        images,
+        matrix=matrices,
+        size=[float(size), float(size)],
+        fill_value=0.0,
+        interp_type=types.INTERP_LINEAR,
+        inverse_map=True,
+        device=device,
+    )
+
+
+class BatchedPipeline:
+    """A built DALI pipeline over `graph()`, fed per-sample lists, run in chunks of at most
+    `max_batch_size` samples (DALI batches may be smaller than the pipeline's batch size)."""
+
+    def __init__(self, graph, device: str, max_batch_size: int, device_id: int = 0):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.device = check_device(device)
+        self.max_batch_size = max_batch_size
+
+        @pipeline_def(**pipeline_kwargs(device, max_batch_size, device_id))
+        def pipeline():
+            return graph()
+
+        self._pipe = pipeline()
+        self._pipe.build()
+        self._lock = threading.Lock()  # one DALI pipeline runs one batch at a time
+
+    def run(self, **inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Inputs by name, one array per sample; returns each output's samples, in order."""
+        count = len(next(iter(inputs.values())))
+        outputs: list[list[np.ndarray]] | None = None
+        for start in range(0, count, self.max_batch_size):
+            chunk = {
+                name: [np.ascontiguousarray(x) for x in samples[start : start + self.max_batch_size]]
+                for name, samples in inputs.items()
+            }
+            with self._lock:
+                results = self._pipe.run(**chunk)
+                if outputs is None:
+                    outputs = [[] for _ in results]
+                for collected, result in zip(outputs, results):
+                    collected.extend(to_numpy(result))
+        return outputs or []
+
+
+class Aligner:
+    """Cuts aligned S x S face crops out of frames with one batched DALI warp_affine.
+
+    Build once and reuse: building a DALI pipeline costs far more than running it.
+    """
+
+    def __init__(self, size: int, device: str = "cpu", max_batch_size: int = 64, device_id: int = 0):
+        if size < 1:
+            raise ValueError(f"crop size must be >= 1, got {size}")
+        self.size = int(size)
+        self.device = check_device(device)
+        self._pipe = BatchedPipeline(lambda: warp_graph(device, self.size), device, max_batch_size, device_id)
+
+    def __call__(
+        self, frames: np.ndarray, frame_index: np.ndarray, matrices: np.ndarray
+    ) -> np.ndarray:
+        """frames (N,H,W,3) uint8; frame_index (K,) which frame each face is in; matrices (K,2,3)
+        OpenCV frame->crop. Returns (K,S,S,3) uint8 crops, as cv2.warpAffine(INTER_LINEAR,
+        BORDER_CONSTANT 0) would give them."""
+        frames, frame_index, matrices = _check_align_inputs(frames, frame_index, matrices)
+        k = len(frame_index)
+        if k == 0:
+            return np.zeros((0, self.size, self.size, frames.shape[-1]), dtype=np.uint8)
+        images = [frames[i] for i in frame_index]  # a frame with several faces appears several times
+        dali_matrices = [dali_warp_matrix(m) for m in matrices]
+        (crops,) = self._pipe.run(images=images, matrices=dali_matrices)
+        return np.stack(crops)
+
+
+_ALIGNERS: dict[tuple[int, str], Aligner] = {}
+_ALIGNERS_LOCK = threading.Lock()
+
+
+def align_faces(
+    frames: np.ndarray,
+    frame_index: np.ndarray,
+    matrices: np.ndarray,
+    size: int,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Aligned crops (K, size, size, 3); uses a cached `Aligner` per (size, device)."""
+    key = (int(size), check_device(device))
+    with _ALIGNERS_LOCK:
+        aligner = _ALIGNERS.get(key)
+        if aligner is None:
+            aligner = _ALIGNERS[key] = Aligner(size, device)
+    return aligner(frames, frame_index, matrices)
+
+
+def _check_align_inputs(frames, frame_index, matrices):
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N,H,W,C), got {frames.dtype} {frames.shape}")
+    frame_index = np.asarray(frame_index, dtype=np.int64).reshape(-1)
+    matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3)
+    if len(matrices) != len(frame_index):
+        raise ValueError(
+            f"{len(frame_index)} frame indices but {len(matrices)} matrices; need one of each per face"
+        )
+    if len(frame_index) and (frame_index.min() < 0 or frame_index.max() >= len(frames)):
+        raise ValueError(f"frame_index out of range for {len(frames)} frames: {frame_index}")
+    return frames, frame_index, matrices
