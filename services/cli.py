@@ -6,6 +6,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from services import model_store, repository, standins
@@ -54,6 +55,53 @@ def cmd_triton(args) -> int:
             server.stop()
 
 
+@contextmanager
+def _triton_url(args):
+    """The URL of ``--triton``, or of an embedded server started (and stopped) for this command."""
+    if args.triton:
+        yield args.triton
+        return
+    with tempfile.TemporaryDirectory(prefix="swapstream-repository-") as tmp:
+        sources = repository.build_repository(Path(tmp), _weight_dirs(args))
+        standin_models = [s.model for s in sources if s.kind == "stand-in"]
+        if standin_models:
+            print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
+                  "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift", file=sys.stderr)
+        with EmbeddedTriton(Path(tmp)) as server:
+            yield server.grpc_url
+
+
+def cmd_swap(args) -> int:
+    from tqdm import tqdm
+
+    from pipelines.decode import VideoDecodeError, probe_video
+    from services.encoder import EncodeError
+    from services.swap_job import IMAGE_SUFFIXES, FaceSwapper, SwapInputError, SwapOptions, run_swap
+    from services.triton_client import SwapstreamClient, TritonCallError
+
+    output = Path(args.output)
+    if not output.parent.resolve().is_dir():
+        print(f"error: output folder {output.parent} does not exist; create it first", file=sys.stderr)
+        return 2
+    options = SwapOptions(faces=args.faces, reference=Path(args.reference) if args.reference else None,
+                          reference_distance=args.reference_distance, score_threshold=args.score_threshold,
+                          batch_size=args.batch_size, smoothing=not args.no_smoothing, crf=args.crf,
+                          codec=args.encoder, preset=args.preset, audio=not args.no_audio, device=args.device)
+    target = Path(args.target)
+    try:
+        total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
+        with _triton_url(args) as url:
+            swapper = FaceSwapper(SwapstreamClient(url), options)
+            with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
+                summary = run_swap(swapper, [Path(p) for p in args.source], target, output, progress=bar.update)
+    except (SwapInputError, VideoDecodeError, EncodeError, TritonCallError, repository.RepositoryError,
+            TritonStartError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{output}: {summary}")
+    return 0
+
+
 def cmd_repository(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -100,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models)")
     triton.add_argument("--log-verbose", type=int, default=0)
     triton.set_defaults(func=cmd_triton)
+
+    swap = commands.add_parser("swap", help="swap faces in a video (or photo)")
+    swap.add_argument("--source", nargs="+", required=True, help="one or more photos of the source face")
+    swap.add_argument("--target", required=True, help="the video (or photo) whose faces are replaced")
+    swap.add_argument("-o", "--output", required=True, help="output file (.mp4, .mkv, .mov; .jpg/.png for a photo)")
+    swap.add_argument("--faces", choices=["all", "largest", "reference"], default="all",
+                      help="which faces to swap (default all)")
+    swap.add_argument("--reference", help="with --faces reference: a photo of the person whose face is swapped")
+    swap.add_argument("--reference-distance", type=float, default=0.6,
+                      help="cosine distance to the reference below which a face counts as that person (0.6)")
+    swap.add_argument("--score-threshold", type=float, default=0.6, help="detector score threshold (0.6)")
+    swap.add_argument("--batch-size", type=int, default=16, help="frames per batch (16)")
+    swap.add_argument("--no-smoothing", action="store_true", help="do not smooth landmarks across frames")
+    swap.add_argument("--encoder", default="libx264", help="ffmpeg video encoder (libx264, libx265, libvpx-vp9 ...)")
+    swap.add_argument("--crf", type=int, default=18, help="encoder quality, lower is better (18)")
+    swap.add_argument("--preset", default="medium", help="encoder preset (medium)")
+    swap.add_argument("--no-audio", action="store_true", help="drop the audio (default: copied from the target)")
+    swap.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
+    swap.add_argument("--triton", help="URL (host:port) of a running Triton's gRPC; default: start the embedded one")
+    swap.add_argument("--models", help="folder with model weights for the embedded Triton")
+    swap.add_argument("--quiet", action="store_true", help="no progress bar")
+    swap.set_defaults(func=cmd_swap)
 
     repo = commands.add_parser("repository", help="write a runnable model repository (e.g. for NVIDIA's container)")
     repo.add_argument("out", help="an empty or new folder")
