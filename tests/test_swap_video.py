@@ -140,3 +140,11 @@ def test_cli_swaps_a_photo_and_prints_a_summary(triton, tmp_path):
     result = run_cli(triton, "--target", str(GROUP), "-o", str(tmp_path / "out.jpg"))
     assert result.returncode == 0, result.stderr
     assert "6 faces swapped" in result.stdout and (tmp_path / "out.jpg").is_file()
+
+
+def test_enormous_target_is_a_clear_error(swapper, tmp_path):
+    huge = tmp_path / "huge.png"
+    cv2.imwrite(str(huge), np.zeros((4400, 7800, 3), np.uint8))
+    with pytest.raises(SwapInputError, match="larger than 8K"):
+        run_swap(swapper, [OBAMA], huge, tmp_path / "out.png")
+    assert not (tmp_path / "out.png").exists()
