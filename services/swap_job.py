@@ -346,3 +346,4 @@ def _swap_video(swapper: FaceSwapper, target: Path, output: Path, swap_stage, su
             summary.frames += len(frames)
             if progress:
                 progress(len(frames))
+    summary.notes += writer.notes  # e.g. odd sizes padded, audio re-encoded
