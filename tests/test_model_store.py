@@ -34,7 +34,7 @@ from services.model_store import (
     verify,
 )
 
-SHARED = Path(os.environ.get("SWAPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+from tests.conftest import SHARED  # noqa: E402
 YUNET_FILE = SHARED / "models" / "yunet_s_dynamic.onnx"
 
 

@@ -3,7 +3,6 @@ bad files, and which decoder the GPU configuration selects."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -24,8 +23,7 @@ from pipelines.decode import (
     probe_video,
 )
 
-SHARED = Path(os.environ.get("SWAPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-MEDIA = SHARED / "media"
+from tests.conftest import MEDIA, SHARED  # noqa: E402
 VID03 = MEDIA / "vid03_square_480_expressions.mp4"  # 480x480, 216 frames, 30 fps, H.264 + AAC
 VID04 = MEDIA / "vid04_multi_small_faces_cuts_audio.mp4"  # 640x360, 275 frames, video starts at 0.85 s
 

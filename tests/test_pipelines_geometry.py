@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -19,8 +18,7 @@ from pipelines.templates import (
     template_points,
 )
 
-SHARED = Path(os.environ.get("SWAPSTREAM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-MEDIA = SHARED / "media"
+from tests.conftest import MEDIA, SHARED  # noqa: E402
 YUNET = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
 
 
