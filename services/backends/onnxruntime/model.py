@@ -54,13 +54,8 @@ class TritonPythonModel:
         self.fixed_batch_one = any(i.shape[:1] == [1] for i in self.session.get_inputs() if i.name in self.item_inputs)
 
     def execute(self, requests):
-        feeds = [self._feeds(request) for request in requests]
-        if self.batching and len(requests) > 1:
-            try:
-                return self._execute_batched(feeds)
-            except Exception:  # noqa: BLE001 - fall back to one run per request to isolate the bad one
-                pass
-        return [self._respond_to(feed) for feed in feeds]
+        # One run per request: every config here is max_batch_size 0, so requests are never grouped.
+        return [self._respond_to(self._feeds(request)) for request in requests]
 
     def _respond_to(self, feed):
         try:
@@ -77,14 +72,6 @@ class TritonPythonModel:
             if tensor is not None:  # absent optional input: the graph's initializer is its default
                 feeds[name] = tensor.as_numpy()
         return feeds
-
-    def _execute_batched(self, feeds):
-        """Requests the dynamic batcher grouped: one session run over their concatenation."""
-        sizes = [len(next(iter(feed.values()))) for feed in feeds]
-        joined = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
-        results = self._run(joined)
-        bounds = np.cumsum([0] + sizes)
-        return [self._respond([r[a:b] for r in results]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _run(self, feed):
         leading = {len(feed[name]) for name in self.item_inputs if name in feed}
