@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,9 +16,8 @@ import av
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from services.repository import build_repository, describe, shared_dir
+from services.repository import describe, embedded_triton, shared_dir
 from services.triton_client import SwapstreamClient
-from services.triton_server import EmbeddedTriton
 
 CLIP = "vid01_talking_head_1280x720_audio.mp4"
 
@@ -64,21 +62,19 @@ def main(argv=None) -> None:
     parser.add_argument("--models", help="weights folder (default: the models cache, then ../shared/models)")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sources = build_repository(Path(tmp), [Path(args.models)] if args.models else None)
+    started = time.perf_counter()
+    with embedded_triton([Path(args.models)] if args.models else None) as (server, sources):
+        startup = time.perf_counter() - started
         print(describe(sources))
-        started = time.perf_counter()
-        with EmbeddedTriton(Path(tmp)) as server:
-            startup = time.perf_counter() - started
-            client = SwapstreamClient(server.grpc_url)
-            frames = first_frames(shared_dir() / "media" / CLIP, args.frames)
-            detect_times = timed(lambda: client.detect(frames), args.repeats)
-            faces = np.random.default_rng(0).integers(0, 256, (args.faces, 512, 512, 3), dtype=np.uint8)
-            embedding = np.ones(512, np.float32) / np.sqrt(512)
-            swap_times = timed(lambda: client.swap(faces, embedding), args.repeats)
-            per_model = compute_ms(grpcclient.InferenceServerClient(server.grpc_url),
-                                   ["detect_preprocess", "yunet", "detect_postprocess", "swap_preprocess",
-                                    "bisenet", "simswap", "swap_merge", "gfpgan", "swap_postprocess"])
+        client = SwapstreamClient(server.grpc_url)
+        frames = first_frames(shared_dir() / "media" / CLIP, args.frames)
+        detect_times = timed(lambda: client.detect(frames), args.repeats)
+        faces = np.random.default_rng(0).integers(0, 256, (args.faces, 512, 512, 3), dtype=np.uint8)
+        embedding = np.ones(512, np.float32) / np.sqrt(512)
+        swap_times = timed(lambda: client.swap(faces, embedding), args.repeats)
+        per_model = compute_ms(grpcclient.InferenceServerClient(server.grpc_url),
+                               ["detect_preprocess", "yunet", "detect_postprocess", "swap_preprocess",
+                                "bisenet", "simswap", "swap_merge", "gfpgan", "swap_postprocess"])
 
     h, w = frames.shape[1:3]
     print(f"\nstart-up (repository built, server ready): {startup:.1f} s")

@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from services import model_store, repository, standins
-from services.triton_server import EmbeddedTriton, Ports, TritonStartError, free_port
+from services.triton_server import Ports, TritonStartError, free_port
 
 
 def _weight_dirs(args) -> list[Path]:
@@ -18,57 +17,45 @@ def _weight_dirs(args) -> list[Path]:
 
 
 def cmd_triton(args) -> int:
-    with tempfile.TemporaryDirectory(prefix="swapstream-repository-") as tmp:
-        try:
-            sources = repository.build_repository(Path(tmp), _weight_dirs(args))
-        except repository.RepositoryError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        ports = Ports(args.http_port or free_port(args.address), args.grpc_port or free_port(args.address),
-                      args.metrics_port or free_port(args.address))
-        server = EmbeddedTriton(Path(tmp), address=args.address, ports=ports, log_verbose=args.log_verbose)
-        started = time.monotonic()
-        try:
-            server.start()
-        except TritonStartError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        print(f"Triton ready in {time.monotonic() - started:.1f} s")
-        print(f"  gRPC     {server.grpc_url}\n  HTTP     {server.http_url}\n  metrics  {server.metrics_url}")
-        print("Models (real = pinned weights, verified; stand-in = generated, see services/standins.py):")
-        print(repository.describe(sources), flush=True)
+    ports = Ports(args.http_port or free_port(args.address), args.grpc_port or free_port(args.address),
+                  args.metrics_port or free_port(args.address))
+    started = time.monotonic()
+    try:
+        with repository.embedded_triton(_weight_dirs(args), announce=False, address=args.address, ports=ports,
+                                        log_verbose=args.log_verbose) as (server, sources):
+            print(f"Triton ready in {time.monotonic() - started:.1f} s")
+            print(f"  gRPC     {server.grpc_url}\n  HTTP     {server.http_url}\n  metrics  {server.metrics_url}")
+            print("Models (real = pinned weights, verified; stand-in = generated, see services/standins.py):")
+            print(repository.describe(sources), flush=True)
+            return _wait_for_exit(server)
+    except (repository.RepositoryError, TritonStartError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, repository.RepositoryError) else 1
 
-        def stop(signum, _frame):
-            raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            while server.process.poll() is None:
-                time.sleep(0.5)
-            print(f"tritonserver exited with code {server.process.returncode}\n{server.log()[-3000:]}",
-                  file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("stopping Triton ...", flush=True)
-            return 0
-        finally:
-            server.stop()
+def _wait_for_exit(server) -> int:
+    def stop(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        print(f"tritonserver exited with code {server.process.returncode}\n{server.log()[-3000:]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping Triton ...", flush=True)
+        return 0
 
 
 @contextmanager
-def _triton_url(args):
+def triton_url(args):
     """The URL of ``--triton``, or of an embedded server started (and stopped) for this command."""
     if args.triton:
         yield args.triton
         return
-    with tempfile.TemporaryDirectory(prefix="swapstream-repository-") as tmp:
-        sources = repository.build_repository(Path(tmp), _weight_dirs(args))
-        standin_models = [s.model for s in sources if s.kind == "stand-in"]
-        if standin_models:
-            print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
-                  "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift", file=sys.stderr)
-        with EmbeddedTriton(Path(tmp)) as server:
-            yield server.grpc_url
+    with repository.embedded_triton(_weight_dirs(args)) as (server, _):
+        yield server.grpc_url
 
 
 def cmd_swap(args) -> int:
@@ -90,7 +77,7 @@ def cmd_swap(args) -> int:
     target = Path(args.target)
     try:
         total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
-        with _triton_url(args) as url:
+        with triton_url(args) as url:
             swapper = FaceSwapper(SwapstreamClient(url), options)
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
                 summary = run_swap(swapper, [Path(p) for p in args.source], target, output, progress=bar.update)

@@ -11,6 +11,9 @@ import json
 import os
 import re
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import onnx
 
 from services import glue, standins
 from services.model_store import ModelEntry, ModelVerificationError, default_models_dir, load_manifest, verify
+from services.triton_server import EmbeddedTriton
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -155,3 +159,21 @@ def _ensemble_steps(config: Path) -> list[str]:
 def describe(sources: list[ModelSource]) -> str:
     width = max(len(s.model) for s in sources)
     return "\n".join(f"  {s.model:<{width}}  {s.kind:<9}  {s.detail}" for s in sources)
+
+
+@contextmanager
+def embedded_triton(weight_dirs: list[Path] | None = None, *, announce: bool = True, **server_options):
+    """Builds a runtime repository in a temporary folder and runs the embedded Triton on it.
+
+    Yields ``(server, sources)``; ``server_options`` go to ``EmbeddedTriton`` (address, ports ...).
+    With ``announce``, says on stderr which networks are stand-ins.
+    """
+    with tempfile.TemporaryDirectory(prefix="swapstream-repository-") as tmp:
+        sources = build_repository(Path(tmp), weight_dirs)
+        standin_models = [s.model for s in sources if s.kind == "stand-in"]
+        if announce and standin_models:
+            print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
+                  "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift",
+                  file=sys.stderr)
+        with EmbeddedTriton(Path(tmp), **server_options) as server:
+            yield server, sources

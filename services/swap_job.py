@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -31,6 +32,8 @@ MAX_PIXELS = 7680 * 4320  # 8K UHD
 FACE_SIZE = 512
 IDENTITY_SIZE = 112
 QUEUE_DEPTH = 2
+_DONE = object()  # end of a stream of items
+STAGES = ("decode", "detect", "track", "align", "swap", "blend", "encode")
 
 
 class SwapInputError(ValueError):
@@ -60,6 +63,7 @@ class SwapSummary:
     faces_swapped: int = 0
     frames_without_face: int = 0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -70,6 +74,41 @@ class SwapSummary:
         text = (f"{self.frames} frames, {self.faces_swapped} faces swapped, {self.frames_without_face} frames "
                 f"without a face, {self.seconds:.1f} s ({self.fps:.1f} frames/s)")
         return "\n".join([text] + self.notes)
+
+
+class StageClock:
+    """Adds the time spent in each stage to ``seconds``; ``observer(stage, seconds)`` sees every timed call.
+
+    Stages run in different threads, so one stage's time overlaps the others': their sum exceeds the wall time.
+    """
+
+    def __init__(self, seconds: dict[str, float] | None = None,
+                 observer: Callable[[str, float], None] | None = None):
+        self.seconds = seconds if seconds is not None else dict.fromkeys(STAGES, 0.0)
+        self.observer = observer
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds[stage] += elapsed
+            if self.observer:
+                self.observer(stage, elapsed)
+
+    def iterate(self, stage: str, items: Iterable) -> Iterator:
+        """``items``, with the time taken to produce each one counted to ``stage``."""
+        iterator = iter(items)
+        while True:
+            with self(stage):
+                item = next(iterator, _DONE)
+            if item is _DONE:
+                return
+            yield item
 
 
 def read_photo(path: Path) -> np.ndarray:
@@ -95,14 +134,16 @@ class FaceSwapper:
         self.aligner = Aligner(FACE_SIZE, options.device)
         self.identity_aligner = Aligner(IDENTITY_SIZE, options.device)
         self.blender = Blender(options.device)
+        self.clock = StageClock()  # replaced by run_swap for each job
 
     # ----------------------------------------------------------------------------------- identities
 
     def detect(self, frames: np.ndarray) -> Detections:
         """Detections in full-resolution coordinates for frames of one size."""
-        small = self.downscaler(frames)
-        found = self.client.detect(small, score_threshold=self.options.score_threshold,
-                                   detect_size=self.options.detect_size)
+        with self.clock("detect"):
+            small = self.downscaler(frames)
+            found = self.client.detect(small, score_threshold=self.options.score_threshold,
+                                       detect_size=self.options.detect_size)
         sx, sy = frames.shape[2] / small.shape[2], frames.shape[1] / small.shape[1]
         return Detections(found.boxes * [sx, sy, sx, sy], found.scores, found.landmarks * [sx, sy],
                           found.frame_index)
@@ -140,9 +181,12 @@ class FaceSwapper:
             return frames
         frame_index = np.array([i for i, _ in faces], np.int32)
         matrices = similarity_to(np.stack([f.landmarks for _, f in faces]), "ffhq_512", FACE_SIZE)
-        aligned = self.aligner(frames, frame_index, matrices)
-        swapped, masks = self.client.swap(aligned, embedding)
-        return self.blender(frames, swapped, masks, frame_index, matrices)
+        with self.clock("align"):
+            aligned = self.aligner(frames, frame_index, matrices)
+        with self.clock("swap"):
+            swapped, masks = self.client.swap(aligned, embedding)
+        with self.clock("blend"):
+            return self.blender(frames, swapped, masks, frame_index, matrices)
 
 
 class FaceSelector:
@@ -182,8 +226,6 @@ class FaceSelector:
 
 
 # ------------------------------------------------------------------------------------------- stages
-
-_DONE = object()
 
 
 class _Pipeline:
@@ -258,10 +300,16 @@ def _batches(frames: Iterable[tuple[np.ndarray, TrackedFrame]], size: int) -> It
 
 
 def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Path,
-             progress: Callable[[int], None] | None = None) -> SwapSummary:
-    """Swaps the faces of ``target`` (video or photo) with the identity in ``sources``; writes ``output``."""
+             progress: Callable[[int], None] | None = None,
+             stage_observer: Callable[[str, float], None] | None = None) -> SwapSummary:
+    """Swaps the faces of ``target`` (video or photo) with the identity in ``sources``; writes ``output``.
+
+    ``progress(frames)`` is called as frames are written; an exception it raises (e.g. a cancellation)
+    stops the job and leaves no output. ``stage_observer(stage, seconds)`` sees every timed stage call.
+    """
     options = swapper.options
     summary = SwapSummary()
+    swapper.clock = StageClock(summary.stage_seconds, stage_observer)
     started = time.perf_counter()
     if not sources:
         raise SwapInputError("give at least one source photo (--source face.jpg)")
@@ -281,11 +329,13 @@ def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Pa
             yield swapper.swap_frames(frames, chosen, embedding)
 
     if target.suffix.lower() in IMAGE_SUFFIXES:
-        photo = read_photo(target)
+        with swapper.clock("decode"):
+            photo = read_photo(target)
         _check_resolution(target, *photo.shape[:2])
         tracked = _detect_and_track(swapper, [(0, photo[None])], fps=30.0)
         (result,) = list(swap_stage(_batches(tracked, 1)))
-        write_image(output, result[0])
+        with swapper.clock("encode"):
+            write_image(output, result[0])
         summary.frames = 1
     else:
         _swap_video(swapper, target, output, swap_stage, summary, progress)
@@ -314,14 +364,18 @@ def _detect_and_track(swapper: FaceSwapper, batches: Iterable[tuple[int, np.ndar
                 tracked = replace(tracked, faces=[replace(f, landmarks=f.raw_landmarks) for f in tracked.faces])
             yield pending.pop(tracked.frame_index), tracked
 
+    clock = swapper.clock
     for start, frames in batches:
         found = swapper.detect(frames)
         for offset, frame in enumerate(frames):
             pending[start + offset] = frame
             mine = found.frame_index == offset
-            yield from finished(tracker.push(start + offset, found.boxes[mine], found.landmarks[mine],
-                                             found.scores[mine]))
-    yield from finished(tracker.flush())
+            with clock("track"):
+                done = tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+            yield from finished(done)
+    with clock("track"):
+        done = tracker.flush()
+    yield from finished(done)
 
 
 def _swap_video(swapper: FaceSwapper, target: Path, output: Path, swap_stage, summary: SwapSummary,
@@ -335,14 +389,16 @@ def _swap_video(swapper: FaceSwapper, target: Path, output: Path, swap_stage, su
     writer = VideoWriter(output, info.width, info.height, info.fps, audio_from=target if options.audio else None,
                          video_start=info.start_time, codec=options.codec, crf=options.crf, preset=options.preset)
     pipeline = _Pipeline()
+    clock = swapper.clock
     stages = [
         lambda batches: _batches(_detect_and_track(swapper, ((b.start, b.frames) for b in batches),
                                                    float(info.fps)), options.batch_size),
         swap_stage,
     ]
     with writer:
-        for frames in pipeline.run(reader, stages):
-            writer.write(frames)
+        for frames in pipeline.run(clock.iterate("decode", reader), stages):
+            with clock("encode"):
+                writer.write(frames)
             summary.frames += len(frames)
             if progress:
                 progress(len(frames))

@@ -87,6 +87,14 @@ def load_failures(log: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in _LOAD_FAILURE.finditer(log)}
 
 
+def _die_with_parent() -> None:
+    """Runs in the child: the kernel kills tritonserver when the process that started it dies (even by SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class EmbeddedTriton:
     """Runs ``tritonserver`` on ``repository`` until ``stop()`` (or the end of a ``with`` block)."""
 
@@ -136,7 +144,8 @@ class EmbeddedTriton:
         self.log_path = workdir / "tritonserver.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(backend_dir), env=_server_env(), stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except BaseException:

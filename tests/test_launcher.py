@@ -49,3 +49,36 @@ def test_cli_serves_until_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_tritonserver_dies_with_a_killed_parent(tmp_path):
+    """A service killed with SIGKILL must not leave its embedded tritonserver holding ports and memory."""
+    command = [sys.executable, "-m", "services.cli", "triton", "--http-port", "0", "--grpc-port", "0",
+               "--metrics-port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not any(line.startswith("Triton ready") for line in lines):
+            line = process.stdout.readline()
+            assert line, "swapstream triton exited early:\n" + "".join(lines)
+            lines.append(line)
+        server_pids = subprocess.run(["pgrep", "-P", str(process.pid), "tritonserver"], capture_output=True,
+                                     text=True).stdout.split()
+        assert len(server_pids) == 1
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _alive(int(server_pids[0])):
+            time.sleep(0.2)
+        assert not _alive(int(server_pids[0])), "tritonserver outlived its killed parent"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -13,7 +13,7 @@ import pytest
 
 from services import standins
 from services.encoder import probe
-from services.swap_job import FaceSwapper, SwapInputError, SwapOptions, run_swap
+from services.swap_job import STAGES, FaceSwapper, SwapInputError, SwapOptions, run_swap
 from tests.conftest import MEDIA, read_rgb
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
@@ -40,7 +40,9 @@ def swapper(client):
 def talking_head(tmp_path_factory, swapper):
     clip = cut(MEDIA / "vid03_square_480_expressions.mp4", tmp_path_factory.mktemp("clip") / "in.mp4", 40)
     out = clip.with_name("out.mp4")
-    summary = run_swap(swapper, [OBAMA], clip, out)
+    observed = []
+    summary = run_swap(swapper, [OBAMA], clip, out, stage_observer=lambda stage, seconds: observed.append(stage))
+    summary.observed_stages = observed
     return clip, out, summary
 
 
@@ -51,6 +53,15 @@ def test_video_keeps_count_fps_size_and_audio(talking_head):
     assert dst["fps"] == src["fps"] and (dst["width"], dst["height"]) == (src["width"], src["height"])
     assert dst["has_audio"] and dst["audio_codec"] == "aac"
     assert summary.faces_swapped == 40 and summary.frames_without_face == 0
+
+
+def test_every_stage_is_timed_and_observed(talking_head):
+    _, _, summary = talking_head
+    assert set(summary.stage_seconds) == set(STAGES)
+    assert all(seconds > 0 for seconds in summary.stage_seconds.values()), summary.stage_seconds
+    # 40 frames in batches of 8: five batches pass swap and encode; detect also sees the source photo.
+    assert {stage: summary.observed_stages.count(stage) for stage in ("detect", "swap", "encode")} == \
+        {"detect": 6, "swap": 5, "encode": 5}
 
 
 def test_video_changes_the_face_by_the_standin_shift_and_nothing_else(talking_head, swapper):
