@@ -11,6 +11,10 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 class TritonCallError(RuntimeError):
     """A model call failed; the message names the model and carries Triton's reason."""
 
+    def __init__(self, message: str, model: str):
+        super().__init__(message)
+        self.model = model
+
 
 @dataclass(frozen=True)
 class Detections:
@@ -41,7 +45,7 @@ class SwapstreamClient:
                                         outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
                                         client_timeout=self.timeout)
         except InferenceServerException as error:
-            raise TritonCallError(f"Triton model '{model}' at {self.url} failed: {error.message()}") from error
+            raise TritonCallError(f"Triton model '{model}' at {self.url} failed: {error.message()}", model) from error
         return [result.as_numpy(o) for o in outputs]
 
     def detect(self, images: np.ndarray, *, image_sizes: np.ndarray | None = None, detect_size: int | None = None,
