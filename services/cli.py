@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_commands.add_parser("list", help="the pinned models and where their weights are")
     listing.add_argument("--models", help="folder with model weights")
     listing.set_defaults(func=cmd_models_list)
+    from benchmarks.cli import add_bench_command
+    add_bench_command(commands)
     return parser
 
 

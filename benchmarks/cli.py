@@ -1,0 +1,93 @@
+"""``swapstream bench``: the throughput harness (``run``, the default) and the Triton load mode (``load``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+QUICK = {"frames": 24, "batch_sizes": [1, 4], "streams": [1], "bound_repeats": 1, "seconds": 3.0,
+         "concurrency": [1, 2]}
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    from benchmarks.harness import PARTS
+
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)}; got {text!r}")
+    return parts
+
+
+def add_bench_command(commands) -> None:
+    bench = commands.add_parser(
+        "bench", help="throughput benchmark: pipeline vs frame-at-a-time baseline vs model bound; Triton load",
+        description="run (default): the pipeline at each batch size and stream count, a frame-at-a-time baseline "
+                    "(PyAV, onnxruntime batch 1, OpenCV, ffmpeg), the networks alone, and decode, on one clip with "
+                    "the same model files. load: N concurrent gRPC clients calling one Triton model.")
+    bench.add_argument("mode", nargs="?", choices=["run", "load"], default="run")
+    bench.add_argument("--clip", help="target video (default: the first frames of the shared talking-head clip, "
+                                      "or a clip made from a shared photo)")
+    bench.add_argument("--frames", type=int, help="use the first N frames of the clip (default clip: 60)")
+    bench.add_argument("--source", help="source face photo (default: a shared photo)")
+    bench.add_argument("--batch-sizes", type=_sizes, default=[1, 2, 4, 8, 16], help="sweep (1,2,4,8,16)")
+    bench.add_argument("--streams", type=_sizes, default=[1, 2],
+                       help="concurrent streams, at the best batch size (1,2)")
+    bench.add_argument("--parts", type=_parts, default=None, help="pipeline,baseline,bound,decode (all)")
+    bench.add_argument("--bound-repeats", type=int, default=3, help="timed runs per batch size for the bound (3)")
+    bench.add_argument("--concurrency", type=_sizes, default=[1, 2, 4], help="load: clients (1,2,4)")
+    bench.add_argument("--faces", type=int, default=4, help="load: faces (or frames for detect) per request (4)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="load: seconds per concurrency level (10)")
+    bench.add_argument("--model", choices=["swap", "detect"], default="swap", help="load: the model called (swap)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a short run: 24 frames, batch 1,4, 1 stream, 1 bound repeat; load: 3 s, 1,2 clients")
+    bench.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                       help="where DALI and the in-process onnxruntime run (cpu)")
+    bench.add_argument("--triton", help="host:port of a running Triton's gRPC (default: start the embedded one)")
+    bench.add_argument("--repository", help="the runtime repository the models come from (with --triton: the one "
+                                            "it serves); default: built from --models")
+    bench.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models)")
+    bench.add_argument("--out", default="bench-results", help="results folder (bench-results)")
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from benchmarks import report
+    from benchmarks.harness import PARTS, BenchConfig, run_bench, run_load_bench
+    from services.repository import RepositoryError
+    from services.triton_server import TritonStartError
+
+    quick = QUICK if args.quick else {}
+    config = BenchConfig(
+        out=Path(args.out), clip=Path(args.clip) if args.clip else None,
+        frames=args.frames or quick.get("frames"), source=Path(args.source) if args.source else None,
+        batch_sizes=quick.get("batch_sizes", args.batch_sizes) if args.quick else args.batch_sizes,
+        streams=quick.get("streams", args.streams) if args.quick else args.streams,
+        parts=args.parts or PARTS, bound_repeats=quick.get("bound_repeats", args.bound_repeats),
+        device=args.device, models=Path(args.models) if args.models else None,
+        repository=Path(args.repository) if args.repository else None, triton=args.triton)
+    try:
+        if args.mode == "load":
+            results = run_load_bench(config, quick.get("concurrency", args.concurrency), args.faces,
+                                     quick.get("seconds", args.seconds), args.model)
+            written = report.write_load_results(results, config.out)
+            print(report.load_summary_text(results))
+        else:
+            results = run_bench(config)
+            written = report.write_results(results, config.out)
+            print(report.summary_text(results))
+    except (RepositoryError, TritonStartError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\nwritten: " + ", ".join(str(p) for p in written))
+    return 0

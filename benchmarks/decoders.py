@@ -1,0 +1,75 @@
+"""Decode alone, frames/s: DALI's decoder, PyAV, the ffmpeg binary, and the job's own reader, on the same file.
+
+Each decodes the whole file to RGB frames in memory (one batch or frame at a time, nothing kept).
+DALI's CPU decoder takes VP8/VP9/MJPEG only: on an H.264 file it is reported as unsupported, which is why
+the harness also measures a VP9 copy of the clip.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import imageio_ffmpeg
+import numpy as np
+
+from pipelines.decode import VideoDecodeError, open_video, probe_video
+
+
+def _dali(path: Path, device: str, batch_size: int) -> int:
+    return sum(len(batch) for batch in open_video(path, device, batch_size, decoder="dali"))
+
+
+def _reader(path: Path, device: str, batch_size: int) -> int:
+    return sum(len(batch) for batch in open_video(path, device, batch_size))
+
+
+def _pyav(path: Path, device: str, batch_size: int) -> int:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        count = 0
+        for frame in container.decode(stream):
+            frame.to_ndarray(format="rgb24")
+            count += 1
+        return count
+
+
+def _ffmpeg(path: Path, device: str, batch_size: int) -> int:
+    info = probe_video(path)
+    frame_bytes = info.width * info.height * 3
+    process = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                                "-pix_fmt", "rgb24", "pipe:"], stdout=subprocess.PIPE)
+    count = 0
+    while True:
+        data = process.stdout.read(frame_bytes)
+        if len(data) < frame_bytes:
+            break
+        np.frombuffer(data, np.uint8).reshape(info.height, info.width, 3)
+        count += 1
+    if process.wait() != 0:
+        raise RuntimeError(f"ffmpeg could not decode {path}")
+    return count
+
+
+DECODERS = {"dali": _dali, "pyav": _pyav, "ffmpeg": _ffmpeg, "swapstream reader": _reader}
+
+
+def measure_decoders(path: Path, device: str = "cpu", batch_size: int = 16) -> list[dict]:
+    """One row per decoder: frames, seconds, frames/s, or ``unsupported`` with the reason."""
+    info = probe_video(path)
+    rows = []
+    for name, decode in DECODERS.items():
+        row = {"file": path.name, "codec": info.codec, "resolution": f"{info.width}x{info.height}", "decoder": name}
+        if name == "swapstream reader":
+            row["decoder"] = f"swapstream reader ({open_video(path, device).decoder})"
+        started = time.perf_counter()
+        try:
+            frames = decode(path, device, batch_size)
+        except VideoDecodeError as error:
+            rows.append({**row, "frames": 0, "seconds": 0.0, "frames_per_s": None, "unsupported": str(error)})
+            continue
+        seconds = time.perf_counter() - started
+        rows.append({**row, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds})
+    return rows

@@ -1,0 +1,73 @@
+"""Triton-level load, as perf_analyzer measures it: N concurrent gRPC clients calling one model for a while.
+
+Each client is its own thread with its own gRPC channel and sends the same request again as soon as the
+previous one answered (closed loop). ``swap`` gets K aligned faces per request, ``detect`` K frames.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.pipeline_runs import percentile_ms, statistics_delta, triton_statistics
+from services.triton_client import SwapstreamClient
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _call(client: SwapstreamClient, model: str, items: np.ndarray, embedding: np.ndarray):
+    if model == "swap":
+        return client.swap(items, embedding)
+    return client.detect(items)
+
+
+def run_load(url: str, model: str, items: np.ndarray, embedding: np.ndarray, concurrency: int,
+             seconds: float) -> dict:
+    """Requests/s, items/s and latency percentiles of ``concurrency`` clients for ``seconds``."""
+    clients = [SwapstreamClient(url) for _ in range(concurrency)]
+    for client in clients:  # warm-up: channel set up, first-call allocations
+        _call(client, model, items, embedding)
+    latencies: list[list[float]] = [[] for _ in clients]
+    errors: list[BaseException] = []
+    start_together = threading.Barrier(concurrency + 1)
+    deadline = [0.0]
+
+    def worker(i: int) -> None:
+        start_together.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                started = time.perf_counter()
+                _call(clients[i], model, items, embedding)
+                latencies[i].append(time.perf_counter() - started)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    before = triton_statistics(url)
+    started = time.perf_counter()
+    deadline[0] = started + seconds
+    start_together.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    triton = statistics_delta(before, triton_statistics(url))
+    for client in clients:
+        client.close()
+    if errors:
+        raise errors[0]
+    pooled = [x for per_client in latencies for x in per_client]
+    requests = len(pooled)
+    model_stats = triton.get(model, {})
+    return {
+        "model": model, "concurrency": concurrency, "items_per_request": len(items), "seconds": elapsed,
+        "requests": requests, "requests_per_s": requests / elapsed, "items_per_s": requests * len(items) / elapsed,
+        **{f"p{q}_ms": percentile_ms(pooled, q) for q in PERCENTILES},
+        "triton_queue_ms_per_request": model_stats.get("queue_ms", 0.0) / max(model_stats.get("requests", 0), 1),
+        "triton_compute_ms_per_request": sum(model_stats.get(f"{k}_ms", 0.0) for k in
+                                             ("compute_input", "compute_infer", "compute_output"))
+                                         / max(model_stats.get("requests", 0), 1),
+        "triton": triton,
+    }

@@ -1,0 +1,139 @@
+"""The swapstream pipeline measured end to end (decode -> ... -> encode) at a batch size and a stream count.
+
+S streams are S threads, each with its own ``FaceSwapper`` (own DALI pipelines, own gRPC client) running
+``run_swap`` on the same clip against one Triton. A batch's latency is the time from the start of its
+decode to the end of its encode: the i-th decoded batch is the i-th encoded one, as the job keeps frame
+order and batch boundaries.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from services.swap_job import STAGES, FaceSwapper, SwapOptions, run_swap
+from services.triton_client import SwapstreamClient
+
+STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(seconds, q) * 1e3) if seconds else float("nan")
+
+
+def triton_statistics(url: str) -> dict[str, dict[str, int]]:
+    """Per model: requests, executions and the nanoseconds Triton spent queueing and computing."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+    finally:
+        client.close()
+    out = {}
+    for model in stats:
+        infer = model.get("inference_stats", {})
+        row = {"requests": int(infer.get("success", {}).get("count", 0)),
+               "executions": int(model.get("execution_count", 0))}
+        row.update({f"{name}_ns": int(infer.get(name, {}).get("ns", 0)) for name in STAT_FIELDS})
+        out[model["name"]] = row
+    return out
+
+
+def statistics_delta(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """What happened between two ``triton_statistics`` snapshots, in ms, for models that ran."""
+    delta = {}
+    for model, row in after.items():
+        old = before.get(model, {})
+        diff = {key: value - old.get(key, 0) for key, value in row.items()}
+        if diff["requests"] <= 0:
+            continue
+        delta[model] = {"requests": diff["requests"], "executions": diff["executions"],
+                        **{f"{name}_ms": diff[f"{name}_ns"] / 1e6 for name in STAT_FIELDS}}
+    return delta
+
+
+@dataclass
+class PipelineRun:
+    batch_size: int
+    streams: int
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    batch_latencies: list[float] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    triton: dict[str, dict[str, float]] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+    def figures(self) -> dict:
+        return {"kind": "pipeline", "batch_size": self.batch_size, "streams": self.streams, "frames": self.frames,
+                "faces": self.faces, "seconds": self.seconds,
+                "frames_per_s": self.frames / self.seconds if self.seconds else 0.0,
+                "faces_per_s": self.faces / self.seconds if self.seconds else 0.0,
+                "p50_ms": percentile_ms(self.batch_latencies, 50), "p95_ms": percentile_ms(self.batch_latencies, 95)}
+
+
+class _BatchTimes:
+    """Sees a job's stage calls; pairs the i-th decode start with the i-th encode end."""
+
+    def __init__(self):
+        self.decode_starts: list[float] = []
+        self.encode_ends: list[float] = []
+
+    def __call__(self, stage: str, seconds: float) -> None:
+        now = time.perf_counter()
+        if stage == "decode":
+            self.decode_starts.append(now - seconds)
+        elif stage == "encode":
+            self.encode_ends.append(now)
+
+    def latencies(self) -> list[float]:
+        # The decode iterator's last call only finds the end of the file: it has no encode partner.
+        return [end - start for start, end in zip(self.decode_starts, self.encode_ends)]
+
+
+def pipeline_options(batch_size: int, device: str) -> SwapOptions:
+    """The job as measured: every face, raw landmarks, no gap filling (the baseline's work, frame for frame)."""
+    return SwapOptions(batch_size=batch_size, smoothing=False, max_gap=0, device=device)
+
+
+def run_pipeline(url: str, source: Path, clip: Path, out_dir: Path, batch_size: int, streams: int = 1,
+                 device: str = "cpu") -> PipelineRun:
+    """One measurement: ``streams`` concurrent jobs on ``clip`` at ``batch_size``; outputs in ``out_dir``."""
+    swappers = [FaceSwapper(SwapstreamClient(url), pipeline_options(batch_size, device)) for _ in range(streams)]
+    run = PipelineRun(batch_size, streams)
+    run.outputs = [str(out_dir / f"pipeline-b{batch_size}-s{streams}-{i}.mp4") for i in range(streams)]
+    clocks = [_BatchTimes() for _ in range(streams)]
+    summaries, errors = [None] * streams, []
+    start_together = threading.Barrier(streams + 1)
+
+    def stream(i: int) -> None:
+        start_together.wait()
+        try:
+            summaries[i] = run_swap(swappers[i], [source], clip, Path(run.outputs[i]), stage_observer=clocks[i])
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    before = triton_statistics(url)
+    started = time.perf_counter()
+    start_together.wait()
+    for thread in threads:
+        thread.join()
+    run.seconds = time.perf_counter() - started
+    run.triton = statistics_delta(before, triton_statistics(url))
+    for swapper in swappers:
+        swapper.client.close()
+    if errors:
+        raise errors[0]
+    for summary, clock in zip(summaries, clocks):
+        run.frames += summary.frames
+        run.faces += summary.faces_swapped
+        run.batch_latencies += clock.latencies()
+        for stage, seconds in summary.stage_seconds.items():
+            run.stage_seconds[stage] += seconds
+    return run
