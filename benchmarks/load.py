@@ -60,14 +60,16 @@ def run_load(url: str, model: str, items: np.ndarray, embedding: np.ndarray, con
         raise errors[0]
     pooled = [x for per_client in latencies for x in per_client]
     requests = len(pooled)
-    model_stats = triton.get(model, {})
+    called = triton.get(model, {})
+    per_request = max(called.get("requests", 0), 1)
+    # An ensemble's own queue time is ~0: its requests wait in its steps' queues (the other models that ran).
+    queue_ms = sum(row["queue_ms"] for row in triton.values())
+    compute_ms = sum(called.get(f"{k}_ms", 0.0) for k in ("compute_input", "compute_infer", "compute_output"))
     return {
         "model": model, "concurrency": concurrency, "items_per_request": len(items), "seconds": elapsed,
         "requests": requests, "requests_per_s": requests / elapsed, "items_per_s": requests * len(items) / elapsed,
         **{f"p{q}_ms": percentile_ms(pooled, q) for q in PERCENTILES},
-        "triton_queue_ms_per_request": model_stats.get("queue_ms", 0.0) / max(model_stats.get("requests", 0), 1),
-        "triton_compute_ms_per_request": sum(model_stats.get(f"{k}_ms", 0.0) for k in
-                                             ("compute_input", "compute_infer", "compute_output"))
-                                         / max(model_stats.get("requests", 0), 1),
+        "triton_queue_ms_per_request": queue_ms / per_request,
+        "triton_compute_ms_per_request": compute_ms / per_request,
         "triton": triton,
     }
