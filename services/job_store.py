@@ -263,17 +263,20 @@ class JobStore:
             raise JobStoreError(f"job store ({self.where}): {error}".rstrip()) from error
 
     def _begin(self, statement: str):
-        for last_try in (False, True):
-            try:
-                cursor = self._connection().cursor()
-                cursor.execute(statement)
-                return cursor
-            except psycopg.OperationalError:
-                # Nothing ran yet, so one retry on a new connection is safe: the server dropped an idle
-                # connection (restart, idle timeout), which psycopg only notices when it is used.
-                if last_try:
-                    raise
-                self._forget_connection()
+        reusing = getattr(self._local, "pid", None) == os.getpid()
+        try:
+            cursor = self._connection().cursor()
+            cursor.execute(statement)
+            return cursor
+        except psycopg.OperationalError:
+            # The server dropped an idle connection (restart, idle timeout), which psycopg only notices when it
+            # is used. Nothing ran yet, so one more try on a new connection is safe.
+            if not reusing:
+                raise
+            self._forget_connection()
+        cursor = self._connection().cursor()
+        cursor.execute(statement)
+        return cursor
 
     def _create_schema(self) -> None:
         with self._transaction(write=True, lock=_SCHEMA_LOCK) as tx:

@@ -1,7 +1,7 @@
 """A real PostgreSQL server for tests, started in a temporary folder on a free port.
 
-``from tests.postgres_server import postgres_url`` gives a test module the session fixture (the URL of a fresh
-database on one server per session); ``create_database(url, name)`` adds further databases on that server.
+``from tests.postgres_server import postgres_url, postgres_database_url`` gives a test module the fixtures: the URL
+of a database on one server per session, and of a database of its own per test (dropped afterwards).
 PostgreSQL refuses to run as root, so as root the server runs as ``nobody`` in a folder that user owns.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -122,3 +123,12 @@ def postgres_url():
                     "/usr/lib/postgresql/*/bin; install Debian's postgresql package (.ci/run does)")
     with PostgresServer(bin_dir) as server:
         yield create_database(server.url(), "swapstream_test")
+
+
+@pytest.fixture
+def postgres_database_url(postgres_url):
+    """URL of a new database for one test on the session's server, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield create_database(postgres_url, name)
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # FORCE: connections a test left open
