@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -89,6 +90,26 @@ def cmd_swap(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from services.api import ServiceConfig
+    from services.serve import ServeError, serve
+    from services.uploads import MB, UploadLimits
+
+    width, _, height = args.max_resolution.partition("x")
+    limits = UploadLimits(max_video_bytes=int(args.max_video_mb * MB), max_photo_bytes=int(args.max_photo_mb * MB),
+                          max_duration=args.max_duration, max_pixels=int(width) * int(height))
+    config = ServiceConfig(data_dir=Path(args.data), triton_url=args.triton or "", store_url=args.store,
+                           workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
+                           token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None, device=args.device,
+                           limits=limits)
+    try:
+        serve(config, args.host, args.port, [Path(args.models)] if args.models else None)
+    except (ServeError, repository.RepositoryError, TritonStartError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_repository(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -157,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--models", help="folder with model weights for the embedded Triton")
     swap.add_argument("--quiet", action="store_true", help="no progress bar")
     swap.set_defaults(func=cmd_swap)
+
+    serve = commands.add_parser("serve", help="run the ingestion service (HTTP API, job queue, workers, metrics)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; any other needs a token)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data", default="swapstream-data", help="folder for uploads, results and the SQLite store")
+    serve.add_argument("--store", help="job store URL, e.g. postgresql://user@db/swapstream (default: SQLite in --data)")
+    serve.add_argument("--triton", help="gRPC URL (host:port) of a running Triton; default: start the embedded one")
+    serve.add_argument("--models", help="folder with model weights for the embedded Triton")
+    serve.add_argument("--workers", type=int, default=1, help="jobs run at once by this process (1)")
+    serve.add_argument("--max-queued", type=int, default=16, help="queued jobs before new ones get 429 (16)")
+    serve.add_argument("--max-attempts", type=int, default=3,
+                       help="times a job is started before it fails, when its worker dies or Triton fails (3)")
+    serve.add_argument("--token", help="bearer token required on /v1 (default: $SWAPSTREAM_TOKEN)")
+    serve.add_argument("--max-video-mb", type=float, default=1024, help="largest video upload (1024 MB)")
+    serve.add_argument("--max-photo-mb", type=float, default=20, help="largest photo upload (20 MB)")
+    serve.add_argument("--max-duration", type=float, default=600, help="longest video in seconds (600)")
+    serve.add_argument("--max-resolution", default="3840x2160", help="largest frame, WIDTHxHEIGHT (3840x2160)")
+    serve.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
+    serve.set_defaults(func=cmd_serve)
 
     repo = commands.add_parser("repository", help="write a runnable model repository (e.g. for NVIDIA's container)")
     repo.add_argument("out", help="an empty or new folder")

@@ -50,7 +50,7 @@ class ServiceMetrics:
                                  buckets=FPS_BUCKETS, registry=self.registry)
         self.job_seconds = Histogram("swapstream_job_seconds", "Wall time of each finished job",
                                      buckets=JOB_SECONDS_BUCKETS, registry=self.registry)
-        self.stage_seconds = Histogram("swapstream_stage_seconds", "Time of one call of a pipeline stage (one batch)",
+        self.stage_seconds = Histogram("swapstream_stage_seconds", "Time of one call of a pipeline stage: a batch of frames (track: one frame)",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.triton_errors = Counter("swapstream_triton_errors", "Failed Triton calls by model",
                                      ["model"], registry=self.registry)

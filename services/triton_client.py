@@ -72,5 +72,11 @@ class SwapstreamClient:
         faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
         return faces_out, masks
 
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready(client_timeout=5))
+        except InferenceServerException:
+            return False
+
     def close(self) -> None:
         self._client.close()
