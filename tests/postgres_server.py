@@ -36,7 +36,7 @@ def find_postgres_bin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -47,7 +47,7 @@ class PostgresServer:
 
     def __init__(self, bin_dir: Path):
         self.bin_dir = bin_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="swapstream-pg-"))
         self.data = self.folder / "data"
         self.log = self.folder / "postgres.log"

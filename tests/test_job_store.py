@@ -13,7 +13,7 @@ import pytest
 
 from services.job_store import (STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead,
                                 worker_id)
-from tests.postgres_server import postgres_database_url, postgres_url  # noqa: F401 (fixtures)
+from tests.postgres_server import free_port, postgres_database_url, postgres_url  # noqa: F401 (fixtures)
 
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from pytest's process
 
@@ -259,11 +259,16 @@ def _drain(url: str, workers: list[str]) -> dict[str, list[str]]:
 def _join(processes) -> None:
     for process in processes:
         process.join(timeout=30)
+    for process in processes:
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            pytest.fail(f"{process.name} did not finish in 30 s")
         assert process.exitcode == 0, f"{process.name} exited with {process.exitcode}"
 
 
 def _drain_in_process(url: str, workers: list[str], start, results) -> None:
-    start.wait()
+    start.wait(timeout=30)
     results.put(_drain(url, workers))
 
 
@@ -297,7 +302,7 @@ def test_processes_race_for_jobs(store, store_url):
 
 
 def _open_and_create(url: str, start, results) -> None:
-    start.wait()
+    start.wait(timeout=30)
     store = JobStore(url)
     results.put(store.create({}, {}).id)
     store.close()
@@ -315,9 +320,9 @@ def test_schema_creation_is_safe_when_processes_start_at_once(store_url):
     store.close()
 
 
-def test_ping_writes(store):
-    store.ping()
-    store.ping()
+def test_ping_succeeds_on_a_healthy_store(store):
+    store.ping()  # inserts the health row
+    store.ping()  # updates it
 
 
 def test_unreachable_sqlite_store_fails_clearly(tmp_path):
@@ -340,8 +345,22 @@ def test_ping_fails_clearly_while_sqlite_is_locked_by_another_writer(tmp_path):
 
 
 def test_unreachable_postgresql_fails_clearly():
-    with pytest.raises(JobStoreError, match=r"PostgreSQL database postgresql://u:\*\*\*@127.0.0.1:9/db"):
-        JobStore("postgresql://u:secret@127.0.0.1:9/db")
+    port = free_port()
+    with pytest.raises(JobStoreError, match=rf"PostgreSQL database postgresql://u:\*\*\*@127.0.0.1:{port}/db"):
+        JobStore(f"postgresql://u:secret@127.0.0.1:{port}/db")
+
+
+def test_ping_fails_clearly_on_a_read_only_postgresql(postgres_database_url):
+    """As on a hot standby: reachable, readable, not writable."""
+    store = JobStore(postgres_database_url)
+    database = postgres_database_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_database_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    store.close()  # new connections get the setting
+    assert store.counts()["queued"] == 0
+    with pytest.raises(JobStoreError, match="read-only transaction"):
+        store.ping()
+    store.close()
 
 
 def test_postgresql_connection_dropped_by_the_server_is_reopened(postgres_database_url):
