@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipelines.decode import VideoDecodeError
 from services.encoder import EncodeError
-from services.job_store import JobStore, worker_id
+from services.job_store import FINAL, JobStore, worker_id
 from services.metrics import ServiceMetrics
 from services.swap_job import FaceSwapper, SwapInputError, SwapOptions, run_swap
 from services.triton_client import SwapstreamClient, TritonCallError
@@ -108,15 +108,15 @@ class Worker(threading.Thread):
             self.metrics.job_fps.observe(summary.fps)
             self.metrics.job_seconds.observe(time.monotonic() - started)
             self.metrics.jobs_finished.labels("done").inc()
-        else:  # cancelled or taken over while finishing: the result is not this worker's to publish
+        else:  # re-queued after a stale heartbeat and claimed elsewhere: the result is not this worker's to publish
             output.unlink(missing_ok=True)
 
     def _observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_seconds.labels(stage).observe(seconds)
 
     def _count_if_final(self, state: str) -> None:
-        if state == "failed":
-            self.metrics.jobs_finished.labels("failed").inc()
+        if state in FINAL:  # "cancelled" too, when a cancel was requested while the job failed
+            self.metrics.jobs_finished.labels(state).inc()
 
     def _wait_for_triton(self) -> None:
         """After a Triton failure, claim nothing until it answers again (e.g. restarted by the supervisor)."""

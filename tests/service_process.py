@@ -20,7 +20,7 @@ class ServiceProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
-        self.log_path = data.parent / f"{data.name}-service.log"
+        self.log_path = data.parent / f"{data.name}-service-{self.port}.log"
 
     def start(self, timeout: float = 120.0) -> "ServiceProcess":
         command = [sys.executable, "-m", "services.cli", "serve", "--port", str(self.port), "--data", str(self.data),
