@@ -14,6 +14,7 @@ import pytest
 
 from services.encoder import probe
 from tests.conftest import MEDIA, read_rgb
+from tests.prometheus_server import running_prometheus
 from tests.service_process import ServiceProcess, wait_for
 from tests.test_swap_video import cut, frames_of
 
@@ -298,3 +299,24 @@ def test_token_queue_limit_and_binding(tmp_path, triton, clip):
                               triton.grpc_url, "--data", str(tmp_path / "open")], capture_output=True, text=True,
                              timeout=120, env={k: v for k, v in os.environ.items() if k != "SWAPSTREAM_TOKEN"})
     assert refused.returncode == 2 and "refusing to listen on 0.0.0.0 without a bearer token" in refused.stderr
+
+
+def test_prometheus_scrapes_the_service_and_triton(service, http, triton, clip):
+    """A real Prometheus with deploy/prometheus.yml (targets substituted) sees the job, stage and Triton series."""
+    triton_metrics = triton.metrics_url.split("//")[1].split("/")[0]
+    with running_prometheus(service=service.url.split("//")[1], triton=triton_metrics) as prometheus:
+        prometheus.wait_for_target("swapstream", timeout=30)
+        prometheus.wait_for_target("triton", timeout=30)
+        swaps_before = _series_sum(prometheus.query('nv_inference_request_success{model="swap"}'))
+        job_id = submit(http, clip).json()["id"]
+        wait_for(http, job_id, {"done"})
+        prometheus.wait_for('swapstream_jobs{state="done"} > 0', timeout=30)
+        prometheus.wait_for(f'swapstream_frames_processed_total >= {CLIP_FRAMES}', timeout=30)
+        prometheus.wait_for(f'nv_inference_request_success{{model="swap"}} > {swaps_before}', timeout=30)
+        stages = prometheus.wait_for('swapstream_stage_seconds_count > 0', timeout=30)
+        assert {series["metric"]["stage"] for series in stages} == {"decode", "detect", "track", "align", "swap",
+                                                                     "blend", "encode"}
+
+
+def _series_sum(result: list[dict]) -> float:
+    return sum(float(series["value"][1]) for series in result)
