@@ -50,7 +50,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--seconds", type=float, default=10.0, help="load: seconds per concurrency level (10)")
     bench.add_argument("--model", choices=["swap", "detect"], default="swap", help="load: the model called (swap)")
     bench.add_argument("--quick", action="store_true",
-                       help="a short run: 24 frames, batch 1,4, 1 stream, 1 bound repeat; load: 3 s, 1,2 clients")
+                       help="a short run (overrides the sweeps): 24 frames, batch 1,4, 1 stream, 1 bound repeat; "
+                            "load: 3 s, 1,2 clients")
     bench.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                        help="where DALI and the in-process onnxruntime run (cpu)")
     bench.add_argument("--triton", help="host:port of a running Triton's gRPC (default: start the embedded one)")
@@ -67,19 +68,17 @@ def cmd_bench(args) -> int:
     from services.repository import RepositoryError
     from services.triton_server import TritonStartError
 
-    quick = QUICK if args.quick else {}
+    if args.quick:
+        vars(args).update(QUICK)
     config = BenchConfig(
-        out=Path(args.out), clip=Path(args.clip) if args.clip else None,
-        frames=args.frames or quick.get("frames"), source=Path(args.source) if args.source else None,
-        batch_sizes=quick.get("batch_sizes", args.batch_sizes) if args.quick else args.batch_sizes,
-        streams=quick.get("streams", args.streams) if args.quick else args.streams,
-        parts=args.parts or PARTS, bound_repeats=quick.get("bound_repeats", args.bound_repeats),
-        device=args.device, models=Path(args.models) if args.models else None,
+        out=Path(args.out), clip=Path(args.clip) if args.clip else None, frames=args.frames,
+        source=Path(args.source) if args.source else None, batch_sizes=args.batch_sizes, streams=args.streams,
+        parts=args.parts or PARTS, bound_repeats=args.bound_repeats, device=args.device,
+        models=Path(args.models) if args.models else None,
         repository=Path(args.repository) if args.repository else None, triton=args.triton)
     try:
         if args.mode == "load":
-            results = run_load_bench(config, quick.get("concurrency", args.concurrency), args.faces,
-                                     quick.get("seconds", args.seconds), args.model)
+            results = run_load_bench(config, args.concurrency, args.faces, args.seconds, args.model)
             written = report.write_load_results(results, config.out)
             print(report.load_summary_text(results))
         else:

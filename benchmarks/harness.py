@@ -13,7 +13,7 @@ import platform
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +150,11 @@ def _dominant(stage_seconds: dict[str, float]) -> str:
     return max(stage_seconds, key=stage_seconds.get)
 
 
-def run_bench(config: BenchConfig, say=print) -> dict:
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_bench(config: BenchConfig, say=_say) -> dict:
     """Runs the parts in ``config.parts``; returns every figure (also what ``report`` writes)."""
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}}
     with bench_setup(config) as setup:
@@ -220,10 +224,12 @@ def _keep_only(runs: dict, keep: PipelineRun, out: Path) -> None:
 
 
 def run_load_bench(config: BenchConfig, concurrency: list[int], items: int, seconds: float, model: str = "swap",
-                   say=print) -> dict:
+                   say=_say) -> dict:
     """The Triton load mode: for each concurrency, N clients calling ``model`` with ``items`` faces (frames)."""
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()},
                      "load": []}
+    if config.clip is None and config.frames is None:
+        config = replace(config, frames=SAMPLE_FRAMES)  # only the first frames are used: cut no more
     with bench_setup(config) as setup:
         results["environment"] = _environment(config, setup)
         swapper = FaceSwapper(SwapstreamClient(setup.url), pipeline_options(1, config.device))

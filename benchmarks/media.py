@@ -65,6 +65,12 @@ def default_source() -> Path:
     return shared_dir() / "media" / DEFAULT_SOURCE
 
 
+def iter_frames(path: Path):
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
 def read_frames(path: Path, limit: int) -> np.ndarray:
     """The first ``limit`` frames of a video, RGB."""
     frames = []
@@ -90,12 +96,6 @@ def aligned_faces(frames: np.ndarray, landmarks: np.ndarray, frame_index: np.nda
     matrices = similarity_to(landmarks, "ffhq_512", FACE_SIZE)
     return np.stack([cv2.warpAffine(frames[i], m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR)
                      for i, m in zip(frame_index, matrices)])
-
-
-def iter_frames(path: Path):
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
 
 
 def compare_swaps(original: Path, first: Path, second: Path) -> dict:

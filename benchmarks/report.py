@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
@@ -98,7 +99,12 @@ def plot_throughput(results: dict, path: Path) -> Path:
     if results.get("baseline"):
         ax.axhline(results["baseline"]["frames_per_s"], color="grey", linestyle="-.", label="baseline (frame at a time)")
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["batch_size"] for r in single + bound})
+    ax.set_xticks(sizes, [str(size) for size in sizes])
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("batch size (frames per batch; faces per call for the bound)")
     ax.set_ylabel("frames/s")
     env = results.get("environment", {})
@@ -127,15 +133,20 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def summary_text(results: dict) -> str:
     """The terminal table: throughput per configuration, the ratios, where the time goes."""
-    parts = []
+    env = results.get("environment", {})
+    parts = ["models: " + ", ".join(f"{m['model']} {m['kind']}" for m in env.get("models", [])
+                                     if m["kind"] in ("real", "stand-in", "given"))]
+    if env.get("startup_seconds") is not None:
+        parts.append(f"embedded Triton start-up (repository built, server ready): {env['startup_seconds']:.1f} s")
+    if env.get("note"):
+        parts.append(f"note: {env['note']}")
     bound = {r["batch_size"]: r for r in results.get("bound", [])}
     ratios = {r["batch_size"]: r for r in results.get("ratios", [])}
     rows = []
     for r in results.get("pipeline", []):
         ratio = ratios.get(r["batch_size"], {}) if r["streams"] == 1 else {}
         rows.append([f"pipeline b={r['batch_size']} s={r['streams']}", r["frames_per_s"], r["faces_per_s"],
-                     r["p50_ms"], r["p95_ms"], ratio.get("pipeline_over_baseline"), ratio.get("pipeline_over_bound"),
-                     ratio.get("pipeline_over_bound_with_glue")])
+                     r["p50_ms"], r["p95_ms"]] + [_fmt(ratio.get(k), 2) for k in RATIO_FIELDS[2:]])
     if results.get("baseline"):
         b = results["baseline"]
         rows.append(["baseline (frame at a time)", b["frames_per_s"], b["faces_per_s"], None, None, None, None, None])
