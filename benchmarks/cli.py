@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-QUICK = {"frames": 24, "batch_sizes": [1, 4], "streams": [1], "bound_repeats": 1, "seconds": 3.0,
+QUICK = {"frames": 24, "batch_sizes": [1, 4], "streams": [1], "repeats": 1, "bound_repeats": 1, "seconds": 3.0,
          "concurrency": [1, 2]}
 
 
@@ -44,6 +44,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--streams", type=_sizes, default=[1, 2],
                        help="concurrent streams, at the best batch size (1,2)")
     bench.add_argument("--parts", type=_parts, default=None, help="pipeline,baseline,bound,decode (all)")
+    bench.add_argument("--repeats", type=int, default=1,
+                       help="runs of each pipeline configuration and of the baseline; the median is kept (1)")
     bench.add_argument("--bound-repeats", type=int, default=3, help="timed runs per batch size for the bound (3)")
     bench.add_argument("--concurrency", type=_sizes, default=[1, 2, 4], help="load: clients (1,2,4)")
     bench.add_argument("--faces", type=int, default=4, help="load: faces (or frames for detect) per request (4)")
@@ -73,7 +75,7 @@ def cmd_bench(args) -> int:
     config = BenchConfig(
         out=Path(args.out), clip=Path(args.clip) if args.clip else None, frames=args.frames,
         source=Path(args.source) if args.source else None, batch_sizes=args.batch_sizes, streams=args.streams,
-        parts=args.parts or PARTS, bound_repeats=args.bound_repeats, device=args.device,
+        parts=args.parts or PARTS, repeats=args.repeats, bound_repeats=args.bound_repeats, device=args.device,
         models=Path(args.models) if args.models else None,
         repository=Path(args.repository) if args.repository else None, triton=args.triton)
     try:

@@ -47,6 +47,7 @@ class BenchConfig:
     streams: list[int] = field(default_factory=lambda: [1, 2])
     parts: tuple[str, ...] = PARTS
     bound_repeats: int = 3
+    repeats: int = 1                      # pipeline and baseline runs per configuration (the median is kept)
     device: str = "cpu"
     models: Path | None = None            # weights folder for the repository built here
     repository: Path | None = None        # an existing runtime repository (e.g. the one a remote Triton serves)
@@ -55,7 +56,7 @@ class BenchConfig:
 
 @dataclass
 class Setup:
-    url: str
+    url: str | None
     repository: Path
     model_sources: list[dict]
     startup_seconds: float | None
@@ -65,8 +66,8 @@ class Setup:
 
 
 @contextmanager
-def bench_setup(config: BenchConfig):
-    """The clip, the repository and a Triton serving it (started here unless ``config.triton``)."""
+def bench_setup(config: BenchConfig, serve: bool = True):
+    """The clip, the repository and (with ``serve``) a Triton serving it, started here unless ``config.triton``."""
     config.out.mkdir(parents=True, exist_ok=True)
     work = config.out / "media"
     work.mkdir(exist_ok=True)
@@ -86,7 +87,7 @@ def bench_setup(config: BenchConfig):
             repository = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swapstream-bench-")))
             weight_dirs = [config.models] if config.models else default_weight_dirs()
             model_sources = [vars(s) for s in build_repository(repository, weight_dirs)]
-        if config.triton:
+        if config.triton or not serve:
             url, startup = config.triton, None
         else:
             url = stack.enter_context(EmbeddedTriton(repository)).grpc_url
@@ -154,52 +155,80 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _median(runs: list, fps) -> object:
+    """The run with the median frames/s (the lower middle one for an even count)."""
+    return sorted(runs, key=fps)[(len(runs) - 1) // 2]
+
+
+def _pipeline_fps(run: PipelineRun) -> float:
+    return run.frames / run.seconds
+
+
+def _measure_pipeline_and_baseline(config: BenchConfig, setup: Setup, models: InProcessModels, say):
+    """Pipeline runs by (batch size, streams) and the baseline run, each the median of ``config.repeats``.
+
+    Repeats go in rounds (every batch size, then the baseline, then again) so that a change in the
+    machine's load touches all of them alike.
+    """
+    want_pipeline, want_baseline = "pipeline" in config.parts, "baseline" in config.parts
+
+    def pipeline(batch: int, streams: int) -> PipelineRun:
+        say(f"pipeline: batch {batch}, {streams} stream{'s' if streams > 1 else ''} ...")
+        return run_pipeline(setup.url, setup.source, setup.clip, config.out, batch, streams, config.device)
+
+    if want_pipeline:
+        warmup = media.cut(setup.clip, setup.work / "warmup.mp4", WARMUP_FRAMES)
+        run_pipeline(setup.url, setup.source, warmup, setup.work, config.batch_sizes[0], 1, config.device)
+    measured: dict[tuple[int, int], list[PipelineRun]] = {}
+    baselines = []
+    for _ in range(config.repeats):
+        for batch in config.batch_sizes if want_pipeline else []:
+            measured.setdefault((batch, 1), []).append(pipeline(batch, 1))
+        if want_baseline:
+            say("baseline: frame at a time ...")
+            baselines.append(run_baseline(models, [setup.source], setup.clip, config.out / "baseline.mp4",
+                                          pipeline_options(1, config.device)))
+    runs = {key: _median(values, _pipeline_fps) for key, values in measured.items()}
+    if runs:
+        best = max(config.batch_sizes, key=lambda b: _pipeline_fps(runs[b, 1]))
+        for streams in config.streams:
+            if (best, streams) not in runs:
+                runs[best, streams] = _median([pipeline(best, streams) for _ in range(config.repeats)], _pipeline_fps)
+    baseline = _median(baselines, lambda summary: summary.fps) if baselines else None
+    return runs, baseline
+
+
 def run_bench(config: BenchConfig, say=_say) -> dict:
     """Runs the parts in ``config.parts``; returns every figure (also what ``report`` writes)."""
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(config).items()}}
-    with bench_setup(config) as setup:
+    with bench_setup(config, serve="pipeline" in config.parts) as setup:
         results["environment"] = _environment(config, setup)
         results["clip"] = {"path": str(setup.clip), "source": str(setup.source)}
         models = InProcessModels(setup.repository, config.device)
-        pipeline_rows, runs = [], {}
-        if "pipeline" in config.parts:
-            warmup = media.cut(setup.clip, setup.work / "warmup.mp4", WARMUP_FRAMES)
-            run_pipeline(setup.url, setup.source, warmup, setup.work, config.batch_sizes[0], 1, config.device)
-            for batch in config.batch_sizes:
-                say(f"pipeline: batch {batch}, 1 stream ...")
-                runs[batch, 1] = run_pipeline(setup.url, setup.source, setup.clip, config.out, batch, 1, config.device)
-            best = max(config.batch_sizes, key=lambda b: runs[b, 1].figures()["frames_per_s"])
-            for streams in config.streams:
-                if (best, streams) not in runs:
-                    say(f"pipeline: batch {best}, {streams} streams ...")
-                    runs[best, streams] = run_pipeline(setup.url, setup.source, setup.clip, config.out, best, streams,
-                                                       config.device)
-            pipeline_rows = [run.figures() for run in runs.values()]
-            results["best_batch_size"] = best
-        baseline = None
-        if "baseline" in config.parts:
-            say("baseline: frame at a time ...")
-            baseline = run_baseline(models, [setup.source], setup.clip, config.out / "baseline.mp4",
-                                    pipeline_options(1, config.device))
+        runs, baseline = _measure_pipeline_and_baseline(config, setup, models, say)
+        results["pipeline"] = [run.figures() for run in runs.values()]
+        best_run = None
+        if runs:
+            best_run = max((run for (_, streams), run in runs.items() if streams == 1), key=_pipeline_fps)
+            results["best_batch_size"] = best_run.batch_size
+        if baseline:
             results["baseline"] = {"kind": "baseline", "batch_size": 1, "streams": 1, "frames": baseline.frames,
                                    "faces": baseline.faces_swapped, "seconds": baseline.seconds,
-                                   "frames_per_s": baseline.fps, "faces_per_s": baseline.faces_swapped / baseline.seconds}
-        bound_rows = []
+                                   "frames_per_s": baseline.fps,
+                                   "faces_per_s": baseline.faces_swapped / baseline.seconds}
+        results["bound"] = []
         if "bound" in config.parts:
             say("model bound ...")
             frames, faces, embedding = _sample_inputs(setup, models, config.device)
-            measured = results.get("baseline") or (pipeline_rows[0] if pipeline_rows else None)
+            measured = results.get("baseline") or (results["pipeline"][0] if runs else None)
             faces_per_frame = measured["faces"] / measured["frames"] if measured else len(faces) / len(frames)
-            bound_rows = measure_bound(models, frames, faces, embedding, config.batch_sizes, faces_per_frame,
-                                       config.bound_repeats)
+            results["bound"] = measure_bound(models, frames, faces, embedding, config.batch_sizes, faces_per_frame,
+                                             config.bound_repeats)
         if "decode" in config.parts:
             say("decode ...")
             vp9 = media.to_vp9(setup.clip, setup.work / (setup.clip.stem + "-vp9.webm"))
             results["decode"] = measure_decoders(setup.clip, config.device) + measure_decoders(vp9, config.device)
-        results["pipeline"] = pipeline_rows
-        results["bound"] = bound_rows
-        results["ratios"] = _ratios(pipeline_rows, results.get("baseline"), bound_rows)
-        best_run = runs.get((results.get("best_batch_size"), 1))
+        results["ratios"] = _ratios(results["pipeline"], results.get("baseline"), results["bound"])
         results["stages"] = _stage_breakdown(best_run, baseline)
         if best_run:
             results["stages"]["pipeline"]["dominant"] = _dominant(best_run.stage_seconds)

@@ -87,7 +87,8 @@ def plot_throughput(results: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     single = sorted((r for r in results.get("pipeline", []) if r["streams"] == 1), key=lambda r: r["batch_size"])
     if single:
-        ax.plot([r["batch_size"] for r in single], [r["frames_per_s"] for r in single], "o-", label="pipeline (1 stream)")
+        ax.plot([r["batch_size"] for r in single], [r["frames_per_s"] for r in single], "o-",
+                label="pipeline (1 stream)")
     for r in results.get("pipeline", []):
         if r["streams"] > 1:
             ax.plot(r["batch_size"], r["frames_per_s"], "s", label=f"pipeline ({r['streams']} streams)")
@@ -97,7 +98,8 @@ def plot_throughput(results: dict, path: Path) -> Path:
         ax.plot([r["batch_size"] for r in bound], [r["frames_per_s_with_glue"] for r in bound], "v:",
                 label="bound: networks + glue")
     if results.get("baseline"):
-        ax.axhline(results["baseline"]["frames_per_s"], color="grey", linestyle="-.", label="baseline (frame at a time)")
+        ax.axhline(results["baseline"]["frames_per_s"], color="grey", linestyle="-.",
+                   label="baseline (frame at a time)")
     ax.set_xscale("log", base=2)
     sizes = sorted({r["batch_size"] for r in single + bound})
     ax.set_xticks(sizes, [str(size) for size in sizes])

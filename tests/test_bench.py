@@ -172,8 +172,10 @@ def test_in_process_models_answer_as_triton_does(triton_repository, client, clip
 
 def test_bound_says_which_networks_run_per_item(bench, triton_repository):
     _, results, _ = bench
-    fixed = sorted(name for name in ("yunet", "simswap", "bisenet", "gfpgan")
-                   if ort.InferenceSession(str(triton_repository / name / "1" / "model.onnx")).get_inputs()[0].shape[0] == 1)
+    def batch_dimension(name: str):
+        return ort.InferenceSession(str(triton_repository / name / "1" / "model.onnx")).get_inputs()[0].shape[0]
+
+    fixed = sorted(name for name in ("yunet", "simswap", "bisenet", "gfpgan") if batch_dimension(name) == 1)
     for row in results["bound"]:
         assert row["per_item"] == fixed
 
