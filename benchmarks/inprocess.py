@@ -20,9 +20,13 @@ def _read_config(folder: Path) -> model_config_pb2.ModelConfig:
 
 
 def providers_for(device: str) -> list[str]:
-    if device == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    """onnxruntime's providers for ``device``; a GPU run never falls back to the CPU without saying so."""
+    if device != "gpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ValueError("--device gpu: this onnxruntime has no CUDAExecutionProvider "
+                         f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class OnnxModel:

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks import media, report
-from benchmarks.inprocess import InProcessModels
+from benchmarks.inprocess import InProcessModels, providers_for
 from services.cli import main
 from services.swap_job import STAGES
 from tests.conftest import MEDIA
@@ -194,3 +194,12 @@ def test_load_mode(triton, triton_repository, clip, tmp_path):
         assert 0 < percentiles[0] and percentiles == sorted(percentiles)
         assert float(row["triton_compute_ms_per_request"]) > 0
     assert "req/s" in printed and json.loads((tmp_path / "load.json").read_text())["load"][1]["concurrency"] == 2
+
+
+def test_gpu_runs_use_cuda_or_refuse():
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert providers_for("gpu")[0] == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(ValueError, match="onnxruntime-gpu"):
+            providers_for("gpu")
