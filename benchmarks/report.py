@@ -84,7 +84,7 @@ def write_load_results(results: dict, out: Path) -> list[Path]:
 
 def plot_throughput(results: dict, path: Path) -> Path:
     """Frames/s against batch size: the pipeline (1 stream, and S streams), the baseline, the bound."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     single = sorted((r for r in results.get("pipeline", []) if r["streams"] == 1), key=lambda r: r["batch_size"])
     if single:
         ax.plot([r["batch_size"] for r in single], [r["frames_per_s"] for r in single], "o-",
@@ -112,7 +112,7 @@ def plot_throughput(results: dict, path: Path) -> Path:
     env = results.get("environment", {})
     ax.set_title(f"swapstream throughput ({env.get('device', '?')}, {env.get('cpus', '?')} CPUs)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the lines span the plot
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
