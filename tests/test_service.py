@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.media import cut
 from services.encoder import probe
 from tests.conftest import MEDIA, read_rgb
 from tests.prometheus_server import running_prometheus
 from tests.service_process import ServiceProcess, wait_for
-from tests.test_swap_video import cut, frames_of
+from tests.test_swap_video import frames_of
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
 ROSE = MEDIA / "img03_single_frontal_rose_leslie.jpg"

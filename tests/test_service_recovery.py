@@ -10,12 +10,12 @@ import time
 import httpx
 import pytest
 
+from benchmarks.media import cut
 from services.encoder import probe
 from tests.conftest import MEDIA
 from tests.postgres_server import postgres_database_url, postgres_url  # noqa: F401 - fixtures
 from tests.service_process import ServiceProcess, wait_for
 from tests.test_service import submit
-from tests.test_swap_video import cut
 
 LONG_FRAMES = 96
 SHORT_FRAMES = 16

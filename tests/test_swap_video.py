@@ -11,6 +11,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from benchmarks.media import cut
 from services import standins
 from services.encoder import probe
 from services.swap_job import STAGES, FaceSwapper, SwapInputError, SwapOptions, run_swap
@@ -23,12 +24,6 @@ GROUP = MEDIA / "img07_group6_t1.jpg"
 def frames_of(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def cut(source: Path, out: Path, frames: int) -> Path:
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(source), "-frames:v", str(frames),
-                    "-c:v", "libx264", "-crf", "12", "-c:a", "copy", "-y", str(out)], check=True)
-    return out
 
 
 @pytest.fixture(scope="module")
