@@ -9,8 +9,8 @@ import logging
 import secrets
 import threading
 import uuid
-from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +20,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.encoder import write_image
 from services.head_pose import head_pose
 from services.job_store import FINAL, STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead
 from services.metrics import ServiceMetrics
@@ -78,16 +77,17 @@ class Service:
             self.pool.stop()
         self.store.close()
 
-    def photo_swapper(self) -> FaceSwapper:
-        """Shared by the synchronous endpoints; callers hold ``_photo_lock`` (DALI pipelines are per thread)."""
-        if self._photo_swapper is None:
-            self._photo_swapper = FaceSwapper(self.client, self.base_options)
-        return self._photo_swapper
+    @contextmanager
+    def photo_swapper(self, options: SwapOptions):
+        """The swapper of the synchronous endpoints, one request at a time (its DALI pipelines are not shared)."""
+        with self._photo_lock:
+            if self._photo_swapper is None:
+                self._photo_swapper = FaceSwapper(self.client, options)
+            self._photo_swapper.options = options
+            yield self._photo_swapper
 
     def faces_in(self, rgb: np.ndarray, score_threshold: float):
-        with self._photo_lock:
-            swapper = self.photo_swapper()
-            swapper.options = SwapOptions(device=self.config.device, score_threshold=score_threshold)
+        with self.photo_swapper(replace(self.base_options, score_threshold=score_threshold)) as swapper:
             return swapper.detect(rgb[None])
 
 
@@ -199,7 +199,6 @@ def create_app(service: Service) -> FastAPI:
 
     @v1.post("/jobs", status_code=201, summary="Queue a face swap of a video (or photo)")
     def submit_job(
-        request: Request,
         target: Annotated[UploadFile, File(description="the video (or photo) whose faces are replaced")],
         source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
         options: Annotated[SwapForm, Depends(swap_form)],
@@ -288,19 +287,17 @@ def create_app(service: Service) -> FastAPI:
         source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
         options: Annotated[SwapForm, Depends(swap_form)],
     ):
+        if options.faces == "reference":
+            raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here")
         folder = service.data_dir / "tmp" / uuid.uuid4().hex
         folder.mkdir()
         try:
             _, target_path = save_upload(target, folder, "target", "target", {"photo"}, limits)
             require_face(check_photo(target_path, "target", limits), "target photo", options.score_threshold)
             sources = check_sources(folder, source, options.score_threshold)
-            if options.faces == "reference":
-                raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here")
             suffix = ".png" if target_path.suffix == ".png" else ".jpg"
             output = folder / f"swapped{suffix}"
-            with service._photo_lock:
-                swapper = service.photo_swapper()
-                swapper.options = SwapOptions(**asdict(options), device=config.device)
+            with service.photo_swapper(replace(service.base_options, **asdict(options))) as swapper:
                 summary = run_swap(swapper, sources, target_path, output)
             body = output.read_bytes()
         except SwapInputError as error:

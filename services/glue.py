@@ -7,6 +7,7 @@ Each builder returns an ``onnx.ModelProto`` whose input and output names are the
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from pipelines.templates import estimate_similarity, template_points
 from services.onnx_graph import Graph

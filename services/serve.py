@@ -5,7 +5,6 @@ import ipaddress
 import logging
 import os
 import threading
-import time
 from contextlib import ExitStack
 from pathlib import Path
 

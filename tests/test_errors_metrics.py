@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from services.triton_client import SwapstreamClient, TritonCallError, _input
+from services.triton_client import SwapstreamClient, TritonCallError
 
 BAD_CALLS = [
     ("detect", {"IMAGES": np.zeros((1, 64, 64, 3), np.float32)}, ["IMAGES", "FP32", "expects 'UINT8'"]),

@@ -9,11 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import onnx

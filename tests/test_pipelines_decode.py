@@ -23,7 +23,7 @@ from pipelines.decode import (
     probe_video,
 )
 
-from tests.conftest import MEDIA, SHARED  # noqa: E402
+from tests.conftest import MEDIA  # noqa: E402
 VID03 = MEDIA / "vid03_square_480_expressions.mp4"  # 480x480, 216 frames, 30 fps, H.264 + AAC
 VID04 = MEDIA / "vid04_multi_small_faces_cuts_audio.mp4"  # 640x360, 275 frames, video starts at 0.85 s
 

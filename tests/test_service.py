@@ -6,7 +6,6 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
