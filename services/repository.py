@@ -29,6 +29,8 @@ CONFIG_REPOSITORY = PROJECT_ROOT / "model_repository"
 # Triton model folder -> manifest key of the network it serves.
 NETWORKS = {"yunet": "yunet", "arcface": "arcface_simswap", "simswap": "simswap_256", "gfpgan": "gfpgan_1.4",
             "bisenet": "bisenet"}
+# Networks served with a reduction appended to their graph (``model.onnx`` is then written, never linked).
+REDUCED = {"bisenet": glue.with_parser_labels}
 REQUIRED_REAL = {"yunet"}  # a detector stand-in would find no faces: the real YuNet is small and in shared/
 
 
@@ -139,9 +141,13 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
                 raise RepositoryError(
                     f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
                     f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
+            reduce = REDUCED.get(name, lambda model: model)
             if kind == "absent":
-                onnx.save(standins.BUILDERS[entry.key](entry), str(target))
+                onnx.save(reduce(standins.BUILDERS[entry.key](entry)), str(target))
                 sources.append(ModelSource(name, "stand-in", f"generated stand-in for {entry.file}"))
+            elif name in REDUCED:
+                onnx.save(reduce(onnx.load(str(path))), str(target))
+                sources.append(ModelSource(name, kind, f"{path}, with its argmax appended"))
             else:
                 _place(path, target, link)
                 sources.append(ModelSource(name, kind, str(path)))

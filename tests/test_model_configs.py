@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from services import model_store, repository, standins
+from services import glue, model_store, repository, standins
 from services.model_store import check_io, load_manifest
 
 CONFIGS = sorted(repository.CONFIG_REPOSITORY.glob("*/config.pbtxt"))
@@ -98,7 +98,8 @@ def test_network_configs_use_the_manifest_names():
     for folder, key in repository.NETWORKS.items():
         entry = manifest[key]
         assert [t.name for t in CONFIG[folder].input] == [s.name for s in entry.inputs]
-        assert {t.name for t in CONFIG[folder].output} <= {s.name for s in entry.outputs}
+        outputs = {s.name for s in entry.outputs} | ({glue.PARSER_LABELS} if folder in repository.REDUCED else set())
+        assert {t.name for t in CONFIG[folder].output} <= outputs
         for tensor, spec in zip(CONFIG[folder].input, entry.inputs):
             assert list(tensor.dims)[1:] == [d for d in spec.shape][1:]
 
@@ -115,3 +116,19 @@ def test_standins_written_by_the_cli_are_used_as_standins(tmp_path):
     kinds = {s.model: s.kind for s in sources}
     assert kinds["simswap"] == kinds["gfpgan"] == kinds["bisenet"] == kinds["arcface"] == "stand-in"
     assert kinds["yunet"] == "real"
+
+
+def test_the_parser_is_served_with_its_argmax(built):
+    """The repository's bisenet gives the labels the original graph's scores pick, as uint8."""
+    import numpy as np
+    import onnxruntime
+
+    manifest = load_manifest()
+    original = standins.BUILDERS["bisenet"](manifest["bisenet"])
+    faces = np.random.default_rng(0).normal(size=(2, 3, 512, 512)).astype(np.float32)
+    scores = onnxruntime.InferenceSession(original.SerializeToString()).run(None, {"input": faces})[0]
+    served = onnxruntime.InferenceSession(str(built / "bisenet" / "1" / "model.onnx"))
+    (labels,) = served.run([glue.PARSER_LABELS], {"input": faces})
+    assert labels.dtype == np.uint8 and labels.shape == (2, 512, 512)
+    np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+    assert len(np.unique(labels)) > 1
