@@ -107,3 +107,28 @@ def test_two_services_share_a_postgresql_queue(tmp_path, triton, clips, postgres
         assert states == ["done"] * 4
         done = [_metric(client, 'swapstream_jobs_finished_total{state="done"}') for client in (http_a, http_b)]
         assert sum(done) == 4 and min(done) >= 1, done  # each service's worker claimed some of the jobs
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KB filesystem (tmpfs): the data folder of a service whose disk fills up."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_full_disk_refuses_the_upload_and_keeps_serving(small_disk, triton, clips):
+    big = MEDIA / "vid01_talking_head_1280x720_audio.mp4"  # 649 KB: more than the disk holds
+    with ServiceProcess(small_disk / "data", "--triton", triton.grpc_url, "--workers", "1") as service, \
+            service.client() as http:
+        refused = submit(http, big, sources=(MEDIA / "img03_single_frontal_rose_leslie.jpg",))
+        assert refused.status_code == 507, refused.text
+        assert "disk is full" in refused.json()["detail"]
+        assert list((small_disk / "data" / "uploads").iterdir()) == []
+        job = submit(http, clips[1], sources=(MEDIA / "img03_single_frontal_rose_leslie.jpg",)).json()
+        assert wait_for(http, job["id"], {"done", "failed"})["state"] == "done"
