@@ -97,19 +97,6 @@ Faces = Literal["all", "largest", "reference"]
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
-@dataclass
-class SwapForm:
-    """Options of a swap, as in ``swapstream swap``."""
-    faces: Faces = "all"
-    reference_distance: float = 0.6
-    score_threshold: float = 0.6
-    smoothing: bool = True
-    batch_size: int = 16
-    crf: int = 18
-    preset: Preset = "medium"
-    audio: bool = True
-
-
 def swap_form(
     faces: Annotated[Faces, Form(description="which faces to swap")] = "all",
     reference_distance: Annotated[float, Form(gt=0, le=2, description="with faces=reference")] = 0.6,
@@ -119,8 +106,10 @@ def swap_form(
     crf: Annotated[int, Form(ge=0, le=51, description="x264 quality, lower is better")] = 18,
     preset: Annotated[Preset, Form(description="x264 preset")] = "medium",
     audio: Annotated[bool, Form(description="copy the target's audio")] = True,
-) -> SwapForm:
-    return SwapForm(faces, reference_distance, score_threshold, smoothing, batch_size, crf, preset, audio)
+) -> dict:
+    """A swap's options, as in ``swapstream swap``: the ``SwapOptions`` fields a client may set."""
+    return {"faces": faces, "reference_distance": reference_distance, "score_threshold": score_threshold,
+            "smoothing": smoothing, "batch_size": batch_size, "crf": crf, "preset": preset, "audio": audio}
 
 
 def job_view(job) -> dict:
@@ -201,7 +190,7 @@ def create_app(service: Service) -> FastAPI:
     def submit_job(
         target: Annotated[UploadFile, File(description="the video (or photo) whose faces are replaced")],
         source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
-        options: Annotated[SwapForm, Depends(swap_form)],
+        options: Annotated[dict, Depends(swap_form)],
         reference: Annotated[UploadFile | None, File(description="with faces=reference")] = None,
     ):
         if service.store.counts().get("queued", 0) >= config.max_queued:
@@ -215,18 +204,18 @@ def create_app(service: Service) -> FastAPI:
                 frames = check_video(target_path, "target", limits).frame_count
             else:
                 check_photo(target_path, "target", limits)
-            sources = check_sources(folder, source, options.score_threshold)
+            sources = check_sources(folder, source, options["score_threshold"])
             inputs = {"folder": _relative(service, folder), "target": _relative(service, target_path),
                       "sources": [_relative(service, p) for p in sources], "frames": frames,
                       "result_suffix": ".mp4" if kind == "video" else target_path.suffix}
-            if options.faces == "reference":
+            if options["faces"] == "reference":
                 if reference is None:
                     raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap")
                 _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
                 require_face(check_photo(reference_path, "reference", limits), "reference photo",
-                             options.score_threshold)
+                             options["score_threshold"])
                 inputs["reference"] = _relative(service, reference_path)
-            job = service.store.create(asdict(options), inputs, max_attempts=config.max_attempts,
+            job = service.store.create(options, inputs, max_attempts=config.max_attempts,
                                        max_queued=config.max_queued)
         except QueueFull:
             remove_folder(folder)
@@ -285,19 +274,19 @@ def create_app(service: Service) -> FastAPI:
     def swap_image(
         target: Annotated[UploadFile, File(description="the photo whose faces are replaced")],
         source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
-        options: Annotated[SwapForm, Depends(swap_form)],
+        options: Annotated[dict, Depends(swap_form)],
     ):
-        if options.faces == "reference":
+        if options["faces"] == "reference":
             raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here")
         folder = service.data_dir / "tmp" / uuid.uuid4().hex
         folder.mkdir()
         try:
             _, target_path = save_upload(target, folder, "target", "target", {"photo"}, limits)
-            require_face(check_photo(target_path, "target", limits), "target photo", options.score_threshold)
-            sources = check_sources(folder, source, options.score_threshold)
+            require_face(check_photo(target_path, "target", limits), "target photo", options["score_threshold"])
+            sources = check_sources(folder, source, options["score_threshold"])
             suffix = ".png" if target_path.suffix == ".png" else ".jpg"
             output = folder / f"swapped{suffix}"
-            with service.photo_swapper(replace(service.base_options, **asdict(options))) as swapper:
+            with service.photo_swapper(replace(service.base_options, **options)) as swapper:
                 summary = run_swap(swapper, sources, target_path, output)
             body = output.read_bytes()
         except SwapInputError as error:
