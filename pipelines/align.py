@@ -12,14 +12,26 @@ import os
 import threading
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import backend, fn, pipeline_def, types
 
 DEVICES = ("cpu", "gpu")
+
+
+class DeviceError(RuntimeError):
+    """The GPU was asked for and there is none."""
 
 
 def check_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    return device
+
+
+def require_device(device: str) -> str:
+    """``check_device``, and for "gpu" that a CUDA GPU is there: checked before work starts, not by graph builders."""
+    if check_device(device) == "gpu" and backend.GetCUDADeviceCount() == 0:
+        raise DeviceError("device 'gpu' was asked for, but DALI sees no CUDA GPU (no NVIDIA GPU or driver visible "
+                          "to this process); use --device cpu, or run where nvidia-smi lists a GPU")
     return device
 
 

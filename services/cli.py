@@ -62,6 +62,7 @@ def triton_url(args):
 def cmd_swap(args) -> int:
     from tqdm import tqdm
 
+    from pipelines.align import DeviceError
     from pipelines.decode import VideoDecodeError, probe_video
     from services.encoder import EncodeError
     from services.swap_job import IMAGE_SUFFIXES, FaceSwapper, SwapInputError, SwapOptions, run_swap
@@ -83,7 +84,7 @@ def cmd_swap(args) -> int:
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
                 summary = run_swap(swapper, [Path(p) for p in args.source], target, output, progress=bar.update)
     except (SwapInputError, VideoDecodeError, EncodeError, TritonCallError, repository.RepositoryError,
-            TritonStartError) as error:
+            TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{output}: {summary}")
@@ -91,6 +92,7 @@ def cmd_swap(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from pipelines.align import DeviceError
     from services.api import ServiceConfig
     from services.serve import ServeError, serve
     from services.uploads import MB, UploadLimits
@@ -104,7 +106,7 @@ def cmd_serve(args) -> int:
                            limits=limits)
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None)
-    except (ServeError, repository.RepositoryError, TritonStartError) as error:
+    except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -8,6 +8,7 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from pipelines.align import require_device
 from services import repository
 from services.api import Service, ServiceConfig, create_app
 from services.triton_server import EmbeddedTriton
@@ -60,6 +61,7 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
     """Runs until SIGINT/SIGTERM. ``config.triton_url`` empty: an embedded Triton is started and supervised."""
     import uvicorn
 
+    require_device(config.device)  # before anything starts: no GPU is a clear error, not a failed start-up
     if not is_loopback(host) and not config.token:
         raise ServeError(f"refusing to listen on {host} without a bearer token: anyone on the network could "
                          "submit jobs. Set SWAPSTREAM_TOKEN (or --token), or listen on 127.0.0.1")

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from pipelines.align import Aligner
+from pipelines.align import Aligner, require_device
 from pipelines.blend import Blender
 from pipelines.decode import open_video
 from pipelines.resize import Downscaler
@@ -130,6 +130,7 @@ class FaceSwapper:
     def __init__(self, client: SwapstreamClient, options: SwapOptions):
         self.client = client
         self.options = options
+        require_device(options.device)
         self.downscaler = Downscaler(options.detect_size, options.device)
         self.aligner = Aligner(FACE_SIZE, options.device)
         self.identity_aligner = Aligner(IDENTITY_SIZE, options.device)

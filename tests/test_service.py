@@ -10,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from nvidia.dali.backend import GetCUDADeviceCount
 
 from benchmarks.media import cut
 from services.encoder import probe
@@ -299,6 +300,14 @@ def test_token_queue_limit_and_binding(tmp_path, triton, clip):
                               triton.grpc_url, "--data", str(tmp_path / "open")], capture_output=True, text=True,
                              timeout=120, env={k: v for k, v in os.environ.items() if k != "SWAPSTREAM_TOKEN"})
     assert refused.returncode == 2 and "refusing to listen on 0.0.0.0 without a bearer token" in refused.stderr
+
+
+@pytest.mark.skipif(GetCUDADeviceCount() > 0, reason="a GPU is present: --device gpu is valid here")
+def test_serve_on_gpu_without_a_gpu_is_a_clear_error(tmp_path, triton):
+    refused = subprocess.run([sys.executable, "-m", "services.cli", "serve", "--device", "gpu", "--triton",
+                              triton.grpc_url, "--data", str(tmp_path / "data")], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "DALI sees no CUDA GPU" in refused.stderr
 
 
 def test_prometheus_scrapes_the_service_and_triton(service, http, triton, clip):

@@ -10,6 +10,7 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from nvidia.dali.backend import GetCUDADeviceCount
 
 from benchmarks.media import cut
 from services import standins
@@ -154,3 +155,10 @@ def test_enormous_target_is_a_clear_error(swapper, tmp_path):
     with pytest.raises(SwapInputError, match="larger than 8K"):
         run_swap(swapper, [OBAMA], huge, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.skipif(GetCUDADeviceCount() > 0, reason="a GPU is present: --device gpu is valid here")
+def test_gpu_without_a_gpu_is_a_clear_error(triton, tmp_path):
+    result = run_cli(triton, "--device", "gpu", "--target", str(OBAMA), "-o", str(tmp_path / "out.jpg"))
+    assert result.returncode == 2 and "DALI sees no CUDA GPU" in result.stderr and "--device cpu" in result.stderr
+    assert not (tmp_path / "out.jpg").exists()
