@@ -82,7 +82,8 @@ def cmd_swap(args) -> int:
         with triton_url(args) as url:
             swapper = FaceSwapper(SwapstreamClient(url), options)
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
-                summary = run_swap(swapper, [Path(p) for p in args.source], target, output, progress=bar.update)
+                summary = run_swap(swapper, [Path(p) for p in args.source], target, output,
+                                   progress=lambda frames, _summary: bar.update(frames))
     except (SwapInputError, VideoDecodeError, EncodeError, TritonCallError, repository.RepositoryError,
             TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -45,7 +45,7 @@ class ServiceMetrics:
                                      ["state"], registry=self.registry)
         self.frames = Counter("swapstream_frames_processed", "Frames written by finished and running jobs",
                               registry=self.registry)
-        self.faces = Counter("swapstream_faces_swapped", "Faces swapped", registry=self.registry)
+        self.faces = Counter("swapstream_faces_swapped", "Faces swapped by finished and running jobs", registry=self.registry)
         self.job_fps = Histogram("swapstream_job_fps", "End-to-end frames per second of each finished job",
                                  buckets=FPS_BUCKETS, registry=self.registry)
         self.job_seconds = Histogram("swapstream_job_seconds", "Wall time of each finished job",

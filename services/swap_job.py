@@ -301,11 +301,11 @@ def _batches(frames: Iterable[tuple[np.ndarray, TrackedFrame]], size: int) -> It
 
 
 def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Path,
-             progress: Callable[[int], None] | None = None,
+             progress: Callable[[int, "SwapSummary"], None] | None = None,
              stage_observer: Callable[[str, float], None] | None = None) -> SwapSummary:
     """Swaps the faces of ``target`` (video or photo) with the identity in ``sources``; writes ``output``.
 
-    ``progress(frames)`` is called as frames are written; an exception it raises (e.g. a cancellation)
+    ``progress(frames, summary)`` is called as frames are written (the summary so far); an exception it raises (e.g. a cancellation)
     stops the job and leaves no output. ``stage_observer(stage, seconds)`` sees every timed stage call.
     """
     options = swapper.options
@@ -338,6 +338,8 @@ def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Pa
         with swapper.clock("encode"):
             write_image(output, result[0])
         summary.frames = 1
+        if progress:
+            progress(1, summary)
     else:
         _swap_video(swapper, target, output, swap_stage, summary, progress)
     summary.seconds = time.perf_counter() - started
@@ -402,5 +404,5 @@ def _swap_video(swapper: FaceSwapper, target: Path, output: Path, swap_stage, su
                 writer.write(frames)
             summary.frames += len(frames)
             if progress:
-                progress(len(frames))
+                progress(len(frames), summary)
     summary.notes += writer.notes  # e.g. odd sizes padded, audio re-encoded

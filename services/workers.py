@@ -104,7 +104,6 @@ class Worker(threading.Thread):
         relative = str(output.relative_to(self.data_dir))
         if self.store.complete(job.id, self.id, relative, frames=summary.frames,
                                faces_swapped=summary.faces_swapped, fps=summary.fps, stats=stats):
-            self.metrics.faces.inc(summary.faces_swapped)
             self.metrics.job_fps.observe(summary.fps)
             self.metrics.job_seconds.observe(time.monotonic() - started)
             self.metrics.jobs_finished.labels("done").inc()
@@ -134,16 +133,20 @@ class _Progress:
         self.worker = worker
         self.job = job
         self.frames = 0
+        self.faces = 0
         self.last_beat = 0.0
         self.total = job.inputs.get("frames")
 
-    def __call__(self, frames: int) -> None:
+    def __call__(self, frames: int, summary) -> None:
         self.frames += frames
         self.worker.metrics.frames.inc(frames)
+        self.worker.metrics.faces.inc(summary.faces_swapped - self.faces)
+        self.faces = summary.faces_swapped
         now = time.monotonic()
         if now - self.last_beat >= HEARTBEAT_SECONDS:
             self.last_beat = now
-            if not self.worker.store.heartbeat(self.job.id, self.worker.id, self.frames, self.total, 0):
+            if not self.worker.store.heartbeat(self.job.id, self.worker.id, self.frames, self.total,
+                                               summary.faces_swapped):
                 raise JobCancelled
 
 

@@ -54,6 +54,12 @@ def submit(http, target, sources=(OBAMA,), **form):
     return http.post("/v1/jobs", files=files, data={k: str(v) for k, v in form.items()})
 
 
+def metric_values(http) -> dict[str, float]:
+    """The service's /metrics as {series with labels: value}."""
+    lines = http.get("/metrics").text.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
+
+
 def uploads(service) -> list:
     return sorted((service.data / "uploads").iterdir())
 
@@ -99,9 +105,13 @@ def test_listing_filters_by_state_and_pages(service, http, clip):
 
 
 def test_photo_target_job(service, http):
+    before = metric_values(http)
     job_id = submit(http, GROUP, sources=(ROSE,), faces="largest").json()["id"]
     job = wait_for(http, job_id, {"done", "failed"})
     assert job["state"] == "done" and job["faces_swapped"] == 1, job
+    after = metric_values(http)
+    for name in ("swapstream_frames_processed_total", "swapstream_faces_swapped_total"):
+        assert after[name] - before[name] == 1
     result = http.get(job["result_url"])
     assert result.headers["content-type"] == "image/jpeg"
     swapped = cv2.cvtColor(cv2.imdecode(np.frombuffer(result.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -111,7 +121,7 @@ def test_photo_target_job(service, http):
 def test_cancel_running_job_then_delete_it(service, http):
     long_clip = MEDIA / "vid03_square_480_expressions.mp4"
     job_id = submit(http, long_clip).json()["id"]
-    wait_for(http, job_id, {"running"}, frames_done=lambda n: n > 0)
+    wait_for(http, job_id, {"running"}, frames_done=lambda n: n > 0, faces_swapped=lambda n: n > 0)
     cancelling = http.delete(f"/v1/jobs/{job_id}")
     assert cancelling.status_code == 202 and cancelling.json()["cancel_requested"]
     job = wait_for(http, job_id, {"cancelled", "done"})
@@ -258,9 +268,7 @@ def test_health_readiness_and_metrics(service, http, clip):
     assert ready.status_code == 200 and ready.json() == {"ready": True, "triton": True, "workers": True, "store": True}
     job_id = submit(http, clip).json()["id"]
     wait_for(http, job_id, {"done"})
-    text = http.get("/metrics").text
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line and not line.startswith("#")}
+    values = metric_values(http)
     assert values['swapstream_jobs{state="done"}'] >= 1
     assert values["swapstream_frames_processed_total"] >= CLIP_FRAMES
     assert values["swapstream_faces_swapped_total"] >= CLIP_FRAMES

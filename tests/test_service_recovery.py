@@ -14,7 +14,7 @@ from services.encoder import probe
 from tests.conftest import MEDIA
 from tests.postgres_server import postgres_database_url, postgres_url  # noqa: F401 - fixtures
 from tests.service_process import ServiceProcess, wait_for
-from tests.test_service import submit
+from tests.test_service import metric_values, submit
 
 LONG_FRAMES = 96
 SHORT_FRAMES = 16
@@ -25,13 +25,6 @@ def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
     source = MEDIA / "vid03_square_480_expressions.mp4"
     return cut(source, folder / "long.mp4", LONG_FRAMES), cut(source, folder / "short.mp4", SHORT_FRAMES)
-
-
-def _metric(client: httpx.Client, name: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def _kill_when_running(service: ServiceProcess, http: httpx.Client, job_id: str) -> None:
@@ -91,7 +84,8 @@ def test_triton_killed_mid_job_is_restarted_and_the_job_retried(tmp_path, clips)
         assert http.get("/healthz").status_code == 200
         assert job["state"] == "done" and job["attempts"] == 2, job
         assert "Triton model" in job["error"]  # the last attempt's failure stays on record
-        assert _metric(http, "swapstream_triton_errors_total") >= 1
+        errors = metric_values(http)
+        assert sum(v for k, v in errors.items() if k.startswith("swapstream_triton_errors_total{")) >= 1
         assert http.get("/readyz").json()["triton"] is True
 
 
@@ -105,7 +99,7 @@ def test_two_services_share_a_postgresql_queue(tmp_path, triton, clips, postgres
         assert http_b.get("/v1/jobs", params={"limit": 10}).json()["total"] == 4
         states = [wait_for(http_b, job_id, {"done", "failed"})["state"] for job_id in ids]
         assert states == ["done"] * 4
-        done = [_metric(client, 'swapstream_jobs_finished_total{state="done"}') for client in (http_a, http_b)]
+        done = [metric_values(client)['swapstream_jobs_finished_total{state="done"}'] for client in (http_a, http_b)]
         assert sum(done) == 4 and min(done) >= 1, done  # each service's worker claimed some of the jobs
 
 
