@@ -72,7 +72,8 @@ class Worker(threading.Thread):
     def _run_job(self, job) -> None:
         started = time.monotonic()
         inputs = job.inputs
-        output = self.data_dir / "results" / f"{job.id}{inputs['result_suffix']}"
+        # One name per attempt: a worker that lost its job never touches the result of the one that took it over.
+        output = self.data_dir / "results" / f"{job.id}-{job.attempts}{inputs['result_suffix']}"
         progress = _Progress(self, job)
         try:
             self.swapper.options = job_options(self.base_options, job.options, self.data_dir, inputs)
