@@ -5,12 +5,11 @@ previous one answered (closed loop). ``swap`` gets K aligned faces per request, 
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
-from benchmarks.pipeline_runs import percentile_ms, statistics_delta, triton_statistics
+from benchmarks.pipeline_runs import percentile_ms, run_together
 from services.triton_client import SwapstreamClient
 
 PERCENTILES = (50, 90, 95, 99)
@@ -29,35 +28,19 @@ def run_load(url: str, model: str, items: np.ndarray, embedding: np.ndarray, con
     for client in clients:  # warm-up: channel set up, first-call allocations
         _call(client, model, items, embedding)
     latencies: list[list[float]] = [[] for _ in clients]
-    errors: list[BaseException] = []
-    start_together = threading.Barrier(concurrency + 1)
-    deadline = [0.0]
 
-    def worker(i: int) -> None:
-        start_together.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                started = time.perf_counter()
-                _call(clients[i], model, items, embedding)
-                latencies[i].append(time.perf_counter() - started)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(error)
+    def client_loop(i: int) -> None:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            _call(clients[i], model, items, embedding)
+            latencies[i].append(time.perf_counter() - started)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    before = triton_statistics(url)
-    started = time.perf_counter()
-    deadline[0] = started + seconds
-    start_together.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    triton = statistics_delta(before, triton_statistics(url))
-    for client in clients:
-        client.close()
-    if errors:
-        raise errors[0]
+    try:
+        elapsed, triton = run_together(url, concurrency, client_loop)
+    finally:
+        for client in clients:
+            client.close()
     pooled = [x for per_client in latencies for x in per_client]
     requests = len(pooled)
     called = triton.get(model, {})

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -94,6 +95,36 @@ class _BatchTimes:
         return [end - start for start, end in zip(self.decode_starts, self.encode_ends)]
 
 
+def run_together(url: str, count: int, work: Callable[[int], None]) -> tuple[float, dict]:
+    """Runs ``work(i)`` for i < ``count`` in threads released at once.
+
+    Returns the wall time and the Triton statistics of that time; re-raises the first error of a thread.
+    """
+    errors: list[BaseException] = []
+    start_together = threading.Barrier(count + 1)
+
+    def run(i: int) -> None:
+        start_together.wait()
+        try:
+            work(i)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    before = triton_statistics(url)
+    started = time.perf_counter()
+    start_together.wait()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    triton = statistics_delta(before, triton_statistics(url))
+    if errors:
+        raise errors[0]
+    return seconds, triton
+
+
 def pipeline_options(batch_size: int, device: str) -> SwapOptions:
     """The job as measured: every face, raw landmarks, no gap filling (the baseline's work, frame for frame)."""
     return SwapOptions(batch_size=batch_size, smoothing=False, max_gap=0, device=device)
@@ -106,30 +137,16 @@ def run_pipeline(url: str, source: Path, clip: Path, out_dir: Path, batch_size: 
     run = PipelineRun(batch_size, streams)
     run.outputs = [str(out_dir / f"pipeline-b{batch_size}-s{streams}-{i}.mp4") for i in range(streams)]
     clocks = [_BatchTimes() for _ in range(streams)]
-    summaries, errors = [None] * streams, []
-    start_together = threading.Barrier(streams + 1)
+    summaries = [None] * streams
 
     def stream(i: int) -> None:
-        start_together.wait()
-        try:
-            summaries[i] = run_swap(swappers[i], [source], clip, Path(run.outputs[i]), stage_observer=clocks[i])
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(error)
+        summaries[i] = run_swap(swappers[i], [source], clip, Path(run.outputs[i]), stage_observer=clocks[i])
 
-    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    before = triton_statistics(url)
-    started = time.perf_counter()
-    start_together.wait()
-    for thread in threads:
-        thread.join()
-    run.seconds = time.perf_counter() - started
-    run.triton = statistics_delta(before, triton_statistics(url))
-    for swapper in swappers:
-        swapper.client.close()
-    if errors:
-        raise errors[0]
+    try:
+        run.seconds, run.triton = run_together(url, streams, stream)
+    finally:
+        for swapper in swappers:
+            swapper.client.close()
     for summary, clock in zip(summaries, clocks):
         run.frames += summary.frames
         run.faces += summary.faces_swapped
