@@ -98,9 +98,8 @@ def cmd_serve(args) -> int:
     from services.serve import ServeError, serve
     from services.uploads import MB, UploadLimits
 
-    width, _, height = args.max_resolution.partition("x")
     limits = UploadLimits(max_video_bytes=int(args.max_video_mb * MB), max_photo_bytes=int(args.max_photo_mb * MB),
-                          max_duration=args.max_duration, max_pixels=int(width) * int(height))
+                          max_duration=args.max_duration, max_pixels=args.max_resolution)
     config = ServiceConfig(data_dir=Path(args.data), triton_url=args.triton or "", store_url=args.store,
                            workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
                            token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None, device=args.device,
@@ -145,6 +144,14 @@ def cmd_models_list(args) -> int:
         where = str(found[0]) if found else "absent (a stand-in is used)"
         print(f"{key:<16} {entry.file:<26} {entry.bytes / 1e6:8.1f} MB  {entry.license:<14} {where}")
     return 0
+
+
+def _pixels(text: str) -> int:
+    """WIDTHxHEIGHT -> the pixel count."""
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width) * int(height)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-video-mb", type=float, default=1024, help="largest video upload (1024 MB)")
     serve.add_argument("--max-photo-mb", type=float, default=20, help="largest photo upload (20 MB)")
     serve.add_argument("--max-duration", type=float, default=600, help="longest video in seconds (600)")
-    serve.add_argument("--max-resolution", default="3840x2160", help="largest frame, WIDTHxHEIGHT (3840x2160)")
+    serve.add_argument("--max-resolution", type=_pixels, default="3840x2160",
+                       help="largest frame, WIDTHxHEIGHT (3840x2160)")
     serve.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
     serve.set_defaults(func=cmd_serve)
 
