@@ -20,10 +20,10 @@ import av
 import cv2
 import numpy as np
 
-from benchmarks.inprocess import InProcessModels
-from pipelines.decode import probe_video
-from services.encoder import VideoWriter
-from services.swap_job import (FACE_SIZE, IDENTITY_SIZE, StageClock, SwapInputError, SwapOptions, SwapSummary,
+from swapstream.benchmarks.inprocess import InProcessModels
+from swapstream.pipelines.decode import probe_video
+from swapstream.services.swap.encoder import VideoWriter
+from swapstream.services.swap.job import (FACE_SIZE, IDENTITY_SIZE, StageClock, SwapInputError, SwapOptions, SwapSummary,
                                read_photo, similarity_to)
 
 

@@ -13,8 +13,8 @@ import statistics
 
 import numpy as np
 
-from benchmarks.inprocess import InProcessModels
-from services.repository import NETWORKS
+from swapstream.benchmarks.inprocess import InProcessModels
+from swapstream.services.triton.repository import NETWORKS
 
 DETECTOR = "yunet"
 

@@ -20,7 +20,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _parts(text: str) -> tuple[str, ...]:
-    from benchmarks.harness import PARTS
+    from swapstream.benchmarks.harness import PARTS
 
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = set(parts) - set(PARTS)
@@ -65,10 +65,10 @@ def add_bench_command(commands) -> None:
 
 
 def cmd_bench(args) -> int:
-    from benchmarks import report
-    from benchmarks.harness import PARTS, BenchConfig, run_bench, run_load_bench
-    from services.repository import RepositoryError
-    from services.triton_server import TritonStartError
+    from swapstream.benchmarks import report
+    from swapstream.benchmarks.harness import PARTS, BenchConfig, run_bench, run_load_bench
+    from swapstream.services.triton.repository import RepositoryError
+    from swapstream.services.triton.server import TritonStartError
 
     if args.quick:
         vars(args).update(QUICK)

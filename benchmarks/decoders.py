@@ -14,7 +14,7 @@ import av
 import imageio_ffmpeg
 import numpy as np
 
-from pipelines.decode import VideoDecodeError, open_video, probe_video
+from swapstream.pipelines.decode import VideoDecodeError, open_video, probe_video
 
 
 def _dali(path: Path, device: str, batch_size: int) -> int:

@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks import media
-from benchmarks.baseline import FrameAtATimeSwapper, run_baseline
-from benchmarks.bound import measure_bound
-from benchmarks.decoders import measure_decoders
-from benchmarks.inprocess import InProcessModels
-from benchmarks.load import run_load
-from benchmarks.pipeline_runs import PipelineRun, pipeline_options, run_pipeline
-from services.repository import build_repository, default_weight_dirs
-from services.swap_job import FaceSwapper
-from services.triton_client import SwapstreamClient
-from services.triton_server import EmbeddedTriton
+from swapstream.benchmarks import media
+from swapstream.benchmarks.baseline import FrameAtATimeSwapper, run_baseline
+from swapstream.benchmarks.bound import measure_bound
+from swapstream.benchmarks.decoders import measure_decoders
+from swapstream.benchmarks.inprocess import InProcessModels
+from swapstream.benchmarks.load import run_load
+from swapstream.benchmarks.pipeline_runs import PipelineRun, pipeline_options, run_pipeline
+from swapstream.services.triton.repository import build_repository, default_weight_dirs
+from swapstream.services.swap.job import FaceSwapper
+from swapstream.services.triton.client import SwapstreamClient
+from swapstream.services.triton.server import EmbeddedTriton
 
 PARTS = ("pipeline", "baseline", "bound", "decode")
 DEFAULT_FRAMES = 60

@@ -54,7 +54,7 @@ class OnnxModel:
 
 
 class InProcessModels:
-    """Every model of a runtime repository (see ``services.repository.build_repository``), callable by name."""
+    """Every model of a runtime repository (see ``swapstream.services.triton.repository.build_repository``), callable by name."""
 
     def __init__(self, repository: Path, device: str = "cpu"):
         self.repository = Path(repository)

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from benchmarks.pipeline_runs import percentile_ms, run_together
-from services.triton_client import SwapstreamClient
+from swapstream.benchmarks.pipeline_runs import percentile_ms, run_together
+from swapstream.services.triton.client import SwapstreamClient
 
 PERCENTILES = (50, 90, 95, 99)
 

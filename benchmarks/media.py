@@ -9,9 +9,9 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from services.encoder import VideoWriter
-from services.repository import shared_dir
-from services.swap_job import FACE_SIZE, read_photo, similarity_to
+from swapstream.services.swap.encoder import VideoWriter
+from swapstream.services.triton.repository import shared_dir
+from swapstream.services.swap.job import FACE_SIZE, read_photo, similarity_to
 
 DEFAULT_CLIP = "vid01_talking_head_1280x720_audio.mp4"
 DEFAULT_SOURCE = "img01_single_frontal_obama.jpg"

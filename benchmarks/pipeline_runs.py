@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from services.swap_job import STAGES, FaceSwapper, SwapOptions, run_swap
-from services.triton_client import SwapstreamClient
+from swapstream.services.swap.job import STAGES, FaceSwapper, SwapOptions, run_swap
+from swapstream.services.triton.client import SwapstreamClient
 
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
 

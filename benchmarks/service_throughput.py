@@ -1,6 +1,6 @@
 """Throughput of the ingestion service: N jobs submitted at once, run by 1..W workers, against one Triton.
 
-    python -m benchmarks.service_throughput [--jobs 4] [--frames 96] [--workers 1,2]
+    python -m swapstream.benchmarks.service_throughput [--jobs 4] [--frames 96] [--workers 1,2]
 
 Each worker count gets a fresh ``swapstream serve`` process and data folder; the figure is the frames of all
 jobs over the wall time from the first submission to the last job done, and its ratio to one worker.
@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.media import cut
-from services.repository import embedded_triton, shared_dir
-from tests.service_process import ServiceProcess, wait_for
+from swapstream.benchmarks.media import cut
+from swapstream.services.jobs.process import ServiceProcess, wait_for
+from swapstream.services.triton.repository import embedded_triton, shared_dir
 
 CLIP = "vid03_square_480_expressions.mp4"
 SOURCE = "img01_single_frontal_obama.jpg"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, types
 
-from pipelines.align import BatchedPipeline, check_device, invert_affine, opencv_to_dali_inverse
+from swapstream.pipelines.align import BatchedPipeline, check_device, invert_affine, opencv_to_dali_inverse
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.align import check_device, pipeline_kwargs, to_numpy
+from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
 
 # FFmpeg codec names DALI's decoder takes, per backend (DALI 2.4 docs; CPU list measured here).
 DALI_CODECS = {

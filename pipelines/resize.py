@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.align import check_device, pipeline_kwargs, to_numpy
+from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
 
 
 def _resize_pipeline(device: str, max_batch_size: int, device_id: int):

@@ -9,8 +9,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from services import model_store, repository, standins
-from services.triton_server import Ports, TritonStartError, free_port
+from swapstream.services.triton import model_store, repository, standins
+from swapstream.services.triton.server import Ports, TritonStartError, free_port
 
 
 def _weight_dirs(args) -> list[Path]:
@@ -62,11 +62,11 @@ def triton_url(args):
 def cmd_swap(args) -> int:
     from tqdm import tqdm
 
-    from pipelines.align import DeviceError
-    from pipelines.decode import VideoDecodeError, probe_video
-    from services.encoder import EncodeError
-    from services.swap_job import IMAGE_SUFFIXES, FaceSwapper, SwapInputError, SwapOptions, run_swap
-    from services.triton_client import SwapstreamClient, TritonCallError
+    from swapstream.pipelines.align import DeviceError
+    from swapstream.pipelines.decode import VideoDecodeError, probe_video
+    from swapstream.services.swap.encoder import EncodeError
+    from swapstream.services.swap.job import IMAGE_SUFFIXES, FaceSwapper, SwapInputError, SwapOptions, run_swap
+    from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
     output = Path(args.output)
     if not output.parent.resolve().is_dir():
@@ -93,10 +93,10 @@ def cmd_swap(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pipelines.align import DeviceError
-    from services.api import ServiceConfig
-    from services.serve import ServeError, serve
-    from services.uploads import MB, UploadLimits
+    from swapstream.pipelines.align import DeviceError
+    from swapstream.services.jobs.api import ServiceConfig
+    from swapstream.services.jobs.serve import ServeError, serve
+    from swapstream.services.jobs.uploads import MB, UploadLimits
 
     limits = UploadLimits(max_video_bytes=int(args.max_video_mb * MB), max_photo_bytes=int(args.max_photo_mb * MB),
                           max_duration=args.max_duration, max_pixels=args.max_resolution)
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_commands.add_parser("list", help="the pinned models and where their weights are")
     listing.add_argument("--models", help="folder with model weights")
     listing.set_defaults(func=cmd_models_list)
-    from benchmarks.cli import add_bench_command
+    from swapstream.benchmarks.cli import add_bench_command
     add_bench_command(commands)
     return parser
 

@@ -1,0 +1,348 @@
+"""The ingestion service's HTTP API (FastAPI; OpenAPI docs at ``/docs``).
+
+Jobs are queued in the job store and run by the worker threads (``swapstream.services.jobs.workers``); photos are
+swapped and analysed synchronously. Every rejection says what was wrong and what to do, and leaves
+nothing stored.
+"""
+
+import logging
+import secrets
+import threading
+import uuid
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from swapstream.services.swap.head_pose import head_pose
+from swapstream.services.jobs.store import FINAL, STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead
+from swapstream.services.jobs.metrics import ServiceMetrics
+from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
+from swapstream.services.triton.client import SwapstreamClient, TritonCallError
+from swapstream.services.jobs.uploads import UploadLimits, UploadRejected, check_photo, check_video, remove_folder, save_upload
+from swapstream.services.jobs.workers import WorkerPool
+
+log = logging.getLogger("swapstream.api")
+
+
+@dataclass
+class ServiceConfig:
+    data_dir: Path
+    triton_url: str
+    store_url: str | None = None       # default: SQLite in data_dir
+    workers: int = 1
+    max_queued: int = 16
+    max_attempts: int = 3
+    stale_after: float = 300.0          # seconds without a heartbeat before another machine's job is re-queued
+    token: str | None = None
+    device: str = "cpu"
+    limits: UploadLimits = field(default_factory=UploadLimits)
+
+
+class Service:
+    """The store, the workers and the photo swapper of one service process."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.data_dir = config.data_dir.resolve()
+        for folder in ("uploads", "results", "tmp"):
+            (self.data_dir / folder).mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(config.store_url) if config.store_url else JobStore.in_folder(self.data_dir)
+        self.base_options = SwapOptions(device=config.device)
+        self.pool: WorkerPool | None = None
+        self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
+        self.client = SwapstreamClient(config.triton_url)
+        self._photo_swapper: FaceSwapper | None = None
+        self._photo_lock = threading.Lock()
+
+    def start(self) -> None:
+        for job in self.store.recover(local_worker_is_dead, self.config.stale_after):
+            log.warning("job %s was running in a worker that stopped: now %s", job.id, job.state)
+            if job.state in FINAL:
+                self.metrics.jobs_finished.labels(job.state).inc()
+        for partial in (self.data_dir / "results").glob(".*.partial*"):
+            partial.unlink(missing_ok=True)  # left by a killed worker; never referenced by a job
+        self.pool = WorkerPool(self.config.workers, self.store, self.data_dir, self.config.triton_url,
+                               self.base_options, self.metrics)
+        self.pool.start()
+
+    def stop(self) -> None:
+        if self.pool:
+            self.pool.stop()
+        self.store.close()
+
+    @contextmanager
+    def photo_swapper(self, options: SwapOptions):
+        """The swapper of the synchronous endpoints, one request at a time (its DALI pipelines are not shared)."""
+        with self._photo_lock:
+            if self._photo_swapper is None:
+                self._photo_swapper = FaceSwapper(self.client, options)
+            self._photo_swapper.options = options
+            yield self._photo_swapper
+
+    def faces_in(self, rgb: np.ndarray, score_threshold: float):
+        with self.photo_swapper(replace(self.base_options, score_threshold=score_threshold)) as swapper:
+            return swapper.detect(rgb[None])
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+Faces = Literal["all", "largest", "reference"]
+Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+
+
+def swap_form(
+    faces: Annotated[Faces, Form(description="which faces to swap")] = "all",
+    reference_distance: Annotated[float, Form(gt=0, le=2, description="with faces=reference")] = 0.6,
+    score_threshold: Annotated[float, Form(gt=0, lt=1, description="detector score threshold")] = 0.6,
+    smoothing: Annotated[bool, Form(description="smooth landmarks across frames")] = True,
+    batch_size: Annotated[int, Form(ge=1, le=64, description="frames per batch")] = 16,
+    crf: Annotated[int, Form(ge=0, le=51, description="x264 quality, lower is better")] = 18,
+    preset: Annotated[Preset, Form(description="x264 preset")] = "medium",
+    audio: Annotated[bool, Form(description="copy the target's audio")] = True,
+) -> dict:
+    """A swap's options, as in ``swapstream swap``: the ``SwapOptions`` fields a client may set."""
+    return {"faces": faces, "reference_distance": reference_distance, "score_threshold": score_threshold,
+            "smoothing": smoothing, "batch_size": batch_size, "crf": crf, "preset": preset, "audio": audio}
+
+
+def job_view(job) -> dict:
+    view = job.to_dict()
+    total = view["frames_total"] = job.frames_total or job.inputs.get("frames")
+    view["progress"] = 1.0 if job.state == "done" else (min(job.frames_done / total, 1.0) if total else 0.0)
+    view["result_url"] = f"/v1/jobs/{job.id}/result" if job.state == "done" else None
+    view.pop("inputs", None)
+    view.pop("worker", None)
+    return view
+
+
+# --------------------------------------------------------------------------------------------- app
+
+def create_app(service: Service) -> FastAPI:
+    config = service.config
+    limits = config.limits
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        service.start()
+        yield
+        service.stop()
+
+    app = FastAPI(title="swapstream", version="0.1.0", lifespan=lifespan,
+                  description="Batched video face swap over Triton Inference Server.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if config.token is None:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials, config.token):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def refuse_oversized(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_request_bytes:
+            return JSONResponse({"detail": f"request of {int(length)} bytes is larger than the "
+                                           f"{limits.max_request_bytes} bytes allowed"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(UploadRejected)
+    async def rejected(_request, error: UploadRejected):
+        return JSONResponse({"detail": error.message}, status_code=error.status)
+
+    @app.exception_handler(TritonCallError)
+    async def triton_down(_request, error: TritonCallError):
+        return JSONResponse({"detail": f"the inference server failed: {error}; retry shortly"}, status_code=503)
+
+    @app.exception_handler(JobStoreError)
+    async def store_down(_request, error: JobStoreError):
+        return JSONResponse({"detail": f"the job store is unavailable: {error}"}, status_code=503)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    def check_sources(folder: Path, sources: list[UploadFile], score_threshold: float) -> list[Path]:
+        if not sources:
+            raise UploadRejected(422, "source: give at least one photo of the face to put in")
+        if len(sources) > limits.max_sources:
+            raise UploadRejected(422, f"source: at most {limits.max_sources} photos")
+        paths = []
+        for index, upload in enumerate(sources):
+            _, path = save_upload(upload, folder, f"source-{index}", "source", {"photo"}, limits)
+            require_face(check_photo(path, "source", limits), f"source photo {index + 1}", score_threshold)
+            paths.append(path)
+        return paths
+
+    def require_face(rgb: np.ndarray, what: str, score_threshold: float):
+        found = service.faces_in(rgb, score_threshold)
+        if len(found) == 0:
+            raise UploadRejected(422, f"{what}: no face found (score >= {score_threshold}); use a photo where "
+                                      "the face is visible and frontal, or lower score_threshold")
+        return found
+
+    @v1.post("/jobs", status_code=201, summary="Queue a face swap of a video (or photo)")
+    def submit_job(
+        target: Annotated[UploadFile, File(description="the video (or photo) whose faces are replaced")],
+        source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
+        options: Annotated[dict, Depends(swap_form)],
+        reference: Annotated[UploadFile | None, File(description="with faces=reference")] = None,
+    ):
+        if service.store.counts().get("queued", 0) >= config.max_queued:
+            raise _queue_full(config.max_queued)
+        folder = service.data_dir / "uploads" / uuid.uuid4().hex
+        folder.mkdir()
+        try:
+            kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
+            frames = 1
+            if kind == "video":
+                frames = check_video(target_path, "target", limits).frame_count
+            else:
+                check_photo(target_path, "target", limits)
+            sources = check_sources(folder, source, options["score_threshold"])
+            inputs = {"folder": _relative(service, folder), "target": _relative(service, target_path),
+                      "sources": [_relative(service, p) for p in sources], "frames": frames,
+                      "result_suffix": ".mp4" if kind == "video" else target_path.suffix}
+            if options["faces"] == "reference":
+                if reference is None:
+                    raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap")
+                _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
+                require_face(check_photo(reference_path, "reference", limits), "reference photo",
+                             options["score_threshold"])
+                inputs["reference"] = _relative(service, reference_path)
+            job = service.store.create(options, inputs, max_attempts=config.max_attempts,
+                                       max_queued=config.max_queued)
+        except QueueFull:
+            remove_folder(folder)
+            raise _queue_full(config.max_queued) from None
+        except BaseException:
+            remove_folder(folder)
+            raise
+        service.pool.notify()
+        return JSONResponse(job_view(job), status_code=201, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @v1.get("/jobs", summary="List jobs, newest first")
+    def list_jobs(state: Annotated[Literal[STATES] | None, Query()] = None,  # type: ignore[valid-type]
+                  limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+        jobs, total = service.store.list(state, limit, offset)
+        return {"jobs": [job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+    def find(job_id: str):
+        job = service.store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r}; list jobs with GET /v1/jobs")
+        return job
+
+    @v1.get("/jobs/{job_id}", summary="A job's state and progress")
+    def get_job(job_id: str):
+        return job_view(find(job_id))
+
+    @v1.get("/jobs/{job_id}/result", summary="The swapped file (supports range requests)")
+    def get_result(job_id: str):
+        job = find(job_id)
+        if job.state != "done":
+            raise HTTPException(409, f"job {job_id} is {job.state}, it has no result"
+                                + ("" if job.state in FINAL else "; poll GET /v1/jobs/{id} until state is done"))
+        path = service.data_dir / job.result
+        media_type = "video/mp4" if path.suffix == ".mp4" else f"image/{path.suffix.lstrip('.').replace('jpg', 'jpeg')}"
+        return FileResponse(path, media_type=media_type, filename=f"swapped-{job_id}{path.suffix}")
+
+    @v1.delete("/jobs/{job_id}", summary="Cancel a queued or running job; delete a finished one and its files",
+               responses={204: {"description": "deleted"}, 202: {"description": "cancellation requested"}})
+    def delete_job(job_id: str):
+        job = find(job_id)
+        if job.state in FINAL:
+            service.store.delete(job_id)
+            remove_folder(service.data_dir / job.inputs["folder"])
+            if job.result:
+                (service.data_dir / job.result).unlink(missing_ok=True)
+            return Response(status_code=204)
+        job = service.store.cancel(job_id)
+        if job.state == "cancelled":
+            service.metrics.jobs_finished.labels("cancelled").inc()
+            remove_folder(service.data_dir / job.inputs["folder"])
+            return JSONResponse(job_view(job), status_code=200)
+        return JSONResponse(job_view(job), status_code=202)
+
+    @v1.post("/swap-image", summary="Swap the faces of a photo now; returns the photo",
+             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    def swap_image(
+        target: Annotated[UploadFile, File(description="the photo whose faces are replaced")],
+        source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
+        options: Annotated[dict, Depends(swap_form)],
+    ):
+        if options["faces"] == "reference":
+            raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here")
+        folder = service.data_dir / "tmp" / uuid.uuid4().hex
+        folder.mkdir()
+        try:
+            _, target_path = save_upload(target, folder, "target", "target", {"photo"}, limits)
+            require_face(check_photo(target_path, "target", limits), "target photo", options["score_threshold"])
+            sources = check_sources(folder, source, options["score_threshold"])
+            suffix = ".png" if target_path.suffix == ".png" else ".jpg"
+            output = folder / f"swapped{suffix}"
+            with service.photo_swapper(replace(service.base_options, **options)) as swapper:
+                summary = run_swap(swapper, sources, target_path, output)
+            body = output.read_bytes()
+        except SwapInputError as error:
+            raise UploadRejected(422, str(error)) from error
+        finally:
+            remove_folder(folder)
+        return Response(body, media_type="image/png" if suffix == ".png" else "image/jpeg",
+                        headers={"X-Faces-Swapped": str(summary.faces_swapped)})
+
+    @v1.post("/analyze", summary="Faces in a photo: boxes, scores, 5 landmarks and head pose")
+    def analyze(photo: Annotated[UploadFile, File(description="the photo to analyse")],
+                score_threshold: Annotated[float, Form(gt=0, lt=1)] = 0.6):
+        folder = service.data_dir / "tmp" / uuid.uuid4().hex
+        folder.mkdir()
+        try:
+            _, path = save_upload(photo, folder, "photo", "photo", {"photo"}, limits)
+            rgb = check_photo(path, "photo", limits)
+        finally:
+            remove_folder(folder)
+        found = service.faces_in(rgb, score_threshold)
+        height, width = rgb.shape[:2]
+        faces = [{"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
+                  "landmarks": np.round(landmarks, 1).tolist(), "pose": asdict(head_pose(landmarks, width, height))}
+                 for box, score, landmarks in zip(found.boxes, found.scores, found.landmarks)]
+        return {"width": width, "height": height, "faces": faces}
+
+    app.include_router(v1)
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Triton ready, store writable, workers alive")
+    def readyz():
+        checks = {"triton": service.client.is_ready(), "workers": bool(service.pool and service.pool.alive())}
+        try:
+            service.store.ping()
+            checks["store"] = True
+        except JobStoreError as error:
+            checks["store"] = False
+            checks["store_error"] = str(error)
+        ready = checks["triton"] and checks["workers"] and checks["store"]
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _queue_full(max_queued: int) -> HTTPException:
+    return HTTPException(429, f"the queue is full ({max_queued} jobs waiting); retry later",
+                         headers={"Retry-After": "30"})
+
+
+def _relative(service: Service, path: Path) -> str:
+    return str(path.relative_to(service.data_dir))
+

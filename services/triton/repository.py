@@ -1,0 +1,185 @@
+"""Assembles a runnable Triton model repository from ``model_repository/`` and the weights on disk.
+
+``model_repository/`` in git holds only the configs. Building a runtime repository puts a
+``1/model.onnx`` beside each config: the real weights where a verified file is found in a models
+folder, else the stand-in; the glue graphs built from the manifest; nothing for the ensembles.
+The result runs in the embedded server and, built with ``link="copy"``, in NVIDIA's container.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from swapstream.services.triton import glue, standins
+from swapstream.services.triton.model_store import ModelEntry, ModelVerificationError, default_models_dir, load_manifest, verify
+from swapstream.services.triton.server import EmbeddedTriton
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_REPOSITORY = PROJECT_ROOT / "model_repository"
+
+# Triton model folder -> manifest key of the network it serves.
+NETWORKS = {"yunet": "yunet", "arcface": "arcface_simswap", "simswap": "simswap_256", "gfpgan": "gfpgan_1.4",
+            "bisenet": "bisenet"}
+# Networks served with a reduction appended to their graph (``model.onnx`` is then written, never linked).
+REDUCED = {"bisenet": glue.with_parser_labels}
+REQUIRED_REAL = {"yunet"}  # a detector stand-in would find no faces: the real YuNet is small and in shared/
+
+
+def shared_dir() -> Path:
+    """``$SWAPSTREAM_SHARED``, else the ``shared`` folder beside the checkout."""
+    env = os.environ.get("SWAPSTREAM_SHARED")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared"
+
+
+def default_weight_dirs() -> list[Path]:
+    return [default_models_dir(), shared_dir() / "models"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model: str
+    kind: str          # "real", "stand-in", "glue" or "ensemble"
+    detail: str        # the weights' path, or what was built
+
+
+class RepositoryError(RuntimeError):
+    pass
+
+
+def _glue_builders(manifest: dict[str, ModelEntry]) -> dict:
+    swapper, parser, restorer = manifest["simswap_256"], manifest["bisenet"], manifest["gfpgan_1.4"]
+    return {
+        "detect_preprocess": glue.detect_preprocess,
+        "detect_postprocess": glue.detect_postprocess,
+        "identity_preprocess": lambda: glue.identity_preprocess(manifest["arcface_simswap"]),
+        "identity_postprocess": glue.identity_postprocess,
+        "swap_preprocess": lambda: glue.swap_preprocess(swapper, parser),
+        "swap_merge": lambda: glue.swap_merge(swapper, restorer),
+        "swap_postprocess": lambda: glue.swap_postprocess(restorer),
+    }
+
+
+_VERIFIED_CACHE = Path.home() / ".cache" / "swapstream" / "verified.json"
+
+
+def _verified(entry: ModelEntry, path: Path) -> bool:
+    """Size + sha256 check, remembered per (path, size, mtime) so a restart does not re-hash 300 MB files."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{entry.sha256}"
+    try:
+        cache = json.loads(_VERIFIED_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if cache.get(key):
+        return True
+    try:
+        verify(entry, path)
+    except ModelVerificationError:
+        return False
+    cache[key] = True
+    try:
+        _VERIFIED_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        _VERIFIED_CACHE.write_text(json.dumps(cache))
+    except OSError:
+        pass  # a read-only home only costs a re-hash next time
+    return True
+
+
+def _weights(entry: ModelEntry, weight_dirs: list[Path]) -> tuple[str, Path | None]:
+    """("real", path) for a verified file, ("stand-in", path) for a generated one, else ("absent", None)."""
+    for folder in weight_dirs:
+        path = folder / entry.file
+        if not path.is_file():
+            continue
+        if _verified(entry, path):
+            return "real", path
+        if standins.is_standin(path):
+            return "stand-in", path
+        raise RepositoryError(
+            f"{path} is neither the pinned {entry.key} ({entry.bytes} bytes, sha256 {entry.sha256[:12]}...) "
+            f"nor a swapstream stand-in. Delete it and run `swapstream models fetch {entry.key}`.")
+    return "absent", None
+
+
+def _place(source: Path, target: Path, link: str) -> None:
+    if link == "copy":
+        shutil.copy2(source, target)
+    else:
+        target.symlink_to(source.resolve())
+
+
+def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, link: str = "symlink",
+                     manifest: dict[str, ModelEntry] | None = None) -> list[ModelSource]:
+    """Writes the runtime repository into ``out_dir`` (created, must be empty) and says where each model came from."""
+    manifest = manifest or load_manifest()
+    weight_dirs = weight_dirs if weight_dirs is not None else default_weight_dirs()
+    builders = _glue_builders(manifest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = []
+    for config in sorted(CONFIG_REPOSITORY.glob("*/config.pbtxt")):
+        name = config.parent.name
+        version_dir = out_dir / name / "1"
+        version_dir.mkdir(parents=True)
+        shutil.copy2(config, out_dir / name / "config.pbtxt")
+        target = version_dir / "model.onnx"
+        if name in builders:
+            onnx.save(builders[name](), str(target))
+            sources.append(ModelSource(name, "glue", "built from services/glue.py"))
+        elif name in NETWORKS:
+            entry = manifest[NETWORKS[name]]
+            kind, path = _weights(entry, weight_dirs)
+            if kind == "absent" and name in REQUIRED_REAL:
+                raise RepositoryError(
+                    f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
+                    f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
+            reduce = REDUCED.get(name, lambda model: model)
+            if kind == "absent":
+                onnx.save(reduce(standins.BUILDERS[entry.key](entry)), str(target))
+                sources.append(ModelSource(name, "stand-in", f"generated stand-in for {entry.file}"))
+            elif name in REDUCED:
+                onnx.save(reduce(onnx.load(str(path))), str(target))
+                sources.append(ModelSource(name, kind, f"{path}, with its argmax appended"))
+            else:
+                _place(path, target, link)
+                sources.append(ModelSource(name, kind, str(path)))
+        elif 'platform: "ensemble"' in config.read_text():
+            sources.append(ModelSource(name, "ensemble", "steps: " + ", ".join(_ensemble_steps(config))))
+        else:
+            raise RepositoryError(f"model_repository/{name} is neither glue, a network nor an ensemble")
+    return sources
+
+
+def _ensemble_steps(config: Path) -> list[str]:
+    return re.findall(r'model_name:\s*"([^"]+)"', config.read_text())
+
+
+def describe(sources: list[ModelSource]) -> str:
+    width = max(len(s.model) for s in sources)
+    return "\n".join(f"  {s.model:<{width}}  {s.kind:<9}  {s.detail}" for s in sources)
+
+
+@contextmanager
+def embedded_triton(weight_dirs: list[Path] | None = None, *, announce: bool = True, **server_options):
+    """Builds a runtime repository in a temporary folder and runs the embedded Triton on it.
+
+    Yields ``(server, sources)``; ``server_options`` go to ``EmbeddedTriton`` (address, ports ...).
+    With ``announce``, says on stderr which networks are stand-ins.
+    """
+    with tempfile.TemporaryDirectory(prefix="swapstream-repository-") as tmp:
+        sources = build_repository(Path(tmp), weight_dirs)
+        standin_models = [s.model for s in sources if s.kind == "stand-in"]
+        if announce and standin_models:
+            print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
+                  "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift",
+                  file=sys.stderr)
+        with EmbeddedTriton(Path(tmp), **server_options) as server:
+            yield server, sources
