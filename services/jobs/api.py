@@ -27,6 +27,7 @@ from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOption
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 from swapstream.services.jobs.uploads import UploadLimits, UploadRejected, check_photo, check_video, remove_folder, save_upload
 from swapstream.services.jobs.workers import WorkerPool
+from swapstream.services.web.pages import mount_pages
 
 log = logging.getLogger("swapstream.api")
 
@@ -335,6 +336,7 @@ def create_app(service: Service) -> FastAPI:
     def metrics():
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_pages(app)
     return app
 
 

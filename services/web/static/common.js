@@ -1,0 +1,188 @@
+// What every swapstream page shares (an ES module, no build step): the nav, the bearer token (asked once per tab,
+// kept in sessionStorage), `api()` (fetch + token + the API's JSON `detail` as the Error message), `upload()` (the
+// same with upload progress), and the visible error box.
+//
+// A page needs `<header class="top"></header>` (the nav is drawn into it) and `<main>` (the error box goes first in
+// it); importing this module draws both and shows any uncaught error in the box.
+
+const TOKEN_KEY = "swapstream-token";
+const PAGES = [["/", "Jobs"], ["/analyze", "Analyse"], ["/swap-photo", "Swap a photo"], ["/live", "Live"]];
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ the page frame
+
+function drawNav() {
+  const header = document.querySelector("header.top");
+  if (!header) return;
+  header.replaceChildren(
+    el("a", { class: "brand", href: "/" }, "swapstream"),
+    el("nav", { "aria-label": "pages" }, ...PAGES.map(([href, name]) => el("a", {
+      href, ...(location.pathname === href ? { "aria-current": "page" } : {}),
+    }, name))),
+  );
+}
+
+function errorBox() {
+  let box = document.getElementById("error");
+  if (!box) {
+    box = el("div", { id: "error", class: "error", role: "alert", hidden: "" },
+      el("span", { class: "message" }),
+      el("button", { type: "button", "aria-label": "dismiss the error", onclick: clearError }, "×"));
+    (document.querySelector("main") || document.body).prepend(box);
+  }
+  return box;
+}
+
+/** Shows an error (an Error, ApiError or text) in the page's error box. */
+export function showError(error) {
+  const box = errorBox();
+  box.querySelector(".message").textContent = error instanceof Error ? error.message : String(error);
+  box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
+}
+
+export function clearError() {
+  const box = document.getElementById("error");
+  if (box) box.hidden = true;
+}
+
+/** document.createElement with attributes (on* are listeners) and children (nodes or text). */
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (name.startsWith("on") && typeof value === "function") node.addEventListener(name.slice(2), value);
+    else if (value !== false && value != null) node.setAttribute(name, value === true ? "" : value);
+  }
+  node.append(...children.filter((child) => child != null && child !== false));
+  return node;
+}
+
+// ----------------------------------------------------------------------------------------------------- the token
+
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+let asking = null; // one token dialog at a time, shared by concurrent calls
+
+/** Asks for the token in a dialog; resolves when one was entered, rejects when the person cancels. */
+function askToken(reason) {
+  if (asking) return asking;
+  const message = el("p", { class: "token-reason" }, reason);
+  const input = el("input", { type: "password", name: "token", autocomplete: "off", required: true,
+    "aria-label": "token" });
+  const form = el("form", { method: "dialog" },
+    el("h2", {}, "This service needs its token"), message,
+    el("label", { class: "field" }, el("span", {}, "Token"), input),
+    el("div", { class: "actions" },
+      el("button", { type: "submit", value: "ok" }, "Use this token"),
+      el("button", { type: "button", class: "secondary", onclick: () => dialog.close("cancel") }, "Cancel")));
+  const dialog = el("dialog", { id: "token-dialog", "aria-label": "token" }, form);
+  document.body.append(dialog);
+  asking = new Promise((resolve, reject) => {
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      asking = null;
+      if (dialog.returnValue === "ok" && input.value.trim()) {
+        sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+        resolve();
+      } else {
+        reject(new ApiError(401, `${reason} No token entered: the page cannot call the service.`));
+      }
+    });
+  });
+  dialog.showModal();
+  input.focus();
+  return asking;
+}
+
+function refusedReason(detail) {
+  return token()
+    ? `The service refused the token you entered (${detail}). Enter the right one.`
+    : `The service asks for a token (${detail}). Ask whoever runs it.`;
+}
+
+function authHeaders(headers = {}) {
+  const value = token();
+  return value ? { ...headers, Authorization: `Bearer ${value}` } : headers;
+}
+
+/** The API's `detail` (text, or FastAPI's list of field errors) as one line. */
+function detailText(body, status, statusText) {
+  if (typeof body?.detail === "string") return body.detail;
+  if (Array.isArray(body?.detail)) return body.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+  return `${status} ${statusText}`;
+}
+
+/**
+ * fetch() against the service with the bearer token; a 401 asks for the token and tries again. Returns the
+ * Response when it is 2xx; otherwise throws an ApiError whose message is the API's `detail`.
+ */
+export async function api(path, options = {}) {
+  for (;;) {
+    const response = await fetch(path, { ...options, headers: authHeaders(options.headers) });
+    if (response.ok) return response;
+    const detail = detailText(await response.json().catch(() => null), response.status, response.statusText);
+    if (response.status !== 401) throw new ApiError(response.status, detail);
+    const reason = refusedReason(detail);
+    sessionStorage.removeItem(TOKEN_KEY);
+    await askToken(reason);
+  }
+}
+
+/** api() and its JSON body. */
+export async function apiJson(path, options = {}) {
+  return (await api(path, options)).json();
+}
+
+/**
+ * POSTs a FormData with upload progress (fetch cannot report it): onProgress(sent, total). Same token handling and
+ * errors as api(); resolves with the parsed JSON body.
+ */
+export async function upload(path, formData, onProgress = () => {}) {
+  for (;;) {
+    const request = new XMLHttpRequest();
+    const done = new Promise((resolve, reject) => {
+      request.upload.addEventListener("progress", (e) => onProgress(e.loaded, e.lengthComputable ? e.total : 0));
+      request.addEventListener("load", () => resolve());
+      request.addEventListener("error", () => reject(new Error(`the upload to ${path} failed: the service is not reachable`)));
+      request.addEventListener("abort", () => reject(new Error("the upload was stopped")));
+    });
+    request.open("POST", path);
+    for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
+    request.send(formData);
+    await done;
+    let body = null;
+    try { body = JSON.parse(request.responseText); } catch { /* not JSON: handled below */ }
+    if (request.status >= 200 && request.status < 300) return body;
+    const detail = detailText(body, request.status, request.statusText);
+    if (request.status !== 401) throw new ApiError(request.status, detail);
+    const reason = refusedReason(detail);
+    sessionStorage.removeItem(TOKEN_KEY);
+    await askToken(reason);
+  }
+}
+
+// --------------------------------------------------------------------------------------------------------- formats
+
+export function seconds(value) {
+  if (value == null || !isFinite(value)) return "–";
+  if (value < 60) return `${value.toFixed(value < 10 ? 1 : 0)} s`;
+  const minutes = Math.floor(value / 60);
+  return minutes < 60 ? `${minutes} min ${Math.round(value % 60)} s` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+// ---------------------------------------------------------------------------------------------------- on import
+
+drawNav();
+errorBox();
+// Pages catch their errors and showError() them; anything they missed is shown too (and stays a console error).
+window.addEventListener("unhandledrejection", (event) => showError(event.reason));
+window.addEventListener("error", (event) => showError(event.error || event.message));
