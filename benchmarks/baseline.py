@@ -73,7 +73,7 @@ class FrameAtATimeSwapper:
                 aligned = cv2.warpAffine(frame, matrix, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             with clock("swap"):
-                result = self.models.run("swap", {"FACES": aligned[None], "SOURCE_EMBEDDING": embedding})
+                result = self.models.run("swap", {"FACES": aligned[None], "SOURCE_EMBEDDING": embedding[None]})
             with clock("blend"):
                 out = paste_back(out, result["FACES_OUT"][0], result["MASKS"][0], matrix, w, h)
         return out, len(landmarks)

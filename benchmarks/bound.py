@@ -40,8 +40,8 @@ def measure_bound(models: InProcessModels, detector_frames: np.ndarray, faces: n
     rows = []
     for batch in batch_sizes:
         detect = _time_steps(models, "detect", {"IMAGES": _repeat_to(detector_frames, batch)}, repeats)
-        swap = _time_steps(models, "swap", {"FACES": _repeat_to(faces, batch), "SOURCE_EMBEDDING": embedding},
-                           repeats)
+        swap = _time_steps(models, "swap", {"FACES": _repeat_to(faces, batch),
+                                            "SOURCE_EMBEDDING": embedding.reshape(1, 512)}, repeats)
         per_frame = {step: seconds / batch for step, seconds in detect.items()}
         per_face = {step: seconds / batch for step, seconds in swap.items()}
         networks = [name for name in models.steps("swap") if name in NETWORKS]

@@ -66,9 +66,17 @@ class SwapstreamClient:
         """L2-normalised embeddings [K,512] of faces [K,112,112,3] aligned to ArcFace-112."""
         return self._infer("identity", {"FACES": np.asarray(faces, np.uint8)}, ["EMBEDDING"])[0]
 
-    def swap(self, faces: np.ndarray, source_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Swapped faces [K,512,512,3] and blend masks [K,512,512] for faces aligned to FFHQ-512."""
-        inputs = {"FACES": np.asarray(faces, np.uint8), "SOURCE_EMBEDDING": np.asarray(source_embedding, np.float32)}
+    def swap(self, faces: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Swapped faces [K,512,512,3] and blend masks [K,512,512] for faces aligned to FFHQ-512.
+
+        ``embeddings``: one source identity for all faces ([512] or [1,512]), or one per face ([K,512]).
+        """
+        faces = np.asarray(faces, np.uint8)
+        embeddings = np.asarray(embeddings, np.float32).reshape(-1, 512)
+        if len(embeddings) not in (1, len(faces)):
+            raise ValueError(f"swap: {len(embeddings)} source embeddings for {len(faces)} faces; give one for all "
+                             "faces or one per face")
+        inputs = {"FACES": faces, "SOURCE_EMBEDDING": embeddings}
         faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
         return faces_out, masks
 

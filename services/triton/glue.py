@@ -234,10 +234,13 @@ def swap_coverage(swapper) -> np.ndarray:
 
 
 def swap_preprocess(swapper, parser) -> "onnx.ModelProto":
-    """FACES (FFHQ-512) + SOURCE_EMBEDDING -> the parser's input and the swapper's inputs (one resample)."""
+    """FACES (FFHQ-512) + SOURCE_EMBEDDING -> the parser's input and the swapper's inputs (one resample).
+
+    SOURCE_EMBEDDING is [K,512], one identity per face, or [1,512]: the same identity for all K (broadcast).
+    """
     g = Graph("swap_preprocess")
     faces = g.input("FACES", "uint8", ["K", FACE_SIZE, FACE_SIZE, 3])
-    embedding = g.input("SOURCE_EMBEDDING", "float32", [512])
+    embedding = g.input("SOURCE_EMBEDDING", "float32", ["E", 512])
     rgb = _nchw(g, faces)
     g.output(_normalise(g, rgb, parser), "PARSER_INPUT", "float32", ["K", 3, FACE_SIZE, FACE_SIZE])
 
@@ -245,8 +248,7 @@ def swap_preprocess(swapper, parser) -> "onnx.ModelProto":
     crop = g.op("GridSample", rgb, _expand_to_items(g, grid, faces), mode="linear", padding_mode="zeros",
                 align_corners=0)
     g.output(_normalise(g, crop, swapper), "SWAPPER_TARGET", "float32", ["K", 3, swapper.size, swapper.size])
-    source = g.op("Expand", g.op("Reshape", embedding, g.const([1, 512], "int64")),
-                  g.op("Concat", g.dim(faces, 0), g.const([512], "int64"), axis=0))
+    source = g.op("Expand", embedding, g.op("Concat", g.dim(faces, 0), g.const([512], "int64"), axis=0))
     g.output(source, "SWAPPER_SOURCE", "float32", ["K", 512])
     return g.model("swapstream swap pre-processing")
 

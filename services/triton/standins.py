@@ -4,7 +4,7 @@ Each has a documented behaviour that a test can check end to end:
 
 - ``arcface_simswap``: raw embedding = P_id · (the 112x112 input average-pooled to 8x8 per channel), with
   a fixed seeded matrix P_id [192, 512]; different faces give different embeddings.
-- ``simswap_256``: output = clip(target de-normalised to [0,1] + 0.25·tanh(source · P_swap), 0, 1), with a
+- ``simswap_256``: output = clip(target de-normalised to [0,1] + 0.25·tanh(source · P_swap), 0, 1) per face, with a
   fixed seeded matrix P_swap [512, 3]: a colour shift per channel derived from the identity embedding.
 - ``gfpgan_1.4``: the identity (returns its input).
 - ``bisenet``: ignores the pixels; in FFHQ-512 template coordinates it labels an ellipse of skin

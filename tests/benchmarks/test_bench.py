@@ -165,7 +165,7 @@ def test_in_process_models_answer_as_triton_does(triton_repository, client, clip
     faces = media.aligned_faces(frames, served.landmarks, served.frame_index)
     embedding = np.full(512, 512 ** -0.5, np.float32)
     served_faces, served_masks = client.swap(faces, embedding)
-    local = models.run("swap", {"FACES": faces, "SOURCE_EMBEDDING": embedding})
+    local = models.run("swap", {"FACES": faces, "SOURCE_EMBEDDING": embedding[None]})
     assert np.abs(local["FACES_OUT"].astype(int) - served_faces).max() <= 1
     assert np.abs(local["MASKS"].astype(int) - served_masks).max() <= 1
 

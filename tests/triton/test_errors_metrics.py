@@ -16,10 +16,10 @@ BAD_CALLS = [
     ("detect", {"IMAGES": np.zeros((64, 64, 3), np.uint8)}, ["IMAGES", "[-1,-1,-1,3]"]),
     ("detect", {"IMAGES": np.zeros((1, 64, 64, 4), np.uint8)}, ["IMAGES", "[-1,-1,-1,3]", "[1,64,64,4]"]),
     ("identity", {"FACES": np.zeros((2, 100, 100, 3), np.uint8)}, ["FACES", "[-1,112,112,3]"]),
-    ("swap", {"FACES": np.zeros((1, 256, 256, 3), np.uint8), "SOURCE_EMBEDDING": np.zeros(512, np.float32)},
+    ("swap", {"FACES": np.zeros((1, 256, 256, 3), np.uint8), "SOURCE_EMBEDDING": np.zeros((1, 512), np.float32)},
      ["FACES", "[-1,512,512,3]"]),
-    ("swap", {"FACES": np.zeros((1, 512, 512, 3), np.uint8), "SOURCE_EMBEDDING": np.zeros((1, 512), np.float32)},
-     ["SOURCE_EMBEDDING", "[512]"]),
+    ("swap", {"FACES": np.zeros((1, 512, 512, 3), np.uint8), "SOURCE_EMBEDDING": np.zeros(512, np.float32)},
+     ["SOURCE_EMBEDDING", "[-1,512]"]),
     ("swap", {"FACES": np.zeros((1, 512, 512, 3), np.uint8)}, ["SOURCE_EMBEDDING"]),
 ]
 

@@ -112,3 +112,17 @@ def test_swap_depends_on_the_source_identity(client, swapped):
     out_other, _ = client.swap(faces[:1], other)
     assert_colour_shifted(out_other, faces[:1], other)
     assert np.abs(out_other[0].astype(np.int16) - out[0]).max() > 10
+
+
+def test_swap_with_one_identity_per_face(client, swapped):
+    """Two identities in one call: each face gets the colour shift of its own source embedding."""
+    faces, embedding, out, _ = swapped
+    other = client.identity(aligned_faces("img03_single_frontal_rose_leslie.jpg", "arcface_112_v2", 112, client))[0]
+    per_face = np.stack([embedding, other, other, embedding])
+    out_mixed, _ = client.swap(faces, per_face)
+    for face, identity in enumerate(per_face):
+        assert_colour_shifted(out_mixed[face:face + 1], faces[face:face + 1], identity)
+    assert np.abs(standins.swap_shift(other) - standins.swap_shift(embedding)).max() * 255 > 10
+    assert (out_mixed[[0, 3]] == out[[0, 3]]).all()  # the same as with that identity for all faces
+    with pytest.raises(ValueError, match="3 source embeddings for 4 faces"):
+        client.swap(faces, per_face[:3])
