@@ -112,6 +112,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_live(args) -> int:
+    from swapstream.services.live.client import DEFAULT_URL, LiveError, LiveRequest, run_live, summary_text
+    from swapstream.services.swap.encoder import EncodeError
+
+    request = LiveRequest(sources=[Path(p) for p in args.source], input=args.input, url=args.url or DEFAULT_URL,
+                          token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None,
+                          output=Path(args.output) if args.output else None,
+                          stats=Path(args.stats) if args.stats else None, faces=args.faces, quality=args.quality,
+                          frames=args.frames)
+    try:
+        figures = run_live(request)
+    except (LiveError, EncodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary_text(figures))
+    for path in (request.output, request.stats):
+        if path:
+            print(f"written: {path}")
+    return 0
+
+
 def cmd_repository(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -209,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest frame, WIDTHxHEIGHT (3840x2160)")
     serve.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
     serve.set_defaults(func=cmd_serve)
+
+    live = commands.add_parser("live", help="stream a video or a camera to a running service's live swap")
+    live.add_argument("--source", nargs="+", required=True, help="one or more photos of the source face")
+    live.add_argument("--input", required=True, help="a video file (streamed at its own frame rate) or a camera "
+                                                     "such as /dev/video0")
+    live.add_argument("--url", help="the service (default ws://127.0.0.1:8080, `swapstream serve`'s own)")
+    live.add_argument("--token", help="the service's token (default: $SWAPSTREAM_TOKEN)")
+    live.add_argument("--output", help="write the swapped frames as a video with the input's frame count and rate")
+    live.add_argument("--stats", help="write latency and frame counts as JSON")
+    live.add_argument("--faces", choices=["all", "largest"], default="all", help="which faces to swap (all)")
+    live.add_argument("--quality", type=int, default=80, help="JPEG quality of the frames sent and returned (80)")
+    live.add_argument("--frames", type=int, help="stop after this many frames (default: the whole input)")
+    live.set_defaults(func=cmd_live)
 
     repo = commands.add_parser("repository", help="write a runnable model repository (e.g. for NVIDIA's container)")
     repo.add_argument("out", help="an empty or new folder")
