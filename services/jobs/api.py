@@ -6,6 +6,7 @@ nothing stored.
 """
 
 import logging
+import mimetypes
 import secrets
 import threading
 import uuid
@@ -16,11 +17,12 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from swapstream.services.swap.head_pose import head_pose
+from swapstream.services.jobs.events import JobFeed
 from swapstream.services.jobs.store import FINAL, STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead
 from swapstream.services.jobs.metrics import ServiceMetrics
 from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
@@ -233,6 +235,14 @@ def create_app(service: Service) -> FastAPI:
         jobs, total = service.store.list(state, limit, offset)
         return {"jobs": [job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
 
+    feed = app.state.job_feed = JobFeed(service.store, job_view)
+
+    @v1.get("/jobs/events", summary="The newest jobs and then their changes, pushed (Server-Sent Events)",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events():
+        return StreamingResponse(feed.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     def find(job_id: str):
         job = service.store.get(job_id)
         if job is None:
@@ -252,6 +262,13 @@ def create_app(service: Service) -> FastAPI:
         path = service.data_dir / job.result
         media_type = "video/mp4" if path.suffix == ".mp4" else f"image/{path.suffix.lstrip('.').replace('jpg', 'jpeg')}"
         return FileResponse(path, media_type=media_type, filename=f"swapped-{job_id}{path.suffix}")
+
+    @v1.get("/jobs/{job_id}/target", summary="The uploaded target, to show beside the result (range requests)")
+    def get_target(job_id: str):
+        path = service.data_dir / find(job_id).inputs["target"]
+        if not path.is_file():
+            raise HTTPException(410, f"job {job_id} no longer keeps its target (cancelled jobs drop their uploads)")
+        return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
 
     @v1.delete("/jobs/{job_id}", summary="Cancel a queued or running job; delete a finished one and its files",
                responses={204: {"description": "deleted"}, 202: {"description": "cancellation requested"}})

@@ -75,4 +75,11 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
         app = create_app(Service(config))
         print(f"swapstream serving on http://{host}:{port} (API docs at /docs; Triton at {config.triton_url})",
               flush=True)
-        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("SWAPSTREAM_LOG_LEVEL", "warning"))
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:
+                app.state.job_feed.close()  # uvicorn waits for open responses: the event streams end first
+                super().handle_exit(sig, frame)
+
+        Server(uvicorn.Config(app, host=host, port=port,
+                              log_level=os.environ.get("SWAPSTREAM_LOG_LEVEL", "warning"))).run()

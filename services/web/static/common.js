@@ -170,6 +170,21 @@ export async function upload(path, formData, onProgress = () => {}) {
   }
 }
 
+/** Labels marked data-drop take a file dropped on them into their file input; then onDrop(input). */
+export function dropZones(onDrop = () => {}) {
+  for (const zone of document.querySelectorAll("[data-drop]")) {
+    const input = zone.querySelector("input[type=file]");
+    zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      input.files = event.dataTransfer.files;
+      onDrop(input);
+    });
+  }
+}
+
 // --------------------------------------------------------------------------------------------------------- formats
 
 export function seconds(value) {

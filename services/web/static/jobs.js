@@ -1,0 +1,259 @@
+// The jobs page: submit (with upload progress), the job list kept current by the service's pushed events
+// (GET /v1/jobs/events, read with fetch so that the bearer header goes with it), and the result view.
+import { api, clearError, dropZones, el, seconds, showError, token, upload } from "/static/common.js";
+
+const jobs = new Map(); // id -> the job as the API shows it
+const list = document.getElementById("jobs");
+const form = document.getElementById("submit-form");
+
+// ------------------------------------------------------------------------------------------------------- submit
+
+form.faces.addEventListener("change", () => {
+  document.getElementById("reference-field").hidden = form.faces.value !== "reference";
+  form.reference.required = form.faces.value === "reference";
+});
+
+dropZones();
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearError();
+  const data = new FormData();
+  data.append("target", form.target.files[0]);
+  for (const file of form.source.files) data.append("source", file);
+  if (form.faces.value === "reference") data.append("reference", form.reference.files[0]);
+  for (const name of ["faces", "crf", "preset", "score_threshold"]) data.append(name, form[name].value);
+  for (const name of ["smoothing", "audio"]) data.append(name, form[name].checked);
+  const bar = document.getElementById("upload-progress");
+  const text = document.getElementById("upload-text");
+  const button = document.getElementById("submit");
+  button.disabled = true;
+  bar.hidden = false;
+  bar.value = 0;
+  try {
+    const job = await upload("/v1/jobs", data, (sent, total) => {
+      bar.value = total ? sent / total : 0;
+      text.textContent = total ? `uploading ${mb(sent)} of ${mb(total)}` : `uploading ${mb(sent)}`;
+    });
+    text.textContent = `queued job ${job.id.slice(0, 8)}`;
+    originals.set(job.id, form.target.files[0]);
+    show(job);
+  } catch (error) {
+    text.textContent = "";
+    showError(error);
+  } finally {
+    button.disabled = false;
+    bar.hidden = true;
+  }
+});
+
+const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`;
+
+// ---------------------------------------------------------------------------------------------------- the list
+
+function show(job) {
+  jobs.set(job.id, job);
+  let item = document.getElementById(`job-${job.id}`);
+  if (!item) {
+    item = el("li", { id: `job-${job.id}`, "data-id": job.id });
+    list.prepend(item);
+  }
+  item.dataset.state = job.state;
+  item.replaceChildren(...jobParts(job));
+}
+
+function order() {
+  const sorted = [...jobs.values()].sort((a, b) => b.created_at - a.created_at);
+  for (const job of sorted) list.append(document.getElementById(`job-${job.id}`));
+}
+
+function forget(id) {
+  jobs.delete(id);
+  document.getElementById(`job-${id}`)?.remove();
+}
+
+function jobParts(job) {
+  const total = job.frames_total;
+  const running = job.state === "running";
+  // While running the store has no fps yet: frames done over the time since the job started.
+  const elapsed = running && job.started_at ? job.updated_at - job.started_at : null;
+  const fps = job.fps ?? (elapsed > 0 && job.frames_done ? job.frames_done / elapsed : null);
+  const eta = running && fps && total ? (total - job.frames_done) / fps : null;
+  const numbers = [
+    total ? `${job.frames_done} / ${total} frames` : `${job.frames_done} frames`,
+    fps ? `${fps.toFixed(1)} fps` : null,
+    eta != null ? `ETA ${seconds(eta)}` : null,
+    `${job.faces_swapped} faces swapped`,
+    `attempt ${job.attempts} of ${job.max_attempts}`,
+  ].filter(Boolean).join(" · ");
+  const final = ["done", "failed", "cancelled"].includes(job.state);
+  return [
+    el("div", { class: "head" },
+      el("span", { class: `state ${job.state}` }, job.state),
+      el("span", { class: "id", title: job.id }, job.id.slice(0, 8)),
+      el("span", { class: "muted" }, new Date(job.created_at * 1000).toLocaleString())),
+    el("progress", { max: "1", value: String(job.progress), class: job.state,
+      "aria-label": `progress of job ${job.id.slice(0, 8)}` }),
+    el("div", { class: "numbers" }, `${Math.round(job.progress * 100)} % · ${numbers}`),
+    job.error ? el("div", { class: "job-error" }, job.error) : null,
+    el("div", { class: "actions" },
+      job.state === "done" ? el("button", { type: "button", onclick: () => openResult(job.id) }, "Show the result") : null,
+      el("button", { type: "button", class: "danger", onclick: () => remove(job) },
+        final ? "Delete" : job.cancel_requested ? "Cancelling…" : "Cancel")),
+  ];
+}
+
+async function remove(job) {
+  clearError();
+  try {
+    const response = await api(`/v1/jobs/${job.id}`, { method: "DELETE" });
+    if (response.status === 204) {
+      forget(job.id);
+      if (shown === job.id) closeResult();
+    } else {
+      show(await response.json());
+    }
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------- pushed job changes
+
+const streamState = document.getElementById("stream-state");
+
+async function follow() {
+  for (;;) {
+    try {
+      const response = await api("/v1/jobs/events", { headers: { Accept: "text/event-stream" } });
+      streamState.textContent = "live: the service pushes every change";
+      await readEvents(response.body, applyEvent);
+      streamState.textContent = "the service ended the updates; reconnecting…";
+    } catch (error) {
+      if (error.status === 401) { showError(error); return; } // no token entered: nothing more to do
+      streamState.textContent = `updates interrupted (${error.message}); reconnecting…`;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+/** Server-Sent Events from a fetch body: calls onEvent(name, data) for each event. */
+async function readEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+function applyEvent(name, data) {
+  if (name === "snapshot") {
+    for (const id of [...jobs.keys()]) if (!data.jobs.some((job) => job.id === id)) forget(id);
+  }
+  for (const id of data.removed) forget(id);
+  for (const job of data.jobs) show(job);
+  order();
+  document.getElementById("jobs-total").textContent = `(${data.total})`;
+  if (shown && jobs.get(shown)?.state !== "done") closeResult();
+}
+
+// ---------------------------------------------------------------------------------------------- the result view
+
+const originals = new Map(); // job id -> the target File submitted from this tab (no download needed)
+const objectUrls = [];
+let shown = null;
+
+/** A URL the page can play: the API's own (range requests) without a token, else the file fetched whole. */
+async function playable(path) {
+  if (!token()) return path;
+  const url = URL.createObjectURL(await (await api(path)).blob());
+  objectUrls.push(url);
+  return url;
+}
+
+async function openResult(id) {
+  clearError();
+  const job = jobs.get(id);
+  const isVideo = job.result.endsWith(".mp4");
+  closeResult();
+  try {
+    const resultUrl = await playable(job.result_url);
+    const original = originals.get(id);
+    const originalUrl = original ? URL.createObjectURL(original) : await playable(`/v1/jobs/${id}/target`);
+    if (original) objectUrls.push(originalUrl);
+    shown = id;
+    const [resultVideo, resultPhoto] = [document.getElementById("result-video"), document.getElementById("result-photo")];
+    const [originalVideo, originalPhoto] = [document.getElementById("original-video"), document.getElementById("original-photo")];
+    resultVideo.hidden = originalVideo.hidden = !isVideo;
+    resultPhoto.hidden = originalPhoto.hidden = isVideo;
+    if (isVideo) {
+      resultVideo.src = resultUrl;
+      originalVideo.src = originalUrl;
+    } else {
+      resultPhoto.src = resultUrl;
+      originalPhoto.src = originalUrl;
+    }
+    const download = document.getElementById("download");
+    download.href = resultUrl;
+    download.download = `swapped-${id}${job.result.slice(job.result.lastIndexOf("."))}`;
+    document.getElementById("summary").replaceChildren(summary(job));
+    const section = document.getElementById("result");
+    section.hidden = false;
+    section.scrollIntoView({ behavior: "smooth", block: "start" });
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function summary(job) {
+  const stats = job.stats || {};
+  const rows = [
+    ["frames", job.frames_total],
+    ["faces swapped", job.faces_swapped],
+    ["frames without a face", stats.frames_without_face ?? "–"],
+    ["frames per second", job.fps ? job.fps.toFixed(1) : "–"],
+    ["time", job.started_at && job.finished_at ? seconds(job.finished_at - job.started_at) : "–"],
+    ...Object.entries(stats.stage_seconds || {}).map(([stage, s]) => [`${stage} (stage time)`, seconds(s)]),
+    ...(stats.notes || []).map((note) => ["note", note]),
+  ];
+  return el("table", {}, el("tbody", {}, ...rows.map(([name, value]) => el("tr", {}, el("th", {}, name), el("td", {}, String(value))))));
+}
+
+function closeResult() {
+  shown = null;
+  document.getElementById("result").hidden = true;
+  for (const id of ["result-video", "original-video"]) {
+    const video = document.getElementById(id);
+    video.pause();
+    video.removeAttribute("src");
+    video.load();
+  }
+  for (const url of objectUrls.splice(0)) URL.revokeObjectURL(url);
+}
+
+document.getElementById("close-result").addEventListener("click", closeResult);
+
+// The original follows the swapped video: play, pause and seek together.
+{
+  const result = document.getElementById("result-video");
+  const original = document.getElementById("original-video");
+  result.addEventListener("play", () => { original.currentTime = result.currentTime; original.play().catch(() => {}); });
+  result.addEventListener("pause", () => original.pause());
+  result.addEventListener("seeked", () => { original.currentTime = result.currentTime; });
+}
+
+follow();
