@@ -34,15 +34,18 @@ def add_bench_command(commands) -> None:
         "bench", help="throughput benchmark: pipeline vs frame-at-a-time baseline vs model bound; Triton load",
         description="run (default): the pipeline at each batch size and stream count, a frame-at-a-time baseline "
                     "(PyAV, onnxruntime batch 1, OpenCV, ffmpeg), the networks alone, and decode, on one clip with "
-                    "the same model files. load: N concurrent gRPC clients calling one Triton model.")
-    bench.add_argument("mode", nargs="?", choices=["run", "load"], default="run")
+                    "the same model files. load: N concurrent gRPC clients calling one Triton model. live: N "
+                    "concurrent live streams of a clip at real-time pace, cross-stream batching against frame by "
+                    "frame.")
+    bench.add_argument("mode", nargs="?", choices=["run", "load", "live"], default="run")
     bench.add_argument("--clip", help="target video (default: the first frames of the shared talking-head clip, "
                                       "or a clip made from a shared photo)")
     bench.add_argument("--frames", type=int, help="use the first N frames of the clip (default clip: 60)")
     bench.add_argument("--source", help="source face photo (default: a shared photo)")
     bench.add_argument("--batch-sizes", type=_sizes, default=[1, 2, 4, 8, 16], help="sweep (1,2,4,8,16)")
-    bench.add_argument("--streams", type=_sizes, default=[1, 2],
-                       help="concurrent streams, at the best batch size (1,2)")
+    bench.add_argument("--streams", type=_sizes, default=None,
+                       help="concurrent streams, at the best batch size (1,2); live: concurrent live streams "
+                            "(1,2,4,8)")
     bench.add_argument("--parts", type=_parts, default=None, help="pipeline,baseline,bound,decode (all)")
     bench.add_argument("--repeats", type=int, default=1,
                        help="runs of each pipeline configuration and of the baseline; the median is kept (1)")
@@ -59,7 +62,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--triton", help="host:port of a running Triton's gRPC (default: start the embedded one)")
     bench.add_argument("--repository", help="the runtime repository the models come from (with --triton: the one "
                                             "it serves); default: built from --models")
-    bench.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models)")
+    bench.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models); "
+                                        "cost-true: the real networks' architectures with generated weights")
     bench.add_argument("--out", default="bench-results", help="results folder (bench-results)")
     bench.set_defaults(func=cmd_bench)
 
@@ -67,6 +71,7 @@ def add_bench_command(commands) -> None:
 def cmd_bench(args) -> int:
     from swapstream.benchmarks import report
     from swapstream.benchmarks.harness import PARTS, BenchConfig, run_bench, run_load_bench
+    from swapstream.services.live.client import LiveError
     from swapstream.services.triton.repository import RepositoryError
     from swapstream.services.triton.server import TritonStartError
 
@@ -74,12 +79,18 @@ def cmd_bench(args) -> int:
         vars(args).update(QUICK)
     config = BenchConfig(
         out=Path(args.out), clip=Path(args.clip) if args.clip else None, frames=args.frames,
-        source=Path(args.source) if args.source else None, batch_sizes=args.batch_sizes, streams=args.streams,
+        source=Path(args.source) if args.source else None, batch_sizes=args.batch_sizes, streams=args.streams or [1, 2],
         parts=args.parts or PARTS, repeats=args.repeats, bound_repeats=args.bound_repeats, device=args.device,
         models=Path(args.models) if args.models else None,
         repository=Path(args.repository) if args.repository else None, triton=args.triton)
     try:
-        if args.mode == "load":
+        if args.mode == "live":
+            from swapstream.benchmarks.live import live_summary_text, run_live_bench, write_live_results
+
+            results = run_live_bench(config, args.streams or [1, 2, 4, 8])
+            written = write_live_results(results, config.out)
+            print(live_summary_text(results))
+        elif args.mode == "load":
             results = run_load_bench(config, args.concurrency, args.faces, args.seconds, args.model)
             written = report.write_load_results(results, config.out)
             print(report.load_summary_text(results))
@@ -87,7 +98,7 @@ def cmd_bench(args) -> int:
             results = run_bench(config)
             written = report.write_results(results, config.out)
             print(report.summary_text(results))
-    except (RepositoryError, TritonStartError, ValueError, OSError) as error:
+    except (RepositoryError, TritonStartError, LiveError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print("\nwritten: " + ", ".join(str(p) for p in written))

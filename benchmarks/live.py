@@ -1,0 +1,204 @@
+"""``swapstream bench live``: N concurrent live streams of a real clip at real-time pace against one service, with
+the scheduler's cross-stream batching against frame by frame (``--live-max-batch 1``: batch-1 calls, the way the
+peers serve each user).
+
+One embedded Triton (or ``--triton``) serves two ``swapstream serve`` processes, one per mode. For each stream count
+both modes run in turn (so that a change in the machine's load touches both alike). Each stream is the
+``swapstream live`` client's ``LiveStream`` on the same pre-encoded JPEG frames, started at a random phase within
+one frame interval (cameras are not in step). The batch sizes formed come from the service's ``/metrics``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from swapstream.benchmarks import report
+from swapstream.benchmarks.harness import BenchConfig, bench_setup
+from swapstream.services.jobs.process import ServiceProcess
+from swapstream.services.live.client import Frame, LiveError, LiveStats, LiveStream, endpoints, open_stream, \
+    percentile, read_input, upload_source
+from swapstream.services.triton.repository import shared_dir
+
+MODES = {"batched": (), "frame_by_frame": ("--live-max-batch", "1")}
+DEFAULT_CLIP = "vid03_square_480_expressions.mp4"   # 480x480 at 30 frames/s: a webcam-sized talking face
+DEFAULT_FRAMES = 90
+SOURCES = ("img01_single_frontal_obama.jpg", "img03_single_frontal_rose_leslie.jpg")  # alternate per stream
+QUALITY = 80
+WARMUP_FRAMES = 15
+BATCH_METRIC = "swapstream_live_batch_frames"
+FIELDS = ["mode", "streams", "frames_sent", "frames_received", "frames_dropped", "frames_refused",
+          "frames_unaccounted", "dropped_percent", "p50_ms", "p95_ms", "p99_ms", "fps_per_stream", "fps_total",
+          "seconds", "batches", "mean_batch", "max_batch"]
+RATIO_FIELDS = ["streams", "batched_fps_total", "frame_by_frame_fps_total", "batched_over_frame_by_frame",
+                "batched_p95_ms", "frame_by_frame_p95_ms"]
+
+
+@dataclass
+class Service:
+    process: ServiceProcess
+    source_ids: list[str]
+
+
+def histogram(metrics_text: str, name: str) -> dict[str, float]:
+    """A Prometheus histogram's cumulative buckets {le: count} plus ``_sum`` and ``_count`` from /metrics text."""
+    values = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith(name):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.startswith(f"{name}_bucket"):
+            values[series.split('le="')[1].split('"')[0]] = float(value)
+        elif series in (f"{name}_sum", f"{name}_count"):
+            values[series[len(name) + 1:]] = float(value)
+    return values
+
+
+def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Batches formed between two scrapes: how many, their mean size and the largest bucket reached."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    count = delta.get("count", 0.0)
+    bounds = sorted((float(k), v) for k, v in delta.items() if k not in ("sum", "count") and k != "+Inf")
+    reached = [bound for bound, cumulative in bounds if cumulative < count]   # buckets not yet holding all batches
+    largest = bounds[len(reached)][0] if count and len(reached) < len(bounds) else None
+    return {"batches": int(count), "mean_batch": delta.get("sum", 0.0) / count if count else None,
+            "max_batch": largest, "buckets": delta}
+
+
+def _scrape(process: ServiceProcess) -> dict[str, float]:
+    return histogram(httpx.get(f"{process.url}/metrics", timeout=30).text, BATCH_METRIC)
+
+
+def start_service(stack: ExitStack, work: Path, triton_url: str, mode: str, sources: list[Path]) -> Service:
+    process = stack.enter_context(ServiceProcess(work / f"data-{mode}", "--triton", triton_url, "--max-streams",
+                                                 "64", *MODES[mode]))
+    with process.client() as http:
+        ids = [upload_source(http, [source]) for source in sources]
+    return Service(process, ids)
+
+
+def run_streams(service: Service, frames: list[Frame], streams: int, seed: int = 0) -> list[LiveStats]:
+    """``streams`` concurrent live streams of ``frames`` at their own pace; each stream's figures."""
+    rng = random.Random(seed)
+    interval = frames[1].due if len(frames) > 1 and frames[1].due else 1 / 30
+    results: list[LiveStats | BaseException] = [None] * streams  # type: ignore[list-item]
+    ready = threading.Barrier(streams)
+
+    def one(index: int) -> None:
+        try:
+            source_id = service.source_ids[index % len(service.source_ids)]
+            ws, _ = open_stream(endpoints(service.process.url)[1], source_id, quality=QUALITY)
+            ready.wait(120)
+            time.sleep(rng.random() * interval)
+            results[index] = LiveStream(ws).run(frames)
+        except BaseException as error:  # reported below, with the stream it broke
+            ready.abort()
+            results[index] = error
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"live-bench-{i}") for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+    if failed:
+        raise LiveError(f"{len(failed)} of {streams} streams failed; stream {failed[0][0]}: {failed[0][1]!r}")
+    return results  # type: ignore[return-value]
+
+
+def figures(mode: str, stats: list[LiveStats], batches: dict) -> dict:
+    latencies = [ms for s in stats for ms in s.latencies_ms]
+    sent = sum(s.sent for s in stats)
+    received = sum(s.received for s in stats)
+    started = min(s.first_sent for s in stats if s.first_sent)
+    ended = max((s.last_received for s in stats if s.last_received), default=None)
+    seconds = ended - started if ended else None
+    per_stream = [s.figures()["received_fps"] or 0.0 for s in stats]
+    return {"mode": mode, "streams": len(stats), "frames_sent": sent, "frames_received": received,
+            "frames_dropped": sum(s.dropped for s in stats), "frames_refused": sum(s.refused for s in stats),
+            "frames_unaccounted": sum(s.unaccounted for s in stats),
+            "dropped_percent": 100.0 * sum(s.dropped for s in stats) / sent if sent else 0.0,
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99), "fps_per_stream": float(np.mean(per_stream)),
+            "fps_total": received / seconds if seconds else 0.0, "seconds": seconds,
+            **{k: batches[k] for k in ("batches", "mean_batch", "max_batch")}, "batch_buckets": batches["buckets"],
+            "close": sorted({s.close for s in stats}), "errors": [e for s in stats for e in s.errors][:10]}
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    by = {(r["mode"], r["streams"]): r for r in rows}
+    out = []
+    for streams in sorted({r["streams"] for r in rows}):
+        batched, single = by.get(("batched", streams)), by.get(("frame_by_frame", streams))
+        if batched and single:
+            out.append({"streams": streams, "batched_fps_total": batched["fps_total"],
+                        "frame_by_frame_fps_total": single["fps_total"],
+                        "batched_over_frame_by_frame": batched["fps_total"] / single["fps_total"]
+                        if single["fps_total"] else None,
+                        "batched_p95_ms": batched["p95_ms"], "frame_by_frame_p95_ms": single["p95_ms"]})
+    return out
+
+
+def run_live_bench(config: BenchConfig, streams: list[int], say=print) -> dict:
+    """Every stream count in both modes; returns what ``write_live_results`` writes."""
+    if config.clip is None:
+        config.clip = shared_dir() / "media" / DEFAULT_CLIP
+        config.frames = config.frames or DEFAULT_FRAMES
+    sources = [config.source] if config.source else [shared_dir() / "media" / name for name in SOURCES]
+    results: dict = {"config": {"streams": streams, "clip": str(config.clip), "frames": config.frames,
+                                "sources": [str(s) for s in sources], "quality": QUALITY,
+                                "triton": config.triton or "embedded"}, "runs": []}
+    with bench_setup(config) as setup, ExitStack() as stack:
+        video, frames = read_input(str(setup.clip), QUALITY)
+        frames = list(frames)
+        results["clip"] = {"path": str(setup.clip), "frames": len(frames), "fps": video.fps,
+                           "size": [video.width, video.height],
+                           "mean_jpeg_kb": float(np.mean([len(f.data) for f in frames]) / 1024)}
+        results["environment"] = {"cpus": len(os.sched_getaffinity(0)),
+                                  "startup_seconds": setup.startup_seconds}
+        services = {}
+        for mode in MODES:
+            say(f"starting `swapstream serve` ({mode}) ...")
+            services[mode] = start_service(stack, setup.work, setup.url, mode, sources)
+            run_streams(services[mode], frames[:WARMUP_FRAMES], 1)  # first calls load and allocate
+        for count in streams:
+            for mode, service in services.items():
+                say(f"live: {count} stream{'s' if count > 1 else ''}, {mode} ...")
+                before = _scrape(service.process)
+                stats = run_streams(service, frames, count, seed=count)
+                results["runs"].append(figures(mode, stats, batch_sizes(before, _scrape(service.process))))
+    results["ratios"] = ratios(results["runs"])
+    return results
+
+
+def write_live_results(results: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live.json").write_text(json.dumps(results, indent=2, default=str))
+    report._write_csv(out / "live.csv", FIELDS, results["runs"])
+    report._write_csv(out / "live-ratios.csv", RATIO_FIELDS, results["ratios"])
+    return [out / "live.json", out / "live.csv", out / "live-ratios.csv"]
+
+
+def live_summary_text(results: dict) -> str:
+    clip = results["clip"]
+    head = (f"clip {Path(clip['path']).name}: {clip['frames']} frames, {clip['size'][0]}x{clip['size'][1]} at "
+            f"{clip['fps']:.3g} frames/s, JPEG q{results['config']['quality']} ~{clip['mean_jpeg_kb']:.0f} KB; "
+            f"{results['environment']['cpus']} CPUs")
+    rows = [[r["mode"], r["streams"], r["fps_total"], r["fps_per_stream"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+             r["dropped_percent"], r["mean_batch"], r["max_batch"]] for r in results["runs"]]
+    table = report._table(["mode", "streams", "fps total", "fps/stream", "p50 ms", "p95 ms", "p99 ms", "dropped %",
+                           "mean batch", "max batch"], rows)
+    ratio_rows = [[r["streams"], r["batched_fps_total"], r["frame_by_frame_fps_total"],
+                   report._fmt(r["batched_over_frame_by_frame"], 2), r["batched_p95_ms"], r["frame_by_frame_p95_ms"]]
+                  for r in results["ratios"]]
+    ratio_table = report._table(["streams", "batched fps", "frame-by-frame fps", "ratio", "batched p95 ms",
+                                 "frame-by-frame p95 ms"], ratio_rows)
+    return "\n\n".join([head, table, ratio_table])
