@@ -97,13 +97,16 @@ def cmd_serve(args) -> int:
     from swapstream.services.jobs.api import ServiceConfig
     from swapstream.services.jobs.serve import ServeError, serve
     from swapstream.services.jobs.uploads import MB, UploadLimits
+    from swapstream.services.live.limits import LiveLimits
 
     limits = UploadLimits(max_video_bytes=int(args.max_video_mb * MB), max_photo_bytes=int(args.max_photo_mb * MB),
                           max_duration=args.max_duration, max_pixels=args.max_resolution)
+    live = LiveLimits(max_streams=args.max_streams, window_ms=args.live_window_ms, max_batch=args.live_max_batch,
+                      idle_timeout=args.live_idle_timeout)
     config = ServiceConfig(data_dir=Path(args.data), triton_url=args.triton or "", store_url=args.store,
                            workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
                            token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None, device=args.device,
-                           limits=limits)
+                           limits=limits, live=live)
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None)
     except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
@@ -175,6 +178,19 @@ def _pixels(text: str) -> int:
     return int(width) * int(height)
 
 
+def _positive(kind, zero: bool = False):
+    """An argparse type: a number of ``kind`` above 0 (or 0 too)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'more than 0'}, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swapstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-resolution", type=_pixels, default="3840x2160",
                        help="largest frame, WIDTHxHEIGHT (3840x2160)")
     serve.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
+    serve.add_argument("--max-streams", type=_positive(int), default=8,
+                       help="live streams open at once; one more is closed with 1013, try later (8)")
+    serve.add_argument("--live-window-ms", type=_positive(float, zero=True), default=4.0,
+                       help="how long the live scheduler waits for other streams' frames to join a batch (4 ms)")
+    serve.add_argument("--live-max-batch", type=_positive(int), default=16,
+                       help="live frames per detect/swap batch; 1 = frame by frame, batch-1 calls (16)")
+    serve.add_argument("--live-idle-timeout", type=_positive(float), default=30.0,
+                       help="seconds without a message before a live stream is closed (30)")
     serve.set_defaults(func=cmd_serve)
 
     live = commands.add_parser("live", help="stream a video or a camera to a running service's live swap")

@@ -30,6 +30,8 @@ from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 from swapstream.services.jobs.uploads import UploadLimits, UploadRejected, check_photo, check_video, remove_folder, save_upload
 from swapstream.services.jobs.workers import WorkerPool
 from swapstream.services.web.pages import mount_pages
+from swapstream.services.live.limits import LiveLimits
+from swapstream.services.live.routes import mount_live
 
 log = logging.getLogger("swapstream.api")
 
@@ -46,6 +48,7 @@ class ServiceConfig:
     token: str | None = None
     device: str = "cpu"
     limits: UploadLimits = field(default_factory=UploadLimits)
+    live: LiveLimits = field(default_factory=LiveLimits)
 
 
 class Service:
@@ -135,6 +138,7 @@ def create_app(service: Service) -> FastAPI:
     async def lifespan(_app):
         service.start()
         yield
+        live.stop()
         service.stop()
 
     app = FastAPI(title="swapstream", version="0.1.0", lifespan=lifespan,
@@ -332,6 +336,8 @@ def create_app(service: Service) -> FastAPI:
         return {"width": width, "height": height, "faces": faces}
 
     app.include_router(v1)
+    live = mount_live(app, service.client, service.data_dir, config.device, config.live, service.metrics.registry,
+                      config.token, [Depends(require_token)], limits.max_photo_bytes)
 
     @app.get("/healthz", summary="The process is up")
     def healthz():

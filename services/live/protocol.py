@@ -14,15 +14,20 @@ Text messages are JSON objects with a ``type``:
 - server → client ``ready``: ``{"type": "ready", "stream": "<id>", "limits": {...}}`` once the source is known.
 - server → client ``error``: ``{"type": "error", "seq": N | null, "detail": "..."}``: one frame was refused
   (not an image, out of order, too large...); the stream goes on.
-- client → server ``stop``: the client is done; the server answers what is in flight and closes (1000).
+- client → server ``stop``: the client is done; the server answers what is in flight, sends ``end`` and closes
+  (1000).
+- server → client ``end``: ``{"type": "end", "answered": n, "dropped": [seq, ...]}``, the last message after a
+  ``stop``: ``dropped`` lists the drops no answer has reported yet.
 
 Binary messages are frames, both ways: a 4-byte big-endian length, a UTF-8 JSON header of that length, then the
 image bytes (JPEG or WebP; the answer uses the encoding of the frame it answers).
 
 - client → server header: ``{"seq": N, "ts": capture_time_ms}`` (``seq`` strictly increasing).
-- server → client header: ``{"seq": N, "ts": <echoed>, "faces": k, "timings": {"queue": ms, "detect": ms,
-  "swap": ms, "blend": ms, "encode": ms, "total": ms}, "dropped": [seq, ...]}`` — ``dropped`` lists the frames
-  the server dropped since its previous answer (a newer frame arrived first, or the client was not reading).
+- server → client header: ``{"seq": N, "ts": <echoed>, "faces": k, "batch": frames in the server's batch,
+  "timings": {"queue": ms, "detect": ms, "track": ms, "align": ms, "swap": ms, "blend": ms, "encode": ms,
+  "total": ms}, "dropped": [seq, ...]}`` — ``dropped`` lists the frames the server dropped since its previous
+  answer (a newer frame arrived first, or the client was not reading). ``detect`` to ``blend`` are the times of
+  the batch's shared calls; ``queue`` is from the frame's arrival to its batch's start, ``total`` to its answer.
 
 Every frame sent is either answered or reported dropped (or refused with an ``error``): sent = answered + dropped
 + refused. A stream that breaks a limit is closed with one of the close codes below and a reason that says what to

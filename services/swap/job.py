@@ -124,6 +124,12 @@ def similarity_to(landmarks: np.ndarray, template: str, size: int) -> np.ndarray
     return np.stack([estimate_similarity(lm, target) for lm in landmarks]).reshape(-1, 2, 3)
 
 
+def mean_identity(embeddings: list[np.ndarray]) -> np.ndarray:
+    """Several photos' embeddings -> one identity: their mean, L2-normalised."""
+    mean = np.mean(embeddings, axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
 class FaceSwapper:
     """Holds the DALI pipelines and the Triton client for the jobs of one process."""
 
@@ -139,13 +145,16 @@ class FaceSwapper:
 
     # ----------------------------------------------------------------------------------- identities
 
-    def detect(self, frames: np.ndarray) -> Detections:
-        """Detections in full-resolution coordinates for frames of one size."""
+    def detect(self, frames: np.ndarray, image_sizes: np.ndarray | None = None) -> Detections:
+        """Detections in full-resolution coordinates for frames of one size (or padded to one size, with each
+        frame's own (h, w) in ``image_sizes``)."""
         with self.clock("detect"):
             small = self.downscaler(frames)
-            found = self.client.detect(small, score_threshold=self.options.score_threshold,
+            sx, sy = frames.shape[2] / small.shape[2], frames.shape[1] / small.shape[1]
+            if image_sizes is not None:
+                image_sizes = np.rint(np.asarray(image_sizes) / [sy, sx]).astype(np.int32)
+            found = self.client.detect(small, image_sizes=image_sizes, score_threshold=self.options.score_threshold,
                                        detect_size=self.options.detect_size)
-        sx, sy = frames.shape[2] / small.shape[2], frames.shape[1] / small.shape[1]
         return Detections(found.boxes * [sx, sy, sx, sy], found.scores, found.landmarks * [sx, sy],
                           found.frame_index)
 
@@ -157,27 +166,30 @@ class FaceSwapper:
 
     def photo_embedding(self, path: Path, role: str, notes: list[str]) -> np.ndarray:
         """The embedding of the face in one photo: its only face, or the largest one (said in ``notes``)."""
-        rgb = read_photo(path)
+        return self.image_embedding(read_photo(path), f"{role} photo {path}", path.name, notes)[0]
+
+    def image_embedding(self, rgb: np.ndarray, what: str, name: str, notes: list[str]) -> tuple[np.ndarray, int]:
+        """(embedding of the largest face, faces found) in an RGB image; ``what`` names it in the error."""
         found = self.detect(rgb[None])
         if len(found) == 0:
-            raise SwapInputError(f"{role} photo {path}: no face found (score >= {self.options.score_threshold}). "
+            raise SwapInputError(f"{what}: no face found (score >= {self.options.score_threshold}). "
                                  "Use a photo where the face is visible and frontal, or lower --score-threshold.")
         areas = np.prod(found.boxes[:, 2:] - found.boxes[:, :2], axis=1)
         pick = int(np.argmax(areas))
         if len(found) > 1:
-            notes.append(f"{role} photo {path.name}: {len(found)} faces, using the largest")
-        return self.embed(rgb[None], np.zeros(1, np.int32), found.landmarks[pick:pick + 1])[0]
+            notes.append(f"{name}: {len(found)} faces, using the largest")
+        return self.embed(rgb[None], np.zeros(1, np.int32), found.landmarks[pick:pick + 1])[0], len(found)
 
     def source_embedding(self, photos: list[Path], notes: list[str]) -> np.ndarray:
         """Mean of the photos' embeddings, L2-normalised."""
-        mean = np.mean([self.photo_embedding(p, "source", notes) for p in photos], axis=0)
-        return (mean / np.linalg.norm(mean)).astype(np.float32)
+        return mean_identity([self.photo_embedding(p, "source", notes) for p in photos])
 
     # --------------------------------------------------------------------------------------- frames
 
     def swap_frames(self, frames: np.ndarray, faces: list[tuple[int, TrackedFace]],
                     embedding: np.ndarray) -> np.ndarray:
-        """Frames with the given faces (frame position in ``frames``, face) swapped."""
+        """Frames with the given faces (frame position in ``frames``, face) swapped; ``embedding``: one source
+        identity [512] for all faces, or one per face [K,512]."""
         if not faces:
             return frames
         frame_index = np.array([i for i, _ in faces], np.int32)

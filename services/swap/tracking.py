@@ -239,9 +239,14 @@ class FaceTracker:
         self._associate(frame, detections)
         self._end_lost_tracks(frame_index)
         finished = []
-        while len(self._pending) > self.max_gap:
+        while len(self._pending) > self._delay:
             finished.append(self._finish(self._pending.popleft()))
         return finished
+
+    @property
+    def _delay(self) -> int:
+        """Frames held back for gap filling before they are final."""
+        return self.max_gap
 
     def flush(self) -> list[TrackedFrame]:
         """End of video: every frame still held, in order (track ends are not extrapolated)."""
@@ -313,6 +318,30 @@ def _as_observations(boxes, landmarks, scores) -> list[_Observation]:
         raise ValueError(f"one box, 5 landmarks and one score per face: got {len(boxes)} boxes, "
                          f"{len(landmarks)} landmark sets, {len(scores)} scores")
     return [_Observation(b, lm, float(s)) for b, lm, s in zip(boxes, landmarks, scores)]
+
+
+class CausalFaceTracker(FaceTracker):
+    """Live streams: every frame is final as soon as it is pushed (``push`` returns it; no look-ahead).
+
+    Matching, track ids and One-Euro smoothing are ``FaceTracker``'s. A track the detector misses is not
+    interpolated (the future is unknown): for up to ``max_gap`` frames it is held at its last detected position
+    (``filled=True``), so the swap does not blink back to the original face; then it ends.
+    """
+
+    @property
+    def _delay(self) -> int:
+        return 0
+
+    def _fill_gap(self, track: _Track, frame_index: int, detection: _Observation) -> None:
+        pass  # the missed frames were already answered with the held position
+
+    def _end_lost_tracks(self, frame_index: int) -> None:
+        super()._end_lost_tracks(frame_index)
+        frame = self._pending[-1]
+        for track in self._live_tracks():
+            if track.id not in frame.faces:
+                last = track.last
+                frame.faces[track.id] = _Observation(last.box, last.landmarks, last.score, filled=True)
 
 
 def crop_jitter(landmark_sequence: np.ndarray) -> float:

@@ -1,0 +1,21 @@
+"""The limits and knobs of live streams (``swapstream serve --max-streams --live-window-ms --live-max-batch``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LiveLimits:
+    max_streams: int = 8                  # open streams; one more is closed with 1013 (try later)
+    window_ms: float = 4.0                # how long the scheduler waits for other streams' frames to join a batch
+    max_batch: int = 16                   # frames per batch (1: frame by frame, batch-1 calls)
+    max_frame_bytes: int = 4 * 1024 * 1024  # a larger binary message closes the stream (1009)
+    max_pixels: int = 1920 * 1080         # a larger frame is refused (an error; the stream goes on)
+    max_source_bytes: int = 10 * 1024 * 1024  # the base64 photo of a ``start`` message, decoded
+    idle_timeout: float = 30.0            # seconds without a message before the stream is closed (4408)
+    ticket_seconds: float = 60.0          # how long a ticket from POST /v1/live/tickets is valid (single use)
+    send_queue: int = 2                   # answers waiting for a slow client; more are dropped, not buffered
+
+    def as_dict(self) -> dict:
+        return {"max_frame_bytes": self.max_frame_bytes, "max_pixels": self.max_pixels,
+                "idle_timeout_s": self.idle_timeout, "max_streams": self.max_streams}

@@ -1,0 +1,132 @@
+"""One live stream's state, shared by its WebSocket handler (the event loop) and the scheduler thread.
+
+Memory is bounded per stream: one frame waiting (a newer one replaces it and the older is dropped), one in the
+scheduler's batch, and at most ``send_queue`` answers waiting for the client (more are dropped, not buffered).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from swapstream.services.live.metrics import LiveMetrics
+from swapstream.services.live.protocol import pack_frame
+from swapstream.services.swap.tracking import CausalFaceTracker, LargestTrackSelector, TrackedFace
+
+HOLD_FRAMES = 5  # a face the detector misses is held at its last position this many frames
+
+
+@dataclass
+class StreamOptions:
+    faces: str = "all"      # all | largest
+    smoothing: bool = True
+    quality: int = 80       # of the returned JPEG / WebP frames
+
+
+@dataclass
+class Frame:
+    seq: int
+    ts: float               # the client's capture time, ms (echoed)
+    rgb: np.ndarray
+    kind: str               # JPEG | WEBP: the answer uses the same
+    arrived: float          # time.perf_counter() when it was received
+
+
+class LiveStream:
+    def __init__(self, stream_id: str, embedding: np.ndarray, options: StreamOptions, send_queue: int,
+                 metrics: LiveMetrics, loop: asyncio.AbstractEventLoop):
+        self.id = stream_id
+        self.embedding = np.asarray(embedding, np.float32).reshape(512)
+        self.options = options
+        self.metrics = metrics
+        self.loop = loop
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.send_queue = send_queue
+        self.answers_queued = 0          # answers in ``outbox`` (event loop only)
+        self.answered = 0
+        self.idle = asyncio.Event()      # nothing waiting and nothing in the scheduler
+        self.idle.set()
+        self._lock = threading.Lock()
+        self._waiting: Frame | None = None
+        self._in_flight = 0              # frames taken by the scheduler and not yet delivered
+        self._dropped: list[int] = []    # reported in the next answer
+        # scheduler thread only:
+        self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
+        self._largest = LargestTrackSelector()
+        self._frames = 0
+        self._last_time = -1.0
+
+    # ------------------------------------------------------------------------------ event loop side
+
+    def offer(self, frame: Frame) -> None:
+        """The newest frame waits; the one it replaces is dropped."""
+        with self._lock:
+            if self._waiting is not None:
+                self._dropped.append(self._waiting.seq)
+                self.metrics.frames_dropped.labels("newer_frame").inc()
+            self._waiting = frame
+        self.idle.clear()
+
+    def send_text(self, message: dict) -> None:
+        self.outbox.put_nowait(("text", json.dumps(message)))
+
+    def deliver(self, seq: int, header: dict, image: bytes | None) -> None:
+        """An answer from the scheduler (``image`` None: the frame failed, ``header`` is the error)."""
+        if image is None:
+            self.send_text(header)
+        elif self.answers_queued >= self.send_queue:  # the client is not reading: drop, never buffer
+            with self._lock:
+                self._dropped.append(seq)
+            self.metrics.frames_dropped.labels("slow_client").inc()
+        else:
+            with self._lock:
+                header["dropped"], self._dropped = self._dropped, []
+            self.answers_queued += 1
+            self.answered += 1
+            self.outbox.put_nowait(("answer", pack_frame(header, image)))
+            self.metrics.frames_answered.inc()
+        with self._lock:
+            self._in_flight -= 1
+            idle = self._waiting is None and self._in_flight == 0
+        if idle:
+            self.idle.set()
+
+    def take_dropped(self) -> list[int]:
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        return dropped
+
+    # ------------------------------------------------------------------------------- scheduler side
+
+    def ready(self) -> bool:
+        return self._waiting is not None
+
+    def take(self) -> Frame | None:
+        with self._lock:
+            frame, self._waiting = self._waiting, None
+            self._in_flight += frame is not None
+        return frame
+
+    def track(self, frame: Frame, boxes, landmarks, scores) -> list[TrackedFace]:
+        """The faces to swap in this frame: tracked causally, smoothed (unless turned off), selected."""
+        seconds = max(frame.ts / 1000.0, self._last_time + 1e-3)  # the tracker needs increasing times
+        self._last_time = seconds
+        (tracked,) = self._tracker.push(self._frames, boxes, landmarks, scores, timestamp=seconds)
+        self._frames += 1
+        faces = tracked.faces
+        if not self.options.smoothing:
+            faces = [replace(face, landmarks=face.raw_landmarks) for face in faces]
+        if self.options.faces == "largest":
+            faces = self._largest(faces)
+        return faces
+
+    def answer(self, seq: int, header: dict, image: bytes | None) -> None:
+        """Hands an answer to the event loop, in order (called from the scheduler thread)."""
+        try:
+            self.loop.call_soon_threadsafe(self.deliver, seq, header, image)
+        except RuntimeError:
+            pass  # the event loop is gone: the service is stopping
+
