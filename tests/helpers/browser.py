@@ -19,6 +19,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
 FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+PLAY = ["--autoplay-policy=no-user-gesture-required"]  # a test starts <video> playback without a click
 ARTIFACTS = Path(os.environ.get("SWAPSTREAM_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -29,7 +30,7 @@ _HTTP_ERROR = re.compile(r"the server responded with a status of (\d{3})")
 @contextmanager
 def chromium(fake_video: Path | None = None) -> Iterator[Browser]:
     """Headless Chromium with a fake camera (``fake_video``: a .y4m file it plays instead of the test pattern)."""
-    args = FLAGS + FAKE_CAMERA
+    args = FLAGS + FAKE_CAMERA + PLAY
     if fake_video is not None:
         args.append(f"--use-file-for-fake-video-capture={fake_video}")
     with sync_playwright() as playwright:

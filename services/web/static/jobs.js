@@ -59,7 +59,8 @@ function show(job) {
     list.prepend(item);
   }
   item.dataset.state = job.state;
-  item.replaceChildren(...jobParts(job));
+  item.dataset.updatedAt = job.updated_at;
+  item.replaceChildren(...jobParts(job).filter(Boolean));
 }
 
 function order() {
