@@ -26,7 +26,7 @@ from swapstream.benchmarks.decoders import measure_decoders
 from swapstream.benchmarks.inprocess import InProcessModels
 from swapstream.benchmarks.load import run_load
 from swapstream.benchmarks.pipeline_runs import PipelineRun, pipeline_options, run_pipeline
-from swapstream.services.triton.repository import build_repository, default_weight_dirs
+from swapstream.services.triton.repository import build_repository, weight_dirs_for
 from swapstream.services.swap.job import FaceSwapper
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.server import EmbeddedTriton
@@ -49,7 +49,7 @@ class BenchConfig:
     bound_repeats: int = 3
     repeats: int = 1                      # pipeline and baseline runs per configuration (the median is kept)
     device: str = "cpu"
-    models: Path | None = None            # weights folder for the repository built here
+    models: Path | None = None            # weights folder for the repository built here, or "cost-true"
     repository: Path | None = None        # an existing runtime repository (e.g. the one a remote Triton serves)
     triton: str | None = None             # host:port of a running Triton's gRPC; default: start the embedded one
 
@@ -85,8 +85,7 @@ def bench_setup(config: BenchConfig, serve: bool = True):
                                                              "detail": str(config.repository)}]
         else:
             repository = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swapstream-bench-")))
-            weight_dirs = [config.models] if config.models else default_weight_dirs()
-            model_sources = [vars(s) for s in build_repository(repository, weight_dirs)]
+            model_sources = [vars(s) for s in build_repository(repository, weight_dirs_for(config.models))]
         if config.triton or not serve:
             url, startup = config.triton, None
         else:

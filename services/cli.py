@@ -9,12 +9,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from swapstream.services.triton import model_store, repository, standins
+from swapstream.services.triton import costtrue, model_store, repository, standins
 from swapstream.services.triton.server import Ports, TritonStartError, free_port
 
 
 def _weight_dirs(args) -> list[Path]:
-    return [Path(args.models)] if args.models else repository.default_weight_dirs()
+    return repository.weight_dirs_for(args.models)
 
 
 def cmd_triton(args) -> int:
@@ -155,9 +155,18 @@ def cmd_models_fetch(args) -> int:
 
 
 def cmd_models_standins(args) -> int:
-    written = standins.write_standins(model_store.load_manifest(), Path(args.out), args.names or None)
+    manifest = model_store.load_manifest()
+    if args.cost_true:
+        unknown = sorted(set(args.names) - set(costtrue.BUILDERS))
+        if unknown:
+            print(f"error: no cost-true model for {', '.join(unknown)} (there are: {', '.join(costtrue.BUILDERS)})",
+                  file=sys.stderr)
+            return 2
+        written = costtrue.write(manifest, Path(args.out), args.names or None)
+    else:
+        written = standins.write_standins(manifest, Path(args.out), args.names or None)
     for key, path in written.items():
-        print(f"{key}: stand-in written to {path}")
+        print(f"{key}: {'cost-true ' if args.cost_true else ''}stand-in written to {path}")
     return 0
 
 
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     write = models_commands.add_parser("standins", help="write the deterministic stand-in models")
     write.add_argument("--out", required=True)
     write.add_argument("names", nargs="*", help=f"which (default: {', '.join(standins.BUILDERS)})")
+    write.add_argument("--cost-true", action="store_true",
+                       help="the real networks' architectures with generated weights (full compute, ~0.9 GB), "
+                            "instead of the tiny stand-ins with a known behaviour")
     write.set_defaults(func=cmd_models_standins)
     listing = models_commands.add_parser("list", help="the pinned models and where their weights are")
     listing.add_argument("--models", help="folder with model weights")

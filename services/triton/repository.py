@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from swapstream.services.triton import glue, standins
+from swapstream.services.triton import batching, costtrue, glue, standins
 from swapstream.services.triton.model_store import ModelEntry, ModelVerificationError, default_models_dir, load_manifest, verify
 from swapstream.services.triton.server import EmbeddedTriton
 
@@ -42,6 +42,19 @@ def shared_dir() -> Path:
 
 def default_weight_dirs() -> list[Path]:
     return [default_models_dir(), shared_dir() / "models"]
+
+
+COST_TRUE = "cost-true"
+
+
+def weight_dirs_for(models: str | Path | None) -> list[Path]:
+    """The weights folders a ``--models`` value means: a folder; ``cost-true``: the cost-true stand-ins (built
+    and cached on first use), then the default folders (for the real YuNet); nothing: the default folders."""
+    if models is None:
+        return default_weight_dirs()
+    if str(models) == COST_TRUE:
+        return [costtrue.ensure_models(load_manifest()), *default_weight_dirs()]
+    return [Path(models)]
 
 
 @dataclass(frozen=True)
@@ -149,13 +162,31 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
                 onnx.save(reduce(onnx.load(str(path))), str(target))
                 sources.append(ModelSource(name, kind, f"{path}, with its argmax appended"))
             else:
-                _place(path, target, link)
-                sources.append(ModelSource(name, kind, str(path)))
+                batched, note = _with_dynamic_batch(path)
+                if batched is None:
+                    _place(path, target, link)
+                else:
+                    onnx.save(batched, str(target))
+                sources.append(ModelSource(name, kind, f"{path}{note}"))
         elif 'platform: "ensemble"' in config.read_text():
             sources.append(ModelSource(name, "ensemble", "steps: " + ", ".join(_ensemble_steps(config))))
         else:
             raise RepositoryError(f"model_repository/{name} is neither glue, a network nor an ensemble")
     return sources
+
+
+def _with_dynamic_batch(path: Path) -> tuple[onnx.ModelProto | None, str]:
+    """A network whose file has a fixed batch of 1, rewritten to take K faces in one run where the rewrite
+    holds (checked: 2 items in one run equal 2 runs of one); else None and one run per face."""
+    model = onnx.load(str(path))
+    if not batching.fixed_batch_one(model):
+        return None, ""
+    rewritten = batching.dynamic_batch(model)
+    if rewritten is None:
+        return None, " (fixed batch of 1: the batch is folded into its convolutions; one run per face)"
+    if not batching.batch_matches(model, rewritten, batch=2):
+        return None, " (fixed batch of 1: a dynamic batch changed its outputs; one run per face)"
+    return rewritten, " (batch made dynamic; verified: 2 faces in one run = 2 runs of one)"
 
 
 def _ensemble_steps(config: Path) -> list[str]:
