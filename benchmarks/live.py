@@ -95,10 +95,10 @@ def run_streams(service: Service, frames: list[Frame], streams: int, seed: int =
     def one(index: int) -> None:
         try:
             source_id = service.source_ids[index % len(service.source_ids)]
-            ws, _ = open_stream(endpoints(service.process.url)[1], source_id, quality=QUALITY)
-            ready.wait(120)
-            time.sleep(rng.random() * interval)
-            results[index] = LiveStream(ws).run(frames)
+            with open_stream(endpoints(service.process.url)[1], source_id, quality=QUALITY) as (ws, _):
+                ready.wait(120)
+                time.sleep(rng.random() * interval)
+                results[index] = LiveStream(ws).run(frames)
         except BaseException as error:  # reported below, with the stream it broke
             ready.abort()
             results[index] = error

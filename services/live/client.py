@@ -12,6 +12,7 @@ import os
 import stat
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -91,13 +92,15 @@ def live_ticket(http: httpx.Client) -> str:
     return _call(http, "asking for a live ticket", "POST", "/v1/live/tickets")["ticket"]
 
 
+@contextmanager
 def open_stream(ws_url: str, source_id: str, ticket: str | None = None, *, faces: str = "all",
-                smoothing: bool = True, quality: int = 80) -> tuple[ClientConnection, dict]:
-    """Opens the socket, sends ``start`` and waits for ``ready``; returns the connection and the ``ready`` message."""
+                smoothing: bool = True, quality: int = 80) -> Iterator[tuple[ClientConnection, dict]]:
+    """The socket open, ``start`` sent and ``ready`` received: yields the connection and the ``ready`` message."""
     subprotocols = [protocol.SUBPROTOCOL] + ([protocol.TICKET_PREFIX + ticket] if ticket else [])
+    stack = ExitStack()
     try:
-        ws = connect(ws_url, subprotocols=subprotocols, compression=None, max_size=MAX_ANSWER_BYTES,
-                     open_timeout=15)
+        ws = stack.enter_context(connect(ws_url, subprotocols=subprotocols, compression=None,
+                                         max_size=MAX_ANSWER_BYTES, open_timeout=15, legacy=False))
     except InvalidStatus as error:
         body = error.response.body.decode(errors="replace").strip() if error.response.body else ""
         raise LiveError(f"the service refused the live socket at {ws_url}: HTTP {error.response.status_code} "
@@ -105,25 +108,26 @@ def open_stream(ws_url: str, source_id: str, ticket: str | None = None, *, faces
     except (OSError, InvalidHandshake, TimeoutError) as error:
         raise LiveError(f"cannot open the live socket at {ws_url} ({error}): is `swapstream serve` running there? "
                         "Check --url") from None
+    with stack:
+        yield ws, _start(ws, {"type": "start", "source_id": source_id, "faces": faces, "smoothing": smoothing,
+                              "quality": quality})
+
+
+def _start(ws: ClientConnection, start: dict) -> dict:
     try:
-        ws.send(json.dumps({"type": "start", "source_id": source_id, "faces": faces, "smoothing": smoothing,
-                            "quality": quality}))
+        ws.send(json.dumps(start))
         while True:
-            message = ws.recv(timeout=60)
-            if isinstance(message, str):
-                reply = json.loads(message)
-                if reply.get("type") == "ready":
-                    return ws, reply
-                if reply.get("type") == "error":
-                    raise LiveError(f"the service refused the stream: {reply.get('detail')}")
+            reply = ws.recv(timeout=60)
+            if isinstance(reply, str):
+                message = json.loads(reply)
+                if message.get("type") == "ready":
+                    return message
+                if message.get("type") == "error":
+                    raise LiveError(f"the service refused the stream: {message.get('detail')}")
     except ConnectionClosed as closed:
         raise LiveError(f"the service closed the stream: {_close_text(closed)}") from None
     except TimeoutError:
-        ws.close()
         raise LiveError("the service did not answer `start` within 60 s") from None
-    except BaseException:
-        ws.close()
-        raise
 
 
 def _close_text(closed: ConnectionClosed) -> str:
@@ -442,14 +446,16 @@ class LiveRequest:
     frames: int | None = None
 
 
-def connect_stream(request: LiveRequest) -> tuple[ClientConnection, dict]:
+@contextmanager
+def connect_stream(request: LiveRequest) -> Iterator[tuple[ClientConnection, dict]]:
     """Source uploaded, ticket taken (with a token), socket open and ``ready``."""
     http_url, ws_url = endpoints(request.url)
     headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
     with httpx.Client(base_url=http_url, headers=headers, timeout=120) as http:
         source_id = upload_source(http, request.sources)
         ticket = live_ticket(http) if request.token else None
-    return open_stream(ws_url, source_id, ticket, faces=request.faces, quality=request.quality)
+    with open_stream(ws_url, source_id, ticket, faces=request.faces, quality=request.quality) as opened:
+        yield opened
 
 
 def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
@@ -459,15 +465,15 @@ def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
     if request.output is not None and not request.output.parent.resolve().is_dir():
         raise LiveError(f"output folder {request.output.parent} does not exist; create it first")
     video, frames = read_input(request.input, request.quality, request.frames)
-    ws, ready = connect_stream(request)
-    say(f"streaming {request.input} ({video.width}x{video.height}, {video.fps:.3g} frames/s"
-        f"{', camera: Ctrl-C stops' if video.camera else ''}) as stream {ready.get('stream')}")
     answers = AnswerVideo(request.output, video, request.quality) if request.output else None
     try:
-        stats = LiveStream(ws, answers.answer if answers else None).run(frames)
+        with connect_stream(request) as (ws, ready):
+            say(f"streaming {request.input} ({video.width}x{video.height}, {video.fps:.3g} frames/s"
+                f"{', camera: Ctrl-C stops' if video.camera else ''}) as stream {ready.get('stream')}")
+            stats = LiveStream(ws, answers.answer if answers else None).run(frames)
         if answers:
             answers.close(stats.sent)
-    except (EncodeError, LiveError):
+    except BaseException:
         if answers:
             answers.abort()
         raise
