@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from swapstream.benchmarks.media import cut
+from swapstream.benchmarks.media import cut, ffmpeg
 from swapstream.services.jobs.process import ServiceProcess
 from tests.helpers.browser import ARTIFACTS, DESKTOP, PHONE, chromium, open_page
 from tests.helpers.media import MEDIA
@@ -38,8 +38,11 @@ def service(tmp_path_factory, triton):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
+def browser(tmp_path_factory):
+    camera = tmp_path_factory.mktemp("camera") / "rose.y4m"  # what the fake camera films: a face
+    ffmpeg("-loop", "1", "-i", str(ROSE), "-t", "1", "-r", "10", "-vf", "scale=480:-2", "-pix_fmt", "yuv420p",
+           str(camera))
+    with chromium(fake_video=camera) as running:
         yield running
 
 
@@ -120,6 +123,11 @@ def test_submit_follow_play_and_see_the_swap(service, browser, http, clip):
         middle = CLIP_FRAMES / 2 / 30
         swapped = rgb_from_data_url(page.evaluate(GRAB, ["result-video", middle]))
         original = rgb_from_data_url(page.evaluate(GRAB, ["original-video", middle]))
+
+        page.click(f"{item} >> text=Delete")
+        page.wait_for_selector(item, state="detached")
+        assert page.locator("#result").is_hidden()
+    assert http.get(f"/v1/jobs/{job_id}").status_code == 404
     assert swapped.shape == original.shape == (480, 480, 3)
     frame_jpeg = cv2.imencode(".jpg", cv2.cvtColor(original, cv2.COLOR_RGB2BGR))[1].tobytes()
     faces = http.post("/v1/analyze", files={"photo": ("frame.jpg", frame_jpeg, "image/jpeg")}).json()["faces"]
@@ -179,6 +187,17 @@ def test_analyse_draws_the_six_faces_of_the_group_photo(service, browser, http):
         edges = [(x1 + w / 4, y1), (x2 - w / 4, y2), (x1, y1 + h / 4), (x2, y2 - h / 4)]
         boxes += all(box_colour(x, y) for x, y in edges) and not box_colour(x1 + w / 2, y1 + h / 2)
     assert boxes == 6
+
+
+def test_a_selfie_from_the_camera_is_analysed(service, browser):
+    with open_page(browser, service.url + "/analyze") as watched:
+        page = watched.page
+        page.click("#camera")
+        page.wait_for_function("document.getElementById('preview').videoWidth > 0")
+        page.click("#snap")
+        page.wait_for_selector("#found:not([hidden])", timeout=60_000)
+        assert page.inner_text("#status").startswith("1 face found in 480×")
+        assert page.locator("#faces tr.face").count() == 1
 
 
 def test_swap_a_photo_shows_it_beside_the_target(service, browser):
