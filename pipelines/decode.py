@@ -24,6 +24,7 @@ is passed through, not rejected.
 
 from __future__ import annotations
 
+import errno
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -59,6 +60,19 @@ _SIGNATURES = {
     b"FLV": "FLV",
     b"\x00\x00\x01\xba": "MPEG-PS",
 }
+
+
+# The only demuxers a file is opened with, whatever its name says: real video containers. FFmpeg would otherwise
+# pick from its content any of ~300, among them playlists and scripts (concat, HLS) that open further files or
+# URLs: a two-line ffconcat script naming itself opened itself until the process ran out of file descriptors.
+# Each name is one of FFmpeg's demuxer names ("mov" is the MP4/QuickTime demuxer, "matroska" also reads WebM).
+DEMUXERS = ("mov", "matroska", "avi", "mpegts", "flv", "ogg")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "file"}
+
+
+def open_container(path: str | Path):
+    """``av.open`` restricted to the allowed demuxers and to local files."""
+    return av.open(str(path), options=dict(_OPEN_OPTIONS))
 
 
 class VideoDecodeError(ValueError):
@@ -174,6 +188,8 @@ class VideoReader:
             batch = to_numpy(frames)[0]
             if len(batch) == 0:
                 break
+            if batch.shape[1:3] != (self.info.height, self.info.width):
+                raise self._size_changed(start, batch.shape[2], batch.shape[1])
             yield VideoBatch(batch, start, _pts_slice(self.info, start, len(batch)))
             start += len(batch)
             if len(batch) < self.batch_size:  # the last, partial sequence
@@ -193,10 +209,12 @@ class VideoReader:
         h, w = _stored_size(self.info)
         index, frames, pts = 0, [], []
         try:
-            with av.open(self.info.path) as container:
+            with open_container(self.info.path) as container:
                 stream = _video_stream(container)
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
+                    if (frame.height, frame.width) != (h, w):
+                        raise self._size_changed(index, frame.width, frame.height)
                     # Same size for every frame (a stream may change resolution midway).
                     frames.append(
                         frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=_RGB_CONVERSION)
@@ -210,6 +228,14 @@ class VideoReader:
             raise self._failure(index, exc) from exc
         if frames:
             yield index - len(frames), np.stack(frames), np.asarray(pts, dtype=np.int64)
+
+    def _size_changed(self, frame: int, width: int, height: int) -> VideoDecodeError:
+        """Only the first frame's size is checked against the limits: a stream may not change it later."""
+        return VideoDecodeError(
+            f"{self.info.path}: the frame size changes at frame {frame} from {self.info.width}x{self.info.height} "
+            f"to {width}x{height}; a video must keep one size. Re-encode it at one size "
+            f"(e.g. ffmpeg -i in -vf scale={self.info.width}:{self.info.height} -c:v libx264 out.mp4)."
+        )
 
     def _failure(self, frame: int, exc: Exception) -> VideoDecodeError:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -296,7 +322,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     path = Path(path)
     _check_file(path)
     try:
-        container = av.open(str(path))
+        container = open_container(path)
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from exc
     with container:
@@ -327,6 +353,11 @@ def _check_file(path: Path) -> None:
 
 
 def _unreadable(path: Path, exc: Exception) -> VideoDecodeError:
+    if getattr(exc, "errno", None) == errno.EINVAL:  # the content is of a demuxer outside DEMUXERS
+        return VideoDecodeError(
+            f"{path}: not a video container that is accepted (MP4/MOV, MKV/WebM, AVI, MPEG-TS, FLV, Ogg); "
+            f"export the video to one of them (e.g. ffmpeg -i in -c:v libx264 out.mp4)."
+        )
     with open(path, "rb") as f:
         head = f.read(12)
     kind = next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)
@@ -397,7 +428,7 @@ def _scan_packets(container, stream, path: Path) -> _PacketScan:
 
 def _decode_first_frame(path: Path):
     try:
-        with av.open(str(path)) as container:
+        with open_container(path) as container:
             stream = _video_stream(container, path)
             for frame in container.decode(stream):
                 return frame

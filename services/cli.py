@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from swapstream.services.swap.option_bounds import argparse_type, help_text
 from swapstream.services.triton import costtrue, model_store, repository, standins
 from swapstream.services.triton.server import Ports, TritonStartError, free_port
 
@@ -35,10 +36,6 @@ def cmd_triton(args) -> int:
 
 
 def _wait_for_exit(server) -> int:
-    def stop(signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         while server.process.poll() is None:
             time.sleep(0.5)
@@ -72,6 +69,12 @@ def cmd_swap(args) -> int:
     if not output.parent.resolve().is_dir():
         print(f"error: output folder {output.parent} does not exist; create it first", file=sys.stderr)
         return 2
+    for role, given in [("--target", args.target), ("--reference", args.reference)] + [
+            ("--source", path) for path in args.source]:
+        if given and _same_file(output, Path(given)):
+            print(f"error: the output {output} is the {role} file {given}: it would be overwritten; "
+                  "choose another output name", file=sys.stderr)
+            return 2
     options = SwapOptions(faces=args.faces, reference=Path(args.reference) if args.reference else None,
                           reference_distance=args.reference_distance, score_threshold=args.score_threshold,
                           batch_size=args.batch_size, smoothing=not args.no_smoothing, crf=args.crf,
@@ -92,6 +95,14 @@ def cmd_swap(args) -> int:
     return 0
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file, also through symbolic or hard links (or the same path before either exists)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def cmd_serve(args) -> int:
     from swapstream.pipelines.align import DeviceError
     from swapstream.services.jobs.api import ServiceConfig
@@ -100,15 +111,18 @@ def cmd_serve(args) -> int:
     from swapstream.services.live.limits import LiveLimits
 
     limits = UploadLimits(max_video_bytes=int(args.max_video_mb * MB), max_photo_bytes=int(args.max_photo_mb * MB),
-                          max_duration=args.max_duration, max_pixels=args.max_resolution)
+                          max_duration=args.max_duration, max_pixels=args.max_resolution, max_fps=args.max_fps,
+                          max_frames=args.max_frames)
     live = LiveLimits(max_streams=args.max_streams, window_ms=args.live_window_ms, max_batch=args.live_max_batch,
                       idle_timeout=args.live_idle_timeout)
     config = ServiceConfig(data_dir=Path(args.data), triton_url=args.triton or "", store_url=args.store,
                            workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
                            token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None, device=args.device,
-                           limits=limits, live=live)
+                           limits=limits, live=live, stale_after=args.stale_after,
+                           min_free_bytes=int(args.min_free_mb * MB), triton_timeout=args.triton_timeout)
     try:
-        serve(config, args.host, args.port, [Path(args.models)] if args.models else None)
+        serve(config, args.host, args.port, [Path(args.models)] if args.models else None,
+              triton_unresponsive_after=args.triton_unresponsive)
     except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -220,13 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--faces", choices=["all", "largest", "reference"], default="all",
                       help="which faces to swap (default all)")
     swap.add_argument("--reference", help="with --faces reference: a photo of the person whose face is swapped")
-    swap.add_argument("--reference-distance", type=float, default=0.6,
-                      help="cosine distance to the reference below which a face counts as that person (0.6)")
-    swap.add_argument("--score-threshold", type=float, default=0.6, help="detector score threshold (0.6)")
-    swap.add_argument("--batch-size", type=int, default=16, help="frames per batch (16)")
+    for name, default in (("reference_distance", 0.6), ("score_threshold", 0.6), ("batch_size", 16)):
+        swap.add_argument(f"--{name.replace('_', '-')}", type=argparse_type(name), default=default,
+                          help=help_text(name, default))
     swap.add_argument("--no-smoothing", action="store_true", help="do not smooth landmarks across frames")
     swap.add_argument("--encoder", default="libx264", help="ffmpeg video encoder (libx264, libx265, libvpx-vp9 ...)")
-    swap.add_argument("--crf", type=int, default=18, help="encoder quality, lower is better (18)")
+    swap.add_argument("--crf", type=argparse_type("crf"), default=18, help=help_text("crf", 18))
     swap.add_argument("--preset", default="medium", help="encoder preset (medium)")
     swap.add_argument("--no-audio", action="store_true", help="drop the audio (default: copied from the target)")
     swap.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
@@ -243,16 +256,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help="job store URL, e.g. postgresql://user@db/swapstream (default: SQLite in --data)")
     serve.add_argument("--triton", help="gRPC URL (host:port) of a running Triton; default: start the embedded one")
     serve.add_argument("--models", help="folder with model weights for the embedded Triton")
-    serve.add_argument("--workers", type=int, default=1, help="jobs run at once by this process (1)")
-    serve.add_argument("--max-queued", type=int, default=16, help="queued jobs before new ones get 429 (16)")
-    serve.add_argument("--max-attempts", type=int, default=3,
-                       help="times a job is started before it fails, when its worker dies or Triton fails (3)")
+    serve.add_argument("--workers", type=_positive(int), default=1, help="jobs run at once by this process, >0 (1)")
+    serve.add_argument("--max-queued", type=_positive(int), default=16,
+                       help="queued jobs before new ones get 429, >0 (16)")
+    serve.add_argument("--max-attempts", type=_positive(int), default=3,
+                       help="times a job is started before it fails, when its worker dies or Triton fails; a full "
+                            "disk does not count, >0 (3)")
     serve.add_argument("--token", help="bearer token required on /v1 (default: $SWAPSTREAM_TOKEN)")
-    serve.add_argument("--max-video-mb", type=float, default=1024, help="largest video upload (1024 MB)")
-    serve.add_argument("--max-photo-mb", type=float, default=20, help="largest photo upload (20 MB)")
-    serve.add_argument("--max-duration", type=float, default=600, help="longest video in seconds (600)")
+    serve.add_argument("--max-video-mb", type=_positive(float), default=1024, help="largest video upload, >0 (1024 MB)")
+    serve.add_argument("--max-photo-mb", type=_positive(float), default=20, help="largest photo upload, >0 (20 MB)")
+    serve.add_argument("--max-duration", type=_positive(float), default=600,
+                       help="longest video in seconds, >0 (600)")
+    serve.add_argument("--max-fps", type=_positive(float), default=120, help="highest average frame rate, >0 (120)")
+    serve.add_argument("--max-frames", type=_positive(int), default=36000, help="most frames in a video, >0 (36000)")
     serve.add_argument("--max-resolution", type=_pixels, default="3840x2160",
-                       help="largest frame, WIDTHxHEIGHT (3840x2160)")
+                       help="largest frame and largest photo, WIDTHxHEIGHT (3840x2160)")
+    serve.add_argument("--min-free-mb", type=_positive(float, zero=True), default=100,
+                       help="free space kept on the data folder's disk: below it /readyz is 503, no job starts and "
+                            "submissions get 507, >=0 (100 MB)")
+    serve.add_argument("--stale-after", type=_positive(float), default=300,
+                       help="seconds without a heartbeat before a running job is re-queued, >0 (300)")
+    serve.add_argument("--triton-timeout", type=_positive(float), default=120,
+                       help="deadline of one Triton call in seconds, >0 (120)")
+    serve.add_argument("--triton-unresponsive", type=_positive(float), default=30,
+                       help="seconds without an answer before the embedded Triton is restarted, >0 (30)")
     serve.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where DALI runs (cpu)")
     serve.add_argument("--max-streams", type=_positive(int), default=8,
                        help="live streams open at once; one more is closed with 1013, try later (8)")
@@ -307,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    # SIGTERM (what Docker and Kubernetes send) stops a command as Ctrl-C does: its clean-up runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

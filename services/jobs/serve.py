@@ -4,7 +4,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -30,24 +32,40 @@ def is_loopback(host: str) -> bool:
 
 
 class TritonSupervisor(threading.Thread):
-    """Restarts the embedded tritonserver on its same ports when it dies; jobs it failed are retried.
+    """Restarts the embedded tritonserver on its same ports when it dies or stops answering (frozen, hung):
+    silent for ``unresponsive_after`` seconds of liveness calls. Jobs it failed are retried.
 
     This thread starts every restarted server and lives as long as the service: the kernel ends a
     server when the thread that started it ends (see ``EmbeddedTriton``).
     """
 
-    def __init__(self, server: EmbeddedTriton, interval: float = 1.0):
+    def __init__(self, server: EmbeddedTriton, interval: float = 1.0, unresponsive_after: float = 30.0):
         super().__init__(name="triton-supervisor", daemon=True)
         self.server = server
         self.interval = interval
+        self.unresponsive_after = unresponsive_after
         self.restarts = 0
         self.stopping = threading.Event()
 
+    def _why_restart(self, silent_since: list[float]) -> str | None:
+        if self.server.process.poll() is not None:
+            return f"tritonserver exited with code {self.server.process.returncode}"
+        if self.server.is_live(timeout=min(5.0, self.unresponsive_after)):
+            silent_since.clear()
+            return None
+        if not silent_since:
+            silent_since.append(time.monotonic())
+        silent = time.monotonic() - silent_since[0]
+        return f"tritonserver has not answered for {silent:.0f} s" if silent >= self.unresponsive_after else None
+
     def run(self) -> None:
+        silent_since: list[float] = []
         while not self.stopping.wait(self.interval):
-            if self.server.process.poll() is None:
+            reason = self._why_restart(silent_since)
+            if reason is None or self.stopping.is_set():
                 continue
-            log.error("tritonserver exited with code %s; restarting it", self.server.process.returncode)
+            log.error("%s; restarting it", reason)
+            silent_since.clear()
             try:
                 self.server.stop()
                 self.server.start()
@@ -57,8 +75,13 @@ class TritonSupervisor(threading.Thread):
                 log.exception("restarting tritonserver failed; trying again")
 
 
-def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] | None = None) -> None:
-    """Runs until SIGINT/SIGTERM. ``config.triton_url`` empty: an embedded Triton is started and supervised."""
+def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] | None = None,
+          triton_unresponsive_after: float = 30.0) -> None:
+    """Runs until SIGINT/SIGTERM. ``config.triton_url`` empty: an embedded Triton is started and supervised.
+
+    Both signals stop it cleanly: uvicorn shuts down, then re-raises the signal it caught; SIGTERM is mapped to
+    KeyboardInterrupt like SIGINT, so that it unwinds through the clean-up here (Triton stopped with its
+    stubs and shared memory, temporary folders removed) instead of killing the process on the spot."""
     import uvicorn
 
     require_device(config.device)  # before anything starts: no GPU is a clear error, not a failed start-up
@@ -68,7 +91,7 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
     with ExitStack() as stack:
         if not config.triton_url:
             server, _ = stack.enter_context(repository.embedded_triton(weight_dirs))
-            supervisor = TritonSupervisor(server)
+            supervisor = TritonSupervisor(server, unresponsive_after=triton_unresponsive_after)
             supervisor.start()
             stack.callback(supervisor.stopping.set)  # runs before the server is stopped
             config.triton_url = server.grpc_url
@@ -81,5 +104,9 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
                 app.state.job_feed.close()  # uvicorn waits for open responses: the event streams end first
                 super().handle_exit(sig, frame)
 
-        Server(uvicorn.Config(app, host=host, port=port,
-                              log_level=os.environ.get("SWAPSTREAM_LOG_LEVEL", "warning"))).run()
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            Server(uvicorn.Config(app, host=host, port=port,
+                                  log_level=os.environ.get("SWAPSTREAM_LOG_LEVEL", "warning"))).run()
+        except KeyboardInterrupt:
+            print("swapstream stopped", flush=True)

@@ -317,6 +317,12 @@ class JobStore:
             total = tx.row(f"SELECT COUNT(*) FROM jobs {where}", params)[0]
         return jobs, total
 
+    def input_folders(self) -> set[str]:
+        """The upload folders (``inputs["folder"]``) of every job in the store."""
+        with self._transaction() as tx:
+            rows = tx.execute("SELECT inputs FROM jobs").fetchall()
+        return {json.loads(row[0]).get("folder", "") for row in rows}
+
     def counts(self) -> dict[str, int]:
         with self._transaction() as tx:
             found = dict(tx.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
@@ -405,6 +411,21 @@ class JobStore:
                     raise KeyError(f"no job {job_id}")
                 return current[0]
             return self._release(tx, job, error, retry=retry, failure=error).state
+
+    def postpone(self, job_id: str, worker: str, reason: str) -> str:
+        """running (by ``worker``) -> queued again without spending an attempt: the machine failed, not the job
+        (e.g. its disk is full). Cancelled instead if a cancel was requested. Returns the state afterwards."""
+        now = time.time()
+        with self._transaction(write=True) as tx:
+            job = tx.lock_running(job_id, worker)
+            if job is None:
+                current = tx.row("SELECT state FROM jobs WHERE id = ?", (job_id,))
+                return current[0] if current else "deleted"
+            if job.cancel_requested:
+                return self._release(tx, job, reason, retry=False, failure=reason).state
+            return tx.job(f"UPDATE jobs SET state = 'queued', attempts = attempts - 1, error = ?, worker = NULL, "
+                          f"heartbeat_at = NULL, updated_at = ? WHERE id = ? RETURNING {_SELECT}",
+                          (reason, now, job_id)).state
 
     def mark_cancelled(self, job_id: str, worker: str) -> None:
         """The worker stopped after a cancel request: running (by ``worker``) -> cancelled."""

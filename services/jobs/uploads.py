@@ -7,16 +7,20 @@ that says what was wrong and what to do; the caller removes the job's folder, so
 from __future__ import annotations
 
 import errno
+import re
 import shutil
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import cv2
 import numpy as np
 from fastapi import UploadFile
 
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, probe_video
-from swapstream.services.swap.job import IMAGE_SUFFIXES
+from swapstream.services.jobs.store import local_worker_is_dead, worker_id
+from swapstream.services.swap.job import IMAGE_SUFFIXES, PhotoError, read_photo
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 # curl and most clients send application/octet-stream for video files; the content is checked anyway.
@@ -37,12 +41,23 @@ class UploadLimits:
     max_video_bytes: int = 1024 * MB
     max_photo_bytes: int = 20 * MB
     max_duration: float = 600.0          # seconds of video
-    max_pixels: int = 3840 * 2160        # per frame: 4K UHD
+    max_pixels: int = 3840 * 2160        # per frame (and per photo): 4K UHD
     max_sources: int = 8
+    max_fps: float = 120.0               # average frame rate of a video
+    max_frames: int = 36000              # frames of a video (10 minutes at 60 fps)
 
     @property
     def max_request_bytes(self) -> int:
-        return self.max_video_bytes + (self.max_sources + 2) * self.max_photo_bytes + MB
+        """A job: the video, the source photos and a reference photo, plus room for the form fields."""
+        return self.max_video_bytes + (self.max_sources + 1) * self.max_photo_bytes + MB
+
+    @property
+    def max_photo_request_bytes(self) -> int:
+        """A photo request (swap-image, analyze): photos only."""
+        return (self.max_sources + 1) * self.max_photo_bytes + MB
+
+    def request_limit(self, path: str) -> int:
+        return self.max_request_bytes if path.rstrip("/") == "/v1/jobs" else self.max_photo_request_bytes
 
 
 def _kind(upload: UploadFile, field: str, allowed: set[str]) -> tuple[str, str]:
@@ -92,27 +107,44 @@ def save_upload(upload: UploadFile, folder: Path, role: str, field: str, allowed
 
 
 def check_photo(path: Path, field: str, limits: UploadLimits) -> np.ndarray:
-    """The photo as RGB, or a rejection: not a readable image, or too many pixels."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UploadRejected(422, f"{field}: not a readable photo (jpg, png, webp, bmp)")
-    height, width = image.shape[:2]
-    _check_pixels(field, width, height, limits)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """The photo as RGB, or a rejection: not a still photo of an accepted format, or too many pixels.
+
+    The header is checked before anything is decoded (``swapstream.services.swap.job.read_photo``)."""
+    try:
+        return read_photo(path, limits.max_pixels)
+    except PhotoError as error:
+        raise UploadRejected(422, f"{field}: {error.reason}") from None
 
 
 def check_video(path: Path, field: str, limits: UploadLimits) -> VideoInfo:
     try:
         info = probe_video(path)
     except VideoDecodeError as error:
-        # The decoder's message starts with our server-side path; the client knows the file by its field.
-        reason = str(error).split(": ", 1)[-1]
-        raise UploadRejected(422, f"{field}: not a usable video: {reason}") from error
+        raise UploadRejected(422, f"{field}: not a usable video: {without_path(str(error), path)}") from error
     _check_pixels(field, info.width, info.height, limits)
     if info.duration > limits.max_duration:
         raise UploadRejected(422, f"{field}: {info.duration:.0f} s is longer than the {limits.max_duration:g} s "
                                   "limit; cut it into parts (ffmpeg -ss START -t SECONDS)")
+    if info.frame_count > limits.max_frames:
+        raise UploadRejected(422, f"{field}: {info.frame_count} frames are more than the {limits.max_frames} "
+                                  "allowed; cut it into parts (ffmpeg -ss START -t SECONDS)")
+    rate = max(float(info.fps), info.frame_count / info.duration if info.duration > 0 else 0.0)
+    if rate > limits.max_fps:
+        raise UploadRejected(422, f"{field}: {rate:.0f} frames per second is more than the {limits.max_fps:g} "
+                                  f"allowed; re-encode it at a normal rate (ffmpeg -i in -r 30 out.mp4)")
     return info
+
+
+def hide_paths(message: str, folder: Path) -> str:
+    """``message`` with every path under ``folder`` (the data folder) reduced to the file's own name."""
+    return re.sub(re.escape(str(folder)) + r"/(?:[^\s/'\"]+/)*", "", message)
+
+
+def without_path(message: str, path: Path) -> str:
+    """A decoder's message about a stored upload, without the server's path (the client knows the file by its
+    field); a message that starts with the path loses that prefix."""
+    text = message.replace(str(path), path.name)
+    return text[len(path.name) + 2:] if text.startswith(f"{path.name}: ") else text
 
 
 def _check_pixels(field: str, width: int, height: int, limits: UploadLimits) -> None:
@@ -123,3 +155,33 @@ def _check_pixels(field: str, width: int, height: int, limits: UploadLimits) -> 
 
 def remove_folder(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+OWNER_FILE = ".owner"
+
+
+def new_folder(parent: Path) -> Path:
+    """A fresh ``parent/<uuid>`` that names the process writing it (so a sweep can tell when it is orphaned)."""
+    folder = parent / uuid.uuid4().hex
+    folder.mkdir()
+    (folder / OWNER_FILE).write_text(worker_id(0))
+    return folder
+
+
+def sweep_orphans(parent: Path, in_use: Callable[[str], bool], stale_after: float) -> list[str]:
+    """Removes the folders of ``parent`` that no job uses (``in_use(name)`` False) and whose writer is gone:
+    a dead process of this host, or, for folders of other hosts sharing the data volume, untouched for
+    ``stale_after`` seconds. Left behind by a process killed during a submission or a photo request."""
+    removed = []
+    for folder in parent.iterdir():
+        if not folder.is_dir() or in_use(folder.name):
+            continue
+        try:
+            owner = (folder / OWNER_FILE).read_text().strip()
+            age = time.time() - folder.stat().st_mtime
+        except OSError:
+            owner, age = "", float("inf")
+        if (owner and local_worker_is_dead(owner)) or age > stale_after:
+            remove_folder(folder)
+            removed.append(folder.name)
+    return removed

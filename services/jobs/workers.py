@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from swapstream.pipelines.decode import VideoDecodeError
+from swapstream.services.jobs.disk import DiskSpace, is_disk_full
+from swapstream.services.jobs.uploads import hide_paths, remove_folder
 from swapstream.services.swap.encoder import EncodeError
 from swapstream.services.jobs.store import FINAL, JobStore, worker_id
 from swapstream.services.jobs.metrics import ServiceMetrics
@@ -24,6 +26,7 @@ log = logging.getLogger("swapstream.workers")
 
 HEARTBEAT_SECONDS = 1.0
 TRITON_WAIT_SECONDS = 120.0
+DISK_RETRY_SECONDS = 10.0  # after a job found the disk full, before the next claim
 INPUT_ERRORS = (SwapInputError, VideoDecodeError, EncodeError)
 
 
@@ -38,21 +41,26 @@ def job_options(base: SwapOptions, options: dict, data_dir: Path, inputs: dict) 
 
 class Worker(threading.Thread):
     def __init__(self, index: int, store: JobStore, data_dir: Path, triton_url: str, base_options: SwapOptions,
-                 metrics: ServiceMetrics, wake: threading.Event, stop: threading.Event):
+                 metrics: ServiceMetrics, wake: threading.Event, stop: threading.Event, disk: DiskSpace,
+                 triton_timeout: float | None = None):
         super().__init__(name=f"swapstream-worker-{index}", daemon=True)
         self.id = worker_id(index)
         self.store = store
         self.data_dir = data_dir
-        self.client = SwapstreamClient(triton_url)
+        self.client = SwapstreamClient(triton_url, timeout=triton_timeout)
         self.swapper = FaceSwapper(self.client, base_options)
         self.base_options = base_options
         self.metrics = metrics
         self.wake = wake
         self.stop_event = stop
+        self.disk = disk
         self.busy = False
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            if self.disk.low():  # a job started now would fail for want of space: wait for it
+                self.stop_event.wait(DISK_RETRY_SECONDS)
+                continue
             try:
                 job = self.store.claim(self.id)
             except Exception:  # noqa: BLE001 - a store outage must not end the worker
@@ -84,32 +92,66 @@ class Worker(threading.Thread):
             output.unlink(missing_ok=True)
             self.store.mark_cancelled(job.id, self.id)
             self.metrics.jobs_finished.labels("cancelled").inc()
+            remove_folder(self.data_dir / inputs["folder"])  # a cancelled job keeps nothing
             return
-        except TritonCallError as error:
-            self.metrics.triton_errors.labels(error.model).inc()
-            state = self.store.fail(job.id, self.id, f"{error} (attempt {job.attempts} of {job.max_attempts})",
-                                    retry=True)
-            self._count_if_final(state)
-            self._wait_for_triton()
-            return
-        except INPUT_ERRORS as error:
-            self._count_if_final(self.store.fail(job.id, self.id, str(error)))
-            return
-        except Exception as error:  # noqa: BLE001 - recorded on the job; the worker goes on
-            log.exception("job %s failed", job.id)
-            self._count_if_final(self.store.fail(job.id, self.id, f"internal error: {error!r}; "
-                                                 "see the service log"))
+        except Exception as error:  # noqa: BLE001 - sorted below: the machine's fault or the job's
+            output.unlink(missing_ok=True)
+            if is_disk_full(error):
+                self._postpone_for_disk(job, error)
+                return
+            self._record_failure(job, error)
             return
         stats = {"stage_seconds": summary.stage_seconds, "notes": summary.notes,
                  "frames_without_face": summary.frames_without_face}
         relative = str(output.relative_to(self.data_dir))
-        if self.store.complete(job.id, self.id, relative, frames=summary.frames,
-                               faces_swapped=summary.faces_swapped, fps=summary.fps, stats=stats):
+        try:
+            completed = self.store.complete(job.id, self.id, relative, frames=summary.frames,
+                                            faces_swapped=summary.faces_swapped, fps=summary.fps, stats=stats)
+        except Exception as error:  # noqa: BLE001 - e.g. SQLite on a full disk
+            output.unlink(missing_ok=True)
+            if is_disk_full(error):
+                self._postpone_for_disk(job, error)
+                return
+            raise
+        if completed:
             self.metrics.job_fps.observe(summary.fps)
             self.metrics.job_seconds.observe(time.monotonic() - started)
             self.metrics.jobs_finished.labels("done").inc()
         else:  # re-queued after a stale heartbeat and claimed elsewhere: the result is not this worker's to publish
             output.unlink(missing_ok=True)
+
+    def _postpone_for_disk(self, job, error: BaseException) -> None:
+        """A full disk is the machine's fault: the job waits in the queue, its attempt not counted."""
+        log.warning("job %s: the disk is full (%s); re-queued until space is free", job.id, error)
+        reason = "waiting: the server's disk was full; the job runs again when space is free"
+        for _ in range(30):  # the store itself may need a moment of free space to write it
+            try:
+                state = self.store.postpone(job.id, self.id, reason)
+                break
+            except Exception:  # noqa: BLE001
+                self.stop_event.wait(1.0)
+        else:
+            return  # left running: the stale-job recovery re-queues it
+        if state == "cancelled":
+            self.metrics.jobs_finished.labels("cancelled").inc()
+            remove_folder(self.data_dir / job.inputs["folder"])
+        self.stop_event.wait(DISK_RETRY_SECONDS)
+
+    def _record_failure(self, job, error: BaseException) -> None:
+        if isinstance(error, TritonCallError):
+            self.metrics.triton_errors.labels(error.model).inc()
+            state = self.store.fail(job.id, self.id, f"{error} (attempt {job.attempts} of {job.max_attempts})",
+                                    retry=True)
+        elif isinstance(error, INPUT_ERRORS):
+            state = self.store.fail(job.id, self.id, hide_paths(str(error), self.data_dir))
+        else:
+            log.error("job %s failed", job.id, exc_info=error)
+            state = self.store.fail(job.id, self.id, f"internal error: {error!r}; see the service log")
+        self._count_if_final(state)
+        if state == "cancelled":  # a cancel was requested while it failed
+            remove_folder(self.data_dir / job.inputs["folder"])
+        if isinstance(error, TritonCallError):
+            self._wait_for_triton()
 
     def _observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_seconds.labels(stage).observe(seconds)
@@ -153,11 +195,11 @@ class _Progress:
 
 class WorkerPool:
     def __init__(self, count: int, store: JobStore, data_dir: Path, triton_url: str, base_options: SwapOptions,
-                 metrics: ServiceMetrics):
+                 metrics: ServiceMetrics, disk: DiskSpace, triton_timeout: float | None = None):
         self.wake = threading.Event()
         self.stop_event = threading.Event()
-        self.workers = [Worker(i, store, data_dir, triton_url, base_options, metrics, self.wake, self.stop_event)
-                        for i in range(count)]
+        self.workers = [Worker(i, store, data_dir, triton_url, base_options, metrics, self.wake, self.stop_event,
+                               disk, triton_timeout) for i in range(count)]
 
     def start(self) -> None:
         for worker in self.workers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from swapstream.pipelines.align import Aligner, require_device
 from swapstream.pipelines.blend import Blender
@@ -24,6 +26,7 @@ from swapstream.pipelines.decode import open_video
 from swapstream.pipelines.resize import Downscaler
 from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.swap.encoder import VideoWriter, write_image
+from swapstream.services.swap.option_bounds import MAX_FACES_PER_FRAME, check_swap_options
 from swapstream.services.swap.tracking import FaceTracker, LargestTrackSelector, TrackedFace, TrackedFrame
 from swapstream.services.triton.client import Detections, SwapstreamClient
 
@@ -38,6 +41,14 @@ STAGES = ("decode", "detect", "track", "align", "swap", "blend", "encode")
 
 class SwapInputError(ValueError):
     """Bad input (source photo, target, options); the message says what and what to do."""
+
+
+class PhotoError(SwapInputError):
+    """A photo that is refused; ``reason`` says why without naming the file (the caller knows it by its role)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
 
 
 @dataclass
@@ -55,6 +66,12 @@ class SwapOptions:
     preset: str = "medium"
     audio: bool = True
     device: str = "cpu"
+
+    def __post_init__(self):
+        try:
+            check_swap_options(vars(self))
+        except ValueError as error:
+            raise SwapInputError(f"option out of bounds: {error}") from None
 
 
 @dataclass
@@ -111,10 +128,31 @@ class StageClock:
             yield item
 
 
-def read_photo(path: Path) -> np.ndarray:
+PHOTO_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}  # what IMAGE_SUFFIXES name, as Pillow reports it
+
+
+def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A still photo as RGB. Its header is read first: the format, the frame count and the size are checked before
+    any pixel is decoded (an 856 KB PNG can claim 30000x30000 pixels, 2.7 GB decoded). Raises PhotoError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                kind, (width, height), frames = header.format, header.size, getattr(header, "n_frames", 1)
+    except Image.DecompressionBombError:
+        raise PhotoError(path, f"more than the {max_pixels} pixels allowed in a photo; downscale it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise PhotoError(path, "not a readable photo (jpg, png, webp, bmp); check the file") from None
+    if kind not in PHOTO_FORMATS:
+        raise PhotoError(path, f"{kind} photos are not accepted; send a jpg, png, webp or bmp")
+    if width * height > max_pixels:
+        raise PhotoError(path, f"{width}x{height} is more than the {max_pixels} pixels allowed in a photo; "
+                               "downscale it")
+    if frames != 1:
+        raise PhotoError(path, f"an animated image ({frames} frames); send a still photo")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise SwapInputError(f"{path}: not a readable image (jpg, png, webp, bmp); check the path and the file")
+        raise PhotoError(path, "not a readable photo (jpg, png, webp, bmp): damaged or truncated")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -200,6 +238,17 @@ class FaceSwapper:
             swapped, masks = self.client.swap(aligned, embedding)
         with self.clock("blend"):
             return self.blender(frames, swapped, masks, frame_index, matrices)
+
+
+def _strongest_per_frame(found: Detections, limit: int) -> Detections:
+    """At most ``limit`` faces per frame, the highest-scoring ones, in their original order."""
+    order = np.lexsort((-found.scores, found.frame_index))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - np.searchsorted(found.frame_index[order], found.frame_index[order])
+    keep = rank < limit
+    if keep.all():
+        return found
+    return Detections(found.boxes[keep], found.scores[keep], found.landmarks[keep], found.frame_index[keep])
 
 
 class FaceSelector:

@@ -17,15 +17,19 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytriton
 
+from swapstream.services.triton import reaper
+
 BACKEND_SOURCES = Path(__file__).resolve().parent / "backends"
 # The Python backend keeps each tensor in shared memory; the default 1 MiB region, grown 1 MiB at a
 # time, is far too small for batches of 512x512 faces.
 SHM_BYTES = 64 * 1024 * 1024
+CALL_SECONDS = 5.0  # deadline of the launcher's own health calls
 
 
 class TritonStartError(RuntimeError):
@@ -87,24 +91,24 @@ def load_failures(log: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in _LOAD_FAILURE.finditer(log)}
 
 
-def _die_with_parent() -> None:
-    """Runs in the child: the kernel kills tritonserver when the process that started it dies (even by SIGKILL)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
 class EmbeddedTriton:
-    """Runs ``tritonserver`` on ``repository`` until ``stop()`` (or the end of a ``with`` block)."""
+    """Runs ``tritonserver`` on ``repository`` until ``stop()`` (or the end of a ``with`` block).
+
+    ``process`` is the server's reaper (``swapstream.services.triton.reaper``): it exits when the server does, and
+    takes the server's stubs and ``/dev/shm`` regions with it however the server ends. The kernel sends the reaper
+    SIGTERM when the thread that called ``start()`` ends (PR_SET_PDEATHSIG), so that thread must live as long as
+    the server is wanted.
+    """
 
     def __init__(self, repository: Path, *, address: str = "127.0.0.1", ports: Ports | None = None,
-                 log_verbose: int = 0, startup_timeout: float = 120.0):
+                 log_verbose: int = 0, startup_timeout: float = 120.0, stop_grace: float = 20.0):
         self.repository = Path(repository)
         self.address = address
         self.ports = ports or Ports(free_port(address), free_port(address), free_port(address))
         self.log_verbose = log_verbose
         self.startup_timeout = startup_timeout
+        self.stop_grace = stop_grace
+        self.shm_prefix = ""  # unique per start: the python backend names its /dev/shm regions with it
         self.process: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
         self.log_path: Path | None = None
@@ -133,6 +137,7 @@ class EmbeddedTriton:
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             f"--backend-config=python,shm-default-byte-size={SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_BYTES}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
             "--exit-on-error=true", "--strict-readiness=true",
         ]
@@ -142,10 +147,12 @@ class EmbeddedTriton:
         workdir = Path(self._workdir.name)
         backend_dir = prepare_backends(workdir / "backends")
         self.log_path = workdir / "tritonserver.log"
+        self.shm_prefix = f"swapstream_{uuid.uuid4().hex[:12]}_"
+        owner = [sys.executable, "-m", reaper.__name__, "--shm-prefix", self.shm_prefix,
+                 "--grace", str(self.stop_grace), "--parent", str(os.getpid()), "--"]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(backend_dir), env=_server_env(), stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(owner + self.command(backend_dir), env=_server_env(), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:
@@ -165,7 +172,7 @@ class EmbeddedTriton:
             if self.process.poll() is not None:
                 raise TritonStartError(self._failure_message(f"tritonserver exited with code {self.process.returncode}"))
             try:
-                if client.is_server_ready():
+                if client.is_server_ready(client_timeout=CALL_SECONDS):
                     return
             except Exception:  # noqa: BLE001 - not listening yet
                 pass
@@ -181,14 +188,41 @@ class EmbeddedTriton:
         tail = "\n".join(log.splitlines()[-30:])
         return f"{headline}. Last lines of the server log ({self.log_path}):\n{tail}"
 
-    def stop(self, timeout: float = 30.0) -> None:
+    @property
+    def server_pid(self) -> int | None:
+        """The ``tritonserver`` process (the reaper's child), while it runs."""
+        if not self.process:
+            return None
+        try:
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        except FileNotFoundError:
+            return None
+        return int(children[0]) if children else None
+
+    def is_live(self, timeout: float = CALL_SECONDS) -> bool:
+        """The server answers a liveness call within ``timeout`` seconds (False when it is frozen or gone)."""
+        import tritonclient.grpc as grpcclient
+
+        try:
+            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+                return bool(client.is_server_live(client_timeout=timeout))
+        except Exception:  # noqa: BLE001 - unreachable, deadline exceeded: not live
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the reaper: the server is stopped (SIGKILL after ``stop_grace`` s), its tree and regions removed."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # Triton unloads models and exits on SIGTERM
+            self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(self.stop_grace + 15)
+            except subprocess.TimeoutExpired:  # the reaper itself is stuck: end the server's group, then it
+                server = self.server_pid
+                if server:
+                    reaper.kill_group(server)
+                self.process.kill()
                 self.process.wait()
+        if self.shm_prefix:
+            reaper.remove_regions(self.shm_prefix)
         if self._workdir:
             self._workdir.cleanup()
             self._workdir = None
