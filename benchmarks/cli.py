@@ -40,7 +40,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("mode", nargs="?", choices=["run", "load", "live"], default="run")
     bench.add_argument("--clip", help="target video (default: the first frames of the shared talking-head clip, "
                                       "or a clip made from a shared photo)")
-    bench.add_argument("--frames", type=int, help="use the first N frames of the clip (default clip: 60)")
+    bench.add_argument("--frames", type=int, help="use the first N frames of the clip (default clip: 60); live: "
+                                                  "frames per stream, the clip looped (default: the clip once)")
     bench.add_argument("--source", help="source face photo (default: a shared photo)")
     bench.add_argument("--batch-sizes", type=_sizes, default=[1, 2, 4, 8, 16], help="sweep (1,2,4,8,16)")
     bench.add_argument("--streams", type=_sizes, default=None,

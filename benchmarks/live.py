@@ -30,7 +30,6 @@ from swapstream.services.triton.repository import shared_dir
 
 MODES = {"batched": (), "frame_by_frame": ("--live-max-batch", "1")}
 DEFAULT_CLIP = "vid03_square_480_expressions.mp4"   # 480x480 at 30 frames/s: a webcam-sized talking face
-DEFAULT_FRAMES = 90
 SOURCES = ("img01_single_frontal_obama.jpg", "img03_single_frontal_rose_leslie.jpg")  # alternate per stream
 QUALITY = 80
 WARMUP_FRAMES = 15
@@ -114,6 +113,12 @@ def run_streams(service: Service, frames: list[Frame], streams: int, seed: int =
     return results  # type: ignore[return-value]
 
 
+def looped(frames: list[Frame], count: int | None, fps: float) -> list[Frame]:
+    """``count`` frames at ``fps`` (default: the clip once): the clip cut, or played again from its start."""
+    count = count or len(frames)
+    return [Frame(i, i / fps, frames[i % len(frames)].data) for i in range(count)]
+
+
 def figures(mode: str, stats: list[LiveStats], batches: dict) -> dict:
     latencies = [ms for s in stats for ms in s.latencies_ms]
     sent = sum(s.sent for s in stats)
@@ -151,14 +156,14 @@ def run_live_bench(config: BenchConfig, streams: list[int], say=print) -> dict:
     """Every stream count in both modes; returns what ``write_live_results`` writes."""
     if config.clip is None:
         config.clip = shared_dir() / "media" / DEFAULT_CLIP
-        config.frames = config.frames or DEFAULT_FRAMES
+    frames_wanted, config.frames = config.frames, None  # the clip is looped or cut here, not by bench_setup
     sources = [config.source] if config.source else [shared_dir() / "media" / name for name in SOURCES]
-    results: dict = {"config": {"streams": streams, "clip": str(config.clip), "frames": config.frames,
+    results: dict = {"config": {"streams": streams, "clip": str(config.clip), "frames": frames_wanted,
                                 "sources": [str(s) for s in sources], "quality": QUALITY,
                                 "triton": config.triton or "embedded"}, "runs": []}
     with bench_setup(config) as setup, ExitStack() as stack:
-        video, frames = read_input(str(setup.clip), QUALITY)
-        frames = list(frames)
+        video, clip_frames = read_input(str(setup.clip), QUALITY)
+        frames = looped(list(clip_frames), frames_wanted, video.fps)
         results["clip"] = {"path": str(setup.clip), "frames": len(frames), "fps": video.fps,
                            "size": [video.width, video.height],
                            "mean_jpeg_kb": float(np.mean([len(f.data) for f in frames]) / 1024)}

@@ -44,7 +44,7 @@ def test_frames_add_up_and_batches_are_counted(bench):
         assert run["frames_sent"] == run["frames_received"] + run["frames_dropped"] + run["frames_refused"]
         assert run["frames_received"] > 0 and run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
         # Every answered frame went through one scheduler batch; one stream never makes a batch of two.
-        assert run["batches"] >= 1 and run["mean_batch"] == 1.0 and run["max_batch"] == 1
+        assert run["batches"] >= run["frames_received"] and run["mean_batch"] == 1.0 and run["max_batch"] == 1
 
 
 def test_ratio_is_the_measured_totals_divided(bench):
