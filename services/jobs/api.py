@@ -447,7 +447,7 @@ def create_app(service: Service) -> FastAPI:
         return {"width": width, "height": height, "faces": faces}
 
     app.include_router(v1)
-    live = mount_live(app, service.client, service.data_dir, config.device, config.live, service.metrics.registry,
+    live = mount_live(app, service.client, service.data_dir, config.device, config.live, service.metrics.live,
                       config.token, [Depends(require_token)], limits.max_photo_bytes)
 
     # Health answers on the event loop (and readiness in its own threads), never queued behind request work.

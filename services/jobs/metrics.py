@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.swap.job import STAGES
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -54,6 +55,7 @@ class ServiceMetrics:
                                        ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.triton_errors = Counter("swapstream_triton_errors", "Failed Triton calls by model",
                                      ["model"], registry=self.registry)
+        self.live = LiveMetrics(self.registry)
         for state in JOB_STATES[2:]:
             self.jobs_finished.labels(state)
         for stage in STAGES:

@@ -14,7 +14,6 @@ from typing import Annotated, Sequence
 
 from fastapi import APIRouter, FastAPI, File, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry
 
 from swapstream.services.live import protocol
 from swapstream.services.live.frames import FrameRejected, decode_frame
@@ -47,11 +46,11 @@ class LiveServer:
     """The scheduler thread, the ticket and source stores, and the identities of one service process."""
 
     def __init__(self, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
-                 registry: CollectorRegistry, token: str | None, max_photo_bytes: int):
+                 metrics: LiveMetrics, token: str | None, max_photo_bytes: int):
         self.limits = limits
         self.token = token
         self.max_photo_bytes = max_photo_bytes
-        self.metrics = LiveMetrics(registry)
+        self.metrics = metrics
         self.tickets = TicketStore(limits.ticket_seconds)
         self.sources = SourceStore(data_dir / "sources")
         options = SwapOptions(device=device)
@@ -78,10 +77,10 @@ class LiveServer:
 
 
 def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
-               registry: CollectorRegistry, token: str | None, auth: Sequence, max_photo_bytes: int) -> LiveServer:
+               metrics: LiveMetrics, token: str | None, auth: Sequence, max_photo_bytes: int) -> LiveServer:
     """Adds the live routes to ``app``; ``auth`` are the dependencies of the ``/v1`` HTTP routes (the bearer
     token). The caller stops the returned server when the app stops."""
-    live = LiveServer(client, data_dir, device, limits, registry, token, max_photo_bytes)
+    live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes)
     v1 = APIRouter(prefix="/v1", dependencies=list(auth))
 
     @v1.post("/sources", status_code=201, summary="Store a source identity (computed once) for live streams")
