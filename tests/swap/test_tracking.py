@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from swapstream.services.swap.tracking import (BETA, FaceTracker, LargestTrackSelector, TrackedFace, crop_jitter,
-                               select_largest)
+from swapstream.services.swap.tracking import (BETA, CausalFaceTracker, FaceTracker, LargestTrackSelector,
+                                               TrackedFace, crop_jitter, select_largest)
 from tests.helpers.media import MEDIA, YUNET_REFERENCE
 
 # 5 points (right eye, left eye, nose, right and left mouth corner) as fractions of a square box.
@@ -192,6 +192,25 @@ def test_track_end_is_not_extrapolated():
     faces = linear_face(20, (100, 150), (2, 0), 90.0)
     out = run(FaceTracker(max_gap=5), [[f] if t < 12 else [] for t, f in enumerate(faces)])
     assert [len(f.faces) for f in out] == [1] * 12 + [0] * 8
+
+
+@pytest.mark.parametrize("gap", [3, 7])
+def test_causal_tracker_answers_each_frame_at_once_and_holds_a_missed_face(gap):
+    faces = linear_face(30, (100, 150), (2, 0), 90.0)
+    tracker = CausalFaceTracker(max_gap=5)
+    out = []
+    for t, face in enumerate(faces):
+        missed = 10 <= t < 10 + gap
+        boxes, landmarks = (np.zeros((0, 4)), np.zeros((0, 5, 2))) if missed else (face[0][None], face[1][None])
+        (frame,) = tracker.push(t, boxes, landmarks, np.full(len(boxes), 0.9))  # final at once: no look-ahead
+        out.append(frame)
+    held = [f for f in out[10:10 + gap] if f.faces]
+    assert len(held) == min(gap, 5) and all(f.faces[0].filled for f in held)
+    for frame in held:  # at the last detected position (frame 9), not interpolated towards the future
+        np.testing.assert_allclose(frame.faces[0].raw_landmarks, faces[9][1])
+    ids = {face.track_id for f in out for face in f.faces}
+    assert ids == ({0} if gap <= 5 else {0, 1})  # a face back within the hold keeps its track
+    assert all(len(f.faces) == 1 for f in out[10 + gap:])
 
 
 # ---------------------------------------------------------------- smoothing
