@@ -136,8 +136,8 @@ def cmd_live(args) -> int:
     request = LiveRequest(sources=[Path(p) for p in args.source], input=args.input, url=args.url or DEFAULT_URL,
                           token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None,
                           output=Path(args.output) if args.output else None,
-                          stats=Path(args.stats) if args.stats else None, faces=args.faces, quality=args.quality,
-                          frames=args.frames)
+                          stats=Path(args.stats) if args.stats else None, faces=args.faces,
+                          smoothing=not args.no_smoothing, quality=args.quality, frames=args.frames)
     try:
         figures = run_live(request)
     except (LiveError, EncodeError) as error:
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--output", help="write the swapped frames as a video with the input's frame count and rate")
     live.add_argument("--stats", help="write latency and frame counts as JSON")
     live.add_argument("--faces", choices=["all", "largest"], default="all", help="which faces to swap (all)")
+    live.add_argument("--no-smoothing", action="store_true", help="do not smooth the faces across frames")
     live.add_argument("--quality", type=int, default=80, help="JPEG quality of the frames sent and returned (80)")
     live.add_argument("--frames", type=int, help="stop after this many frames (default: the whole input)")
     live.set_defaults(func=cmd_live)

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from swapstream.services.live import protocol
-from swapstream.services.swap.encoder import EncodeError, VideoWriter
+from swapstream.services.swap.encoder import VideoWriter
 
 LIVE_PATH = "/v1/live"
 DEFAULT_URL = "ws://127.0.0.1:8080"     # `swapstream serve`'s default address
@@ -442,6 +442,7 @@ class LiveRequest:
     output: Path | None = None
     stats: Path | None = None
     faces: str = "all"
+    smoothing: bool = True
     quality: int = 80
     frames: int | None = None
 
@@ -454,7 +455,8 @@ def connect_stream(request: LiveRequest) -> Iterator[tuple[ClientConnection, dic
     with httpx.Client(base_url=http_url, headers=headers, timeout=120) as http:
         source_id = upload_source(http, request.sources)
         ticket = live_ticket(http) if request.token else None
-    with open_stream(ws_url, source_id, ticket, faces=request.faces, quality=request.quality) as opened:
+    with open_stream(ws_url, source_id, ticket, faces=request.faces, smoothing=request.smoothing,
+                     quality=request.quality) as opened:
         yield opened
 
 
@@ -462,6 +464,8 @@ def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
     """Streams ``request.input``; returns (and writes to ``request.stats``) the figures."""
     if not 1 <= request.quality <= 100:
         raise LiveError(f"--quality {request.quality} is out of range: give 1 to 100")
+    if request.frames is not None and request.frames < 1:
+        raise LiveError(f"--frames {request.frames}: give 1 or more (or leave it out for the whole input)")
     if request.output is not None and not request.output.parent.resolve().is_dir():
         raise LiveError(f"output folder {request.output.parent} does not exist; create it first")
     video, frames = read_input(request.input, request.quality, request.frames)
