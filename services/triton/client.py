@@ -76,6 +76,8 @@ class SwapstreamClient:
         if len(embeddings) not in (1, len(faces)):
             raise ValueError(f"swap: {len(embeddings)} source embeddings for {len(faces)} faces; give one for all "
                              "faces or one per face")
+        # Always one row per face: a batching config (max_batch_size > 0) needs every input's batch to match.
+        embeddings = np.ascontiguousarray(np.broadcast_to(embeddings, (len(faces), 512)))
         inputs = {"FACES": faces, "SOURCE_EMBEDDING": embeddings}
         faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
         return faces_out, masks

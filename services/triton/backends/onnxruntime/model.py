@@ -54,8 +54,19 @@ class TritonPythonModel:
         self.fixed_batch_one = any(i.shape[:1] == [1] for i in self.session.get_inputs() if i.name in self.item_inputs)
 
     def execute(self, requests):
-        # One run per request: every config here is max_batch_size 0, so requests are never grouped.
-        return [self._respond_to(self._feeds(request)) for request in requests]
+        feeds = [self._feeds(request) for request in requests]
+        if len(feeds) == 1 or not self.batching or len({tuple(sorted(f)) for f in feeds}) > 1:
+            return [self._respond_to(feed) for feed in feeds]
+        # Triton's dynamic batcher grouped these requests (max_batch_size > 0: every input is batched): one run
+        # for all their items, the outputs split back per request.
+        counts = [len(next(iter(feed.values()))) for feed in feeds]
+        merged = {name: np.concatenate([feed[name] for feed in feeds]) for name in feeds[0]}
+        bounds = np.cumsum([0] + counts)
+        try:
+            results = self._run(merged)
+        except Exception:  # noqa: BLE001 - each request then gets its own run and its own error
+            return [self._respond_to(feed) for feed in feeds]
+        return [self._respond([r[a:b] for r in results]) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _respond_to(self, feed):
         try:
