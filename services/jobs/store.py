@@ -427,12 +427,13 @@ class JobStore:
                           f"heartbeat_at = NULL, updated_at = ? WHERE id = ? RETURNING {_SELECT}",
                           (reason, now, job_id)).state
 
-    def mark_cancelled(self, job_id: str, worker: str) -> None:
-        """The worker stopped after a cancel request: running (by ``worker``) -> cancelled."""
+    def mark_cancelled(self, job_id: str, worker: str) -> bool:
+        """The worker stopped after a cancel request: running (by ``worker``) -> cancelled. False when the job was
+        not this worker's any more (re-queued after a stale heartbeat)."""
         now = time.time()
         with self._transaction(write=True) as tx:
-            tx.execute("UPDATE jobs SET state = 'cancelled', worker = NULL, finished_at = ?, updated_at = ? "
-                       "WHERE id = ? AND state = 'running' AND worker = ?", (now, now, job_id, worker))
+            return tx.execute("UPDATE jobs SET state = 'cancelled', worker = NULL, finished_at = ?, updated_at = ? "
+                       "WHERE id = ? AND state = 'running' AND worker = ?", (now, now, job_id, worker)).rowcount > 0
 
     def recover(self, is_dead: Callable[[str], bool], stale_after: float) -> list[Job]:
         """Releases running jobs whose worker is dead or silent for ``stale_after`` seconds.

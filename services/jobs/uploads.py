@@ -22,7 +22,7 @@ from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, probe_video
 from swapstream.services.jobs.store import local_worker_is_dead, worker_id
 from swapstream.services.swap.job import IMAGE_SUFFIXES, PhotoError, read_photo
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".ogv"}  # DEMUXERS read them
 # curl and most clients send application/octet-stream for video files; the content is checked anyway.
 GENERIC_TYPES = {"", "application/octet-stream"}
 CHUNK = 1 << 20

@@ -90,9 +90,9 @@ class Worker(threading.Thread):
                                stage_observer=self._observe_stage)
         except JobCancelled:
             output.unlink(missing_ok=True)
-            self.store.mark_cancelled(job.id, self.id)
-            self.metrics.jobs_finished.labels("cancelled").inc()
-            remove_folder(self.data_dir / inputs["folder"])  # a cancelled job keeps nothing
+            if self.store.mark_cancelled(job.id, self.id):  # else taken over elsewhere: its files are in use
+                self.metrics.jobs_finished.labels("cancelled").inc()
+                remove_folder(self.data_dir / inputs["folder"])  # a cancelled job keeps nothing
             return
         except Exception as error:  # noqa: BLE001 - sorted below: the machine's fault or the job's
             output.unlink(missing_ok=True)

@@ -69,8 +69,9 @@ def test_job_fails_with_the_reason_after_its_last_attempt(tmp_path, triton, clip
 
 
 def _tritonserver_of(service: ServiceProcess) -> int:
-    pids = subprocess.run(["pgrep", "-P", str(service.process.pid), "tritonserver"], capture_output=True,
-                          text=True).stdout.split()
+    reapers = subprocess.run(["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True).stdout.split()
+    pids = subprocess.run(["pgrep", "-P", ",".join(reapers), "tritonserver"], capture_output=True,
+                          text=True).stdout.split()  # tritonserver runs under its reaper
     assert len(pids) == 1, pids
     return int(pids[0])
 

@@ -62,8 +62,9 @@ def test_tritonserver_dies_with_a_killed_parent(tmp_path):
             line = process.stdout.readline()
             assert line, "swapstream triton exited early:\n" + "".join(lines)
             lines.append(line)
-        server_pids = subprocess.run(["pgrep", "-P", str(process.pid), "tritonserver"], capture_output=True,
-                                     text=True).stdout.split()
+        reapers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        server_pids = subprocess.run(["pgrep", "-P", ",".join(reapers), "tritonserver"], capture_output=True,
+                                     text=True).stdout.split()  # tritonserver runs under its reaper
         assert len(server_pids) == 1
         process.kill()
         process.wait(10)
