@@ -8,6 +8,7 @@ Four stages overlap through bounded queues, so memory stays bounded for any vide
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 import warnings
@@ -139,8 +140,10 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as header:
                 kind, (width, height), frames = header.format, header.size, getattr(header, "n_frames", 1)
-    except Image.DecompressionBombError:
-        raise PhotoError(path, f"more than the {max_pixels} pixels allowed in a photo; downscale it") from None
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: its message has the count
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{claimed.group(1)} pixels" if claimed else "its size"
+        raise PhotoError(path, f"{size} is more than the {max_pixels} pixels allowed in a photo; downscale it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise PhotoError(path, "not a readable photo (jpg, png, webp, bmp); check the file") from None
     if kind not in PHOTO_FORMATS:
