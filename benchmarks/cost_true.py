@@ -13,7 +13,8 @@ fill (float32), and faces/s at each batch size K for every way of running K face
 - ``batched modulation``: GFPGAN only; its modulated convolutions re-expressed so that the batch is not
   folded into the weights (``gfpgan.build(fold_batch=False)``, checked equal to the export's form).
 
-Inputs are random tensors in the networks' input ranges: the compute does not depend on the pixels.
+Inputs are random tensors in the networks' input ranges: the compute does not depend on the pixels. Besides
+wall time it records the process's CPU time per face, which other work on a shared machine disturbs less.
 Heavy: several minutes on 2 CPU cores (GFPGAN is about 200 GMACs a face).
 """
 from __future__ import annotations
@@ -110,23 +111,27 @@ def measure(batch_sizes: list[int], device: str = "cpu", say=print) -> list[dict
             run(_inputs(probe, 1))  # warm-up
             for k in batch_sizes:
                 feeds = _inputs(probe, k)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 run(feeds)
                 rate = k / (time.perf_counter() - started)
+                cpu_ms = (time.process_time() - cpu) * 1e3 / k
                 row["faces_per_s"].setdefault(choice, {})[k] = rate
-                say(f"{key}: {choice}, K={k}: {rate:.2f} faces/s ({1e3 / rate:.0f} ms a face)")
+                row.setdefault("cpu_ms_per_face", {}).setdefault(choice, {})[k] = cpu_ms
+                say(f"{key}: {choice}, K={k}: {rate:.2f} faces/s ({1e3 / rate:.0f} ms a face; CPU {cpu_ms:.0f} ms)")
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| network | params (M) | params x 4 B / file bytes | GMACs a face | way | "
-             + " | ".join(f"K={k} faces/s (ms a face)" for k in next(iter(rows[0]["faces_per_s"].values()))) + " |"]
+             + " | ".join(f"K={k} faces/s (CPU ms a face)" for k in next(iter(rows[0]["faces_per_s"].values())))
+             + " |"]
     for row in rows:
         for choice, rates in row["faces_per_s"].items():
+            cpu = row["cpu_ms_per_face"][choice]
             lines.append(f"| {row['network']} | {row['params'] / 1e6:.2f} | {row['params_bytes_over_file']:.3f} | "
                          f"{row['macs_per_face'] / 1e9:.2f} | {choice} | "
-                         + " | ".join(f"{r:.2f} ({1e3 / r:.0f})" for r in rates.values()) + " |")
+                         + " | ".join(f"{r:.2f} ({cpu[k]:.0f})" for k, r in rates.items()) + " |")
     return "\n".join(lines)
 
 
