@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,6 @@ from swapstream.services.live.tickets import TicketStore
 from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
-log = logging.getLogger("swapstream.live")
 MAX_SOURCES = 8
 STOP_SECONDS = 10.0   # a stopping stream's frames in flight are answered within this, or dropped
 
@@ -276,9 +274,10 @@ class LiveSession:
             kind, payload = await stream.outbox.get()
             if kind == "answer":
                 stream.answers_queued -= 1
-                await self.ws.send_bytes(payload)
-            else:
-                await self.ws.send_text(payload)
+            try:
+                await (self.ws.send_bytes(payload) if kind == "answer" else self.ws.send_text(payload))
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return  # the client went away: the receiving side ends the stream
 
     async def _finish(self, sender: asyncio.Task) -> None:
         """After ``stop``: the frames in flight are answered, then the drops not yet reported are sent."""
