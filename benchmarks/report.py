@@ -122,6 +122,8 @@ def plot_throughput(results: dict, path: Path) -> Path:
 def _fmt(value, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and 0 < abs(value) < 10 ** -digits * 10:  # e.g. 0.16 frames/s with the real compute
+        return f"{value:.2g}"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 

@@ -147,10 +147,17 @@ def test_cli_writes_cost_true_models_and_refuses_unknown_names(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_models_match_the_real_files_cost(tmp_path):
-    """The published networks at full width: parameters against the real files' bytes (float32), MACs against
-    the published figures where there is one, one finite run each."""
-    folder = costtrue.ensure_models(MANIFEST, tmp_path)
+def test_full_size_models_match_the_real_files_cost(tmp_path, monkeypatch):
+    """``--models cost-true`` at full width: built into the models cache, served batched where verified;
+    parameters against the real files' bytes (float32), MACs against the published figures where there is
+    one, one finite run each."""
+    monkeypatch.setenv("SWAPSTREAM_MODELS", str(tmp_path / "cache"))
+    weight_dirs = repository.weight_dirs_for(repository.COST_TRUE)
+    folder = weight_dirs[0]
+    assert folder == costtrue.default_dir() and folder.is_relative_to(tmp_path)
+    sources = {s.model: s for s in repository.build_repository(tmp_path / "repo", weight_dirs)}
+    assert sources["yunet"].kind == "real"
+    assert "batch made dynamic" in sources["simswap"].detail and "one run per face" in sources["gfpgan"].detail
     counted = {key: cost.cost(onnx.load(str(folder / MANIFEST[key].file))) for key in costtrue.BUILDERS}
     for key in ("simswap_256", "gfpgan_1.4", "bisenet"):
         assert counted[key].params * 4 == pytest.approx(MANIFEST[key].bytes, rel=0.1), key
