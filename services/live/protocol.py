@@ -43,7 +43,7 @@ TICKET_PREFIX = "ticket."
 
 # Close codes: the standard ones where they fit, 44xx (private range) for the rest.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001          # the server is shutting down
+CLOSE_SERVICE_RESTART = 1012     # the service is stopping (uvicorn closes every socket with it): reconnect later
 CLOSE_POLICY = 1008              # missing, wrong or expired ticket
 CLOSE_TOO_BIG = 1009             # a message larger than the frame limit
 CLOSE_TRY_LATER = 1013           # too many streams

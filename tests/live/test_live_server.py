@@ -349,6 +349,7 @@ def test_limits_close_the_socket_with_a_code_and_a_reason(service, http, sources
         cases.append((closed_with(ws), protocol.CLOSE_POLICY, "already used"))
     for (code, reason), expected_code, words in cases:
         assert (code, words in reason) == (expected_code, True), (code, reason, words)
+    assert http.get("/readyz").json()["ready"]  # Triton, the store and the job workers still fine
 
 
 def test_too_many_streams_are_refused_and_the_open_ones_go_on(service, http, sources, clips):
