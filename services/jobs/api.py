@@ -64,6 +64,7 @@ class ServiceConfig:
 
 
 RECOVERY_SECONDS = 15.0  # how often running jobs are checked for a dead or silent worker
+SUBMIT_CHECK_SECONDS = 5.0  # longest a submission waits for Triton to check its photos' faces
 
 
 class Service:
@@ -83,6 +84,7 @@ class Service:
         self.pool: WorkerPool | None = None
         self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
         self.client = SwapstreamClient(config.triton_url, timeout=config.triton_timeout)
+        self.check_client = SwapstreamClient(config.triton_url, timeout=SUBMIT_CHECK_SECONDS)
         self._photo_swapper: FaceSwapper | None = None
         self._photo_lock = threading.Lock()
         self.photo_work = PhotoWork(config.photo_workers, config.photo_queue)
@@ -131,20 +133,36 @@ class Service:
         return hide_paths(message, self.data_dir)
 
     @contextmanager
-    def photo_swapper(self, options: SwapOptions):
-        """The swapper of the synchronous endpoints, one request at a time (its DALI pipelines are not shared)."""
-        with self._photo_lock:
+    def photo_swapper(self, options: SwapOptions, *, client: SwapstreamClient | None = None,
+                      wait: float | None = None):
+        """The swapper of the synchronous endpoints, one request at a time (its DALI pipelines are not shared).
+
+        ``client``: the Triton client for this use (default the service's); ``wait``: seconds to wait for the
+        swapper, after which TimeoutError."""
+        if not self._photo_lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError("the photo swapper is busy")
+        try:
             if self._photo_swapper is None:
                 self._photo_swapper = FaceSwapper(self.client, options)
             self._photo_swapper.options = options
+            self._photo_swapper.client = client or self.client
             yield self._photo_swapper
+        finally:
+            self._photo_lock.release()
 
     def faces_in(self, rgb: np.ndarray, score_threshold: float, *, unless_triton_down: bool = False):
-        """Faces found in a photo; with ``unless_triton_down``, None at once when Triton does not answer."""
-        if unless_triton_down and not self.client.is_ready():
+        """Faces found in a photo. With ``unless_triton_down`` (a submission's check), None when Triton does not
+        answer within ``SUBMIT_CHECK_SECONDS``: the job is queued all the same and its worker checks the face."""
+        options = replace(self.base_options, score_threshold=score_threshold)
+        if not unless_triton_down:
+            with self.photo_swapper(options) as swapper:
+                return swapper.detect(rgb[None])
+        try:
+            with self.photo_swapper(options, client=self.check_client, wait=SUBMIT_CHECK_SECONDS) as swapper:
+                return swapper.detect(rgb[None])
+        except (TritonCallError, TimeoutError) as error:
+            log.warning("a submission's face check is left to its worker: %s", error)
             return None
-        with self.photo_swapper(replace(self.base_options, score_threshold=score_threshold)) as swapper:
-            return swapper.detect(rgb[None])
 
 
 # ------------------------------------------------------------------------------------------ requests
