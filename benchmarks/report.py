@@ -139,7 +139,7 @@ def summary_text(results: dict) -> str:
     """The terminal table: throughput per configuration, the ratios, where the time goes."""
     env = results.get("environment", {})
     parts = ["models: " + ", ".join(f"{m['model']} {m['kind']}" for m in env.get("models", [])
-                                     if m["kind"] in ("real", "stand-in", "given"))]
+                                     if m["kind"] in ("real", "stand-in", "cost-true", "given"))]
     if env.get("startup_seconds") is not None:
         parts.append(f"embedded Triton start-up (repository built, server ready): {env['startup_seconds']:.1f} s")
     if env.get("note"):

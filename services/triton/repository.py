@@ -60,7 +60,7 @@ def weight_dirs_for(models: str | Path | None) -> list[Path]:
 @dataclass(frozen=True)
 class ModelSource:
     model: str
-    kind: str          # "real", "stand-in", "glue" or "ensemble"
+    kind: str          # "real", "stand-in", "cost-true" (a stand-in with the real architecture), "glue" or "ensemble"
     detail: str        # the weights' path, or what was built
 
 
@@ -108,7 +108,7 @@ def _verified(entry: ModelEntry, path: Path) -> bool:
 
 
 def _weights(entry: ModelEntry, weight_dirs: list[Path]) -> tuple[str, Path | None]:
-    """("real", path) for a verified file, ("stand-in", path) for a generated one, else ("absent", None)."""
+    """("real", path) for a verified file, ("stand-in" or "cost-true", path) for a generated one, else ("absent", None)."""
     for folder in weight_dirs:
         path = folder / entry.file
         if not path.is_file():
@@ -116,7 +116,7 @@ def _weights(entry: ModelEntry, weight_dirs: list[Path]) -> tuple[str, Path | No
         if _verified(entry, path):
             return "real", path
         if standins.is_standin(path):
-            return "stand-in", path
+            return ("cost-true" if costtrue.is_cost_true(path) else "stand-in"), path
         raise RepositoryError(
             f"{path} is neither the pinned {entry.key} ({entry.bytes} bytes, sha256 {entry.sha256[:12]}...) "
             f"nor a swapstream stand-in. Delete it and run `swapstream models fetch {entry.key}`.")
@@ -216,5 +216,9 @@ def embedded_triton(weight_dirs: list[Path] | None = None, *, announce: bool = T
             print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
                   "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift",
                   file=sys.stderr)
+        cost_true = [s.model for s in sources if s.kind == "cost-true"]
+        if announce and cost_true:
+            print(f"note: cost-true stand-ins serve {', '.join(cost_true)}: the real architectures with untrained "
+                  "weights, so the real compute and meaningless faces", file=sys.stderr)
         with EmbeddedTriton(Path(tmp), **server_options) as server:
             yield server, sources

@@ -46,8 +46,7 @@ def test_the_real_files_io_contract(tmp_path, small, key):
     path = tmp_path / MANIFEST[key].file
     onnx.save(small[key], str(path))
     check_io(MANIFEST[key], path)  # names, dtypes, ranks, fixed batch of 1 exactly where the manifest has it
-    assert standins.is_standin(path)
-    assert {p.key: p.value for p in small[key].metadata_props}[costtrue.KIND_KEY] == costtrue.KIND
+    assert standins.is_standin(path) and costtrue.is_cost_true(path)
 
 
 def test_swapper_output_is_an_image_in_0_1_and_depends_on_face_and_identity(small):
@@ -127,7 +126,7 @@ def test_repository_serves_cost_true_files_batched_where_verified(tmp_path):
     costtrue.write(MANIFEST, weights, width=WIDTH)
     sources = {s.model: s for s in repository.build_repository(
         tmp_path / "repo", [weights, repository.shared_dir() / "models"])}
-    assert all(sources[m].kind == "stand-in" for m in ("simswap", "arcface", "gfpgan", "bisenet"))
+    assert all(sources[m].kind == "cost-true" for m in ("simswap", "arcface", "gfpgan", "bisenet"))
     assert "batch made dynamic" in sources["simswap"].detail and "batch made dynamic" in sources["arcface"].detail
     assert "one run per face" in sources["gfpgan"].detail
     served = onnx.load(str(tmp_path / "repo" / "simswap" / "1" / "model.onnx"))

@@ -27,6 +27,14 @@ def default_dir() -> Path:
     return default_models_dir() / f"cost-true-v{VERSION}"
 
 
+def is_cost_true(path: Path) -> bool:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file at all
+        return False
+    return any(p.key == KIND_KEY and p.value == KIND for p in model.metadata_props)
+
+
 def build(entry, width: float = 1.0) -> onnx.ModelProto:
     model = BUILDERS[entry.key](entry, width=width)
     for key, value in ((STANDIN_KEY, "true"), (KIND_KEY, KIND), ("swapstream.standin.width", str(width))):
