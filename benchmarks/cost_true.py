@@ -7,11 +7,10 @@ multiply-accumulates per face counted from the graph, the share of the real file
 fill (float32), and faces/s at each batch size K for every way of running K faces that applies:
 
 - ``one run per face``: what the embedded backend does with a fixed-batch-1 export;
-- ``dynamic batch``: the repository's rewrite (``services/triton/batching.py``), one run of K;
-- ``2 instances``: Triton's way for a model that cannot batch (``instance_group { count: 2 }``): two copies,
-  each on one core, each running one face at a time;
-- ``batched modulation``: GFPGAN only; its modulated convolutions re-expressed so that the batch is not
-  folded into the weights (``gfpgan.build(fold_batch=False)``, checked equal to the export's form).
+- ``dynamic batch``: the repository's rewrite (``services/triton/batching.py``; for GFPGAN it includes
+  re-expressing the modulated convolutions so that the batch is not folded into the weights), one run of K;
+- ``2 instances``: for a graph that folds the batch into its weights, Triton's way for a model that cannot
+  batch (``instance_group { count: 2 }``): two copies, each on one core, each running one face at a time.
 
 Inputs are random tensors in the networks' input ranges: the compute does not depend on the pixels. Besides
 wall time it records the process's CPU time per face, which other work on a shared machine disturbs less.
@@ -31,7 +30,7 @@ import onnxruntime as ort
 
 from swapstream.benchmarks.inprocess import providers_for
 from swapstream.services.triton import batching, costtrue
-from swapstream.services.triton.costtrue import cost, gfpgan
+from swapstream.services.triton.costtrue import cost
 from swapstream.services.triton.model_store import load_manifest
 
 
@@ -80,33 +79,30 @@ def _instances(sessions):
     return run
 
 
-def _choices(key: str, entry, path: Path, device: str) -> dict:
+def _choices(path: Path, device: str) -> dict:
     original = onnx.load(str(path))
     if not batching.fixed_batch_one(original):
         return {"dynamic batch (as exported)": _together(_session(path, device))}
     choices = {"one run per face": _one_at_a_time(_session(path, device))}
+    if batching.folded_batch(original):
+        choices["2 instances, 1 core each"] = _instances([_session(path, device, threads=1) for _ in range(2)])
     rewritten = batching.dynamic_batch(original)
     if rewritten is not None:
         choices["dynamic batch (rewrite)"] = _together(_session(rewritten, device))
-        return choices
-    choices["2 instances, 1 core each"] = _instances([_session(path, device, threads=1) for _ in range(2)])
-    if key == "gfpgan_1.4":
-        unfolded = batching.dynamic_batch(gfpgan.build(entry, fold_batch=False))
-        choices["batched modulation (re-export)"] = _together(_session(unfolded, device))
     return choices
 
 
-def measure(batch_sizes: list[int], device: str = "cpu", say=print) -> list[dict]:
+def measure(batch_sizes: list[int], device: str = "cpu", networks: list[str] | None = None, say=print) -> list[dict]:
     manifest = load_manifest()
     folder = costtrue.ensure_models(manifest)
     rows = []
-    for key in costtrue.BUILDERS:
+    for key in networks or list(costtrue.BUILDERS):
         entry = manifest[key]
         path = folder / entry.file
         counted = cost.cost(onnx.load(str(path)))
         row = {"network": key, "params": counted.params, "macs_per_face": counted.macs,
                "params_bytes_over_file": counted.params * 4 / entry.bytes, "faces_per_s": {}}
-        for choice, run in _choices(key, entry, path, device).items():
+        for choice, run in _choices(path, device).items():
             probe = _session(path, device)
             run(_inputs(probe, 1))  # warm-up
             for k in batch_sizes:
@@ -139,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--networks", default=",".join(costtrue.BUILDERS), help="which (all)")
     parser.add_argument("--out", default="bench-results/cost-true")
     args = parser.parse_args(argv)
-    rows = measure([int(k) for k in args.batch_sizes.split(",")], args.device)
+    rows = measure([int(k) for k in args.batch_sizes.split(",")], args.device, args.networks.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "networks.json").write_text(json.dumps(rows, indent=2))

@@ -3,9 +3,9 @@
 The rewrite names the first dimension of every input and output ``K``, drops the export's recorded
 intermediate shapes, and turns each ``Reshape`` whose constant target starts with the batch (1) into one
 that copies it from its input (0). That is all an export with ``x.view(1, ...)`` / ``x.view(x.size(0), -1)``
-frozen at batch 1 needs. It is refused (``None``) where the batch is folded into the computation rather than
-carried along: a convolution whose weights are computed in the graph (StyleGAN2's modulated convolutions in
-GFPGAN fold the batch into ``group = B``), since its ``group`` attribute cannot follow the batch.
+frozen at batch 1 needs. Convolutions whose weights are computed in the graph fold the batch into
+``group = B``, which cannot follow a batch: StyleGAN2's modulated convolutions (GFPGAN) are first rewritten to
+modulate the activations instead; any other such convolution makes the rewrite refuse (``None``).
 
 ``batch_matches`` checks a rewrite the only way that counts: K items in one run against K runs of one.
 """
@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from swapstream.services.triton.onnx_graph import DTYPES
 
 BATCH = "K"
+VERSION = 1  # of the rewrite: a verified rewrite is remembered per file and version
 _NUMPY = {value: name for name, value in DTYPES.items()}
 
 
@@ -37,10 +38,10 @@ def folded_batch(model: onnx.ModelProto) -> list[str]:
 
 def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """The model with a dynamic first dimension, or None where the graph cannot follow a batch."""
-    if folded_batch(model):
-        return None
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if folded_batch(out) and not _unfold_modulated_convs(out.graph):
+        return None
     graph = out.graph
     initializers = {i.name: i for i in graph.initializer}
     del graph.value_info[:]
@@ -71,6 +72,114 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
             initializers[name].CopyFrom(numpy_helper.from_array(fixed, name))
     onnx.checker.check_model(out)
     return out
+
+
+def _unfold_modulated_convs(graph: onnx.GraphProto) -> bool:
+    """StyleGAN2's modulated convolutions rewritten in place so that the batch is not folded into the weights.
+
+    The export computes per-sample weights ``w = W * s`` (``W`` a weight initializer, possibly unsqueezed to
+    [1,out,in,k,k]; ``s`` the style reshaped to [1,1,in,1,1]), optionally demodulates them
+    (``w * rsqrt(sum(w^2) + eps)``), reshapes them to [B*out,in,k,k] and convolves the activations reshaped to
+    [1,B*in,H,W] with ``group = B``. The same result for any batch: ``conv(x * s, W) * d`` with
+    ``d = rsqrt(s^2 @ sum_k(W^2)^T + 1e-8)`` per sample. True if every convolution with computed weights had
+    that form (the graph is then rewritten and its dead nodes removed), False (graph untouched) otherwise.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+
+    def made_by(name, op_type):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def weight_param(name):
+        if name in initializers:
+            return name
+        node = made_by(name, "Unsqueeze")
+        return node.input[0] if node is not None and node.input[0] in initializers else None
+
+    def modulation(name):
+        """(weight initializer, style [B,in]) if ``name`` is ``W * reshape(s)``."""
+        node = made_by(name, "Mul")
+        if node is None:
+            return None
+        for w, s5 in (node.input, node.input[::-1]):
+            reshape = made_by(s5, "Reshape")
+            if weight_param(w) and reshape is not None:
+                return weight_param(w), reshape.input[0]
+        return None
+
+    plans = []
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.input[1] in initializers:
+            continue
+        reshape = made_by(conv.input[1], "Reshape")
+        if reshape is None or any(a.name == "group" and a.i != 1 for a in conv.attribute):
+            return False
+        found, demodulated = modulation(reshape.input[0]), False
+        if found is None and made_by(reshape.input[0], "Mul") is not None:
+            for factor in made_by(reshape.input[0], "Mul").input:
+                found, demodulated = modulation(factor) or found, True
+        if found is None:
+            return False
+        plans.append((conv, found[0], found[1], demodulated))
+
+    new_nodes, new_inits, rewritten = [], [], {}
+    for index, (conv, weight, style, demodulated) in enumerate(plans):
+        array = numpy_helper.to_array(initializers[weight])
+        if array.ndim == 5:
+            array = array[0]
+            weight = f"{weight}_unfolded"
+            new_inits.append(numpy_helper.from_array(array, weight))
+        x = conv.input[0]
+        x_reshape = made_by(x, "Reshape")
+        if x_reshape is not None:
+            x = x_reshape.input[0]
+        name = f"unfolded_{index}"
+        nodes = [
+            onnx.helper.make_node("Unsqueeze", [style, f"{name}_axes"], [f"{name}_s4"]),
+            onnx.helper.make_node("Mul", [x, f"{name}_s4"], [f"{name}_x"]),
+            onnx.helper.make_node("Conv", [f"{name}_x", weight, *conv.input[2:]],
+                                  [f"{name}_y" if demodulated else conv.output[0]],
+                                  **{a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}),
+        ]
+        new_inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}_axes"))
+        if demodulated:
+            new_inits.append(numpy_helper.from_array(np.array(1e-8, np.float32), f"{name}_eps"))
+            nodes += [
+                onnx.helper.make_node("Mul", [weight, weight], [f"{name}_w2"]),
+                onnx.helper.make_node("ReduceSum", [f"{name}_w2", f"{name}_axes"], [f"{name}_energy_w"], keepdims=0),
+                onnx.helper.make_node("Transpose", [f"{name}_energy_w"], [f"{name}_energy_t"], perm=[1, 0]),
+                onnx.helper.make_node("Mul", [style, style], [f"{name}_s2"]),
+                onnx.helper.make_node("MatMul", [f"{name}_s2", f"{name}_energy_t"], [f"{name}_energy"]),
+                onnx.helper.make_node("Add", [f"{name}_energy", f"{name}_eps"], [f"{name}_energy_eps"]),
+                onnx.helper.make_node("Sqrt", [f"{name}_energy_eps"], [f"{name}_norm"]),
+                onnx.helper.make_node("Reciprocal", [f"{name}_norm"], [f"{name}_demod"]),
+                onnx.helper.make_node("Unsqueeze", [f"{name}_demod", f"{name}_axes"], [f"{name}_demod4"]),
+                onnx.helper.make_node("Mul", [f"{name}_y", f"{name}_demod4"], [conv.output[0]]),
+            ]
+        rewritten[id(conv)] = nodes
+    ordered = []
+    for node in graph.node:
+        ordered.extend(rewritten.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    _remove_dead(graph)
+    return True
+
+
+def _remove_dead(graph: onnx.GraphProto) -> None:
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    used = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(used)
 
 
 def batch_matches(original: onnx.ModelProto, batched: onnx.ModelProto, batch: int = 3, seed: int = 0,

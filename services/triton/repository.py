@@ -84,27 +84,36 @@ def _glue_builders(manifest: dict[str, ModelEntry]) -> dict:
 _VERIFIED_CACHE = Path.home() / ".cache" / "swapstream" / "verified.json"
 
 
-def _verified(entry: ModelEntry, path: Path) -> bool:
-    """Size + sha256 check, remembered per (path, size, mtime) so a restart does not re-hash 300 MB files."""
+def _remembered(path: Path, what: str, check) -> bool:
+    """``check()``, remembered when it passes per (path, size, mtime, what): a restart redoes no slow check."""
     stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{entry.sha256}"
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{what}"
     try:
         cache = json.loads(_VERIFIED_CACHE.read_text())
     except (OSError, ValueError):
         cache = {}
     if cache.get(key):
         return True
-    try:
-        verify(entry, path)
-    except ModelVerificationError:
+    if not check():
         return False
     cache[key] = True
     try:
         _VERIFIED_CACHE.parent.mkdir(parents=True, exist_ok=True)
         _VERIFIED_CACHE.write_text(json.dumps(cache))
     except OSError:
-        pass  # a read-only home only costs a re-hash next time
+        pass  # a read-only home only costs a re-check next time
     return True
+
+
+def _verified(entry: ModelEntry, path: Path) -> bool:
+    """Size + sha256 check (300 MB files: remembered)."""
+    def check() -> bool:
+        try:
+            verify(entry, path)
+        except ModelVerificationError:
+            return False
+        return True
+    return _remembered(path, entry.sha256, check)
 
 
 def _weights(entry: ModelEntry, weight_dirs: list[Path]) -> tuple[str, Path | None]:
@@ -185,7 +194,8 @@ def _with_dynamic_batch(path: Path) -> tuple[onnx.ModelProto | None, str]:
         rewritten = batching.dynamic_batch(model)
         if rewritten is None:
             return None, " (fixed batch of 1: the batch is folded into its convolutions; one run per face)"
-        same = batching.batch_matches(model, rewritten, batch=2)
+        same = _remembered(path, f"batch-rewrite-{batching.VERSION}",
+                           lambda: batching.batch_matches(model, rewritten, batch=2))
     except Exception as error:  # noqa: BLE001 - an export the rewrite does not fit is served as it is
         return None, f" (fixed batch of 1: a dynamic batch does not fit this graph: {error}; one run per face)"
     if not same:

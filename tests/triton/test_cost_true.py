@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from swapstream.services.triton import batching, costtrue, repository, standins
-from swapstream.services.triton.costtrue import cost, gfpgan
+from swapstream.services.triton.costtrue import cost
 from swapstream.services.triton.model_store import check_io, load_manifest
 from swapstream.services.triton.onnx_graph import Graph
 
@@ -95,8 +95,9 @@ def test_cost_counts_a_hand_counted_graph():
 
 
 def test_cost_counts_modulated_convolutions_whose_weights_are_computed(small):
-    """GFPGAN's two forms hold the same weights and do the same convolutions: the counts agree."""
-    folded, unfolded = small["gfpgan_1.4"], gfpgan.build(MANIFEST["gfpgan_1.4"], WIDTH, fold_batch=False)
+    """GFPGAN's export form and its batched rewrite hold the same weights and do the same convolutions."""
+    folded = small["gfpgan_1.4"]
+    unfolded = batching.dynamic_batch(folded)
     assert cost.parameters(folded) == cost.parameters(unfolded)
     conv_macs = cost.macs(unfolded) - cost.macs(folded)
     assert 0 < conv_macs < 0.01 * cost.macs(folded)  # only the per-sample demodulation MatMuls differ
@@ -114,11 +115,21 @@ def test_the_batch_rewrite_gives_k_single_runs(small, key):
     assert batching.batch_matches(original, rewritten, batch=3)
 
 
-def test_the_restorer_folds_the_batch_and_its_batched_form_is_the_same_network(small):
+def test_the_restorer_folds_the_batch_and_the_rewrite_unfolds_it(small):
     folded = small["gfpgan_1.4"]
-    assert batching.folded_batch(folded) and batching.dynamic_batch(folded) is None
-    unfolded = batching.dynamic_batch(gfpgan.build(MANIFEST["gfpgan_1.4"], WIDTH, fold_batch=False))
-    assert unfolded is not None and batching.batch_matches(folded, unfolded, batch=2)
+    assert batching.folded_batch(folded) and batching.fixed_batch_one(folded)
+    unfolded = batching.dynamic_batch(folded)
+    assert not batching.folded_batch(unfolded)  # every modulated convolution now has its weights as a constant
+    assert batching.batch_matches(folded, unfolded, batch=3)
+
+
+def test_a_computed_weight_convolution_of_another_form_is_refused():
+    g = Graph("computed_weight")
+    x = g.input("x", "float32", [1, 2, 4, 4])
+    w = g.op("Relu", g.const(np.ones((2, 2, 1, 1))))  # computed, but not a modulation
+    g.output(g.op("Conv", x, w, kernel_shape=[1, 1]), "y", "float32", [1, 2, 4, 4])
+    model = g.model()
+    assert batching.folded_batch(model) and batching.dynamic_batch(model) is None
 
 
 def test_repository_serves_cost_true_files_batched_where_verified(tmp_path):
@@ -127,11 +138,10 @@ def test_repository_serves_cost_true_files_batched_where_verified(tmp_path):
     sources = {s.model: s for s in repository.build_repository(
         tmp_path / "repo", [weights, repository.shared_dir() / "models"])}
     assert all(sources[m].kind == "cost-true" for m in ("simswap", "arcface", "gfpgan", "bisenet"))
-    assert "batch made dynamic" in sources["simswap"].detail and "batch made dynamic" in sources["arcface"].detail
-    assert "one run per face" in sources["gfpgan"].detail
-    served = onnx.load(str(tmp_path / "repo" / "simswap" / "1" / "model.onnx"))
-    assert served.graph.input[0].type.tensor_type.shape.dim[0].dim_param == batching.BATCH
-    assert (tmp_path / "repo" / "gfpgan" / "1" / "model.onnx").is_symlink()
+    for model in ("simswap", "arcface", "gfpgan"):
+        assert "batch made dynamic" in sources[model].detail
+        served = onnx.load(str(tmp_path / "repo" / model / "1" / "model.onnx"))
+        assert served.graph.input[0].type.tensor_type.shape.dim[0].dim_param == batching.BATCH
 
 
 def test_cli_writes_cost_true_models_and_refuses_unknown_names(tmp_path):
@@ -156,7 +166,7 @@ def test_full_size_models_match_the_real_files_cost(tmp_path, monkeypatch):
     assert folder == costtrue.default_dir() and folder.is_relative_to(tmp_path)
     sources = {s.model: s for s in repository.build_repository(tmp_path / "repo", weight_dirs)}
     assert sources["yunet"].kind == "real"
-    assert "batch made dynamic" in sources["simswap"].detail and "one run per face" in sources["gfpgan"].detail
+    assert all("batch made dynamic" in sources[m].detail for m in ("simswap", "arcface", "gfpgan"))
     counted = {key: cost.cost(onnx.load(str(folder / MANIFEST[key].file))) for key in costtrue.BUILDERS}
     for key in ("simswap_256", "gfpgan_1.4", "bisenet"):
         assert counted[key].params * 4 == pytest.approx(MANIFEST[key].bytes, rel=0.1), key

@@ -11,11 +11,10 @@ scale and shift half of the channels after the first conv of each resolution; a 
 per resolution (not demodulated) accumulates the image, upsampled bilinearly. The style MLP is not part of
 the graph (GFPGAN feeds its styles as latents) and neither are the U-Net's to-RGB heads (training only).
 
-``fold_batch`` (the default) writes the modulated convolutions as the PyTorch export does: the per-sample
-weights ``W * style`` reshaped to ``[B*out, in, k, k]``, the activations to ``[1, B*in, H, W]``, one grouped
-convolution with ``group = B`` - so the batch is frozen into the graph. ``fold_batch=False`` writes the
-equivalent that batches: modulate the activations (``x * style``), convolve with the shared weights, and
-scale the outputs by the demodulation factors computed per sample.
+The modulated convolutions are written as the PyTorch export writes them: the per-sample weights
+``W * style`` reshaped to ``[B*out, in, k, k]``, the activations to ``[1, B*in, H, W]``, one grouped
+convolution with ``group = B``, so the batch (1) is frozen into the graph. ``services/triton/batching.py``
+rewrites that form into one that batches.
 """
 from __future__ import annotations
 
@@ -35,8 +34,8 @@ NOISE_STRENGTH = 0.05
 
 
 class _Gfpgan:
-    def __init__(self, net: Net, fold_batch: bool):
-        self.net, self.g, self.fold_batch = net, net.g, fold_batch
+    def __init__(self, net: Net):
+        self.net, self.g = net, net.g
 
     def res_block(self, x: str, cin: int, cout: int, scale: float) -> str:
         net = self.net
@@ -52,24 +51,15 @@ class _Gfpgan:
         weight = net.randn((cout, cin, k, k), gain / math.sqrt(cin * k * k))
         if upsample:
             x = net.resize(x, 2.0)
-        if self.fold_batch:
-            w = g.mul(g.op("Unsqueeze", weight, g.const([0], "int64")),
-                      g.op("Reshape", s, g.const([1, 1, cin, 1, 1], "int64")))  # [1, out, in, k, k]
-            if demodulate:
-                energy = g.op("ReduceSum", g.mul(w, w), g.const([2, 3, 4], "int64"), keepdims=1)
-                w = g.mul(w, g.op("Reciprocal", g.op("Sqrt", g.add(energy, g.const(1e-8)))))
-            w = g.op("Reshape", w, g.const([cout, cin, k, k], "int64"))
-            x = g.op("Reshape", x, g.const([1, cin, size, size], "int64"))
-            out = g.op("Conv", x, w, kernel_shape=[k, k], pads=[k // 2] * 4, group=1)
-            return g.op("Reshape", out, g.const([1, cout, size, size], "int64"))
-        out = g.op("Conv", g.mul(x, g.op("Unsqueeze", s, g.const([2, 3], "int64"))), weight,
-                   kernel_shape=[k, k], pads=[k // 2] * 4)
+        w = g.mul(g.op("Unsqueeze", weight, g.const([0], "int64")),
+                  g.op("Reshape", s, g.const([1, 1, cin, 1, 1], "int64")))  # [1, out, in, k, k]
         if demodulate:
-            energy = g.op("ReduceSum", g.mul(weight, weight), g.const([2, 3], "int64"), keepdims=0)  # [out, in]
-            energy = g.op("MatMul", g.mul(s, s), g.op("Transpose", energy, perm=[1, 0]))            # [B, out]
-            demod = g.op("Reciprocal", g.op("Sqrt", g.add(energy, g.const(1e-8))))
-            out = g.mul(out, g.op("Unsqueeze", demod, g.const([2, 3], "int64")))
-        return out
+            energy = g.op("ReduceSum", g.mul(w, w), g.const([2, 3, 4], "int64"), keepdims=1)
+            w = g.mul(w, g.op("Reciprocal", g.op("Sqrt", g.add(energy, g.const(1e-8)))))
+        w = g.op("Reshape", w, g.const([cout, cin, k, k], "int64"))
+        x = g.op("Reshape", x, g.const([1, cin, size, size], "int64"))
+        out = g.op("Conv", x, w, kernel_shape=[k, k], pads=[k // 2] * 4, group=1)
+        return g.op("Reshape", out, g.const([1, cout, size, size], "int64"))
 
     def style_conv(self, x: str, style: str, cin: int, cout: int, size: int, upsample: bool) -> str:
         net, g = self.net, self.g
@@ -84,10 +74,10 @@ class _Gfpgan:
         return out if skip is None else self.g.add(out, self.net.resize(skip, 2.0))
 
 
-def build(entry, width: float = 1.0, seed: int = 3, fold_batch: bool = True) -> onnx.ModelProto:
+def build(entry, width: float = 1.0, seed: int = 3) -> onnx.ModelProto:
     net = Net("gfpgan_cost_true", seed, width)
     g = net.g
-    m = _Gfpgan(net, fold_batch)
+    m = _Gfpgan(net)
     unet = {size: net.ch(c) for size, c in UNET.items()}
     dec = {size: net.ch(c) for size, c in DECODER.items()}
     spec = entry.inputs[0]
