@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help="job store URL, e.g. postgresql://user@db/swapstream (default: SQLite in --data)")
     serve.add_argument("--triton", help="gRPC URL (host:port) of a running Triton; default: start the embedded one")
     serve.add_argument("--models", help="folder with model weights for the embedded Triton")
-    serve.add_argument("--workers", type=_positive(int), default=1, help="jobs run at once by this process, >0 (1)")
+    serve.add_argument("--workers", type=_positive(int, zero=True), default=1,
+                       help="jobs run at once by this process, >=0; 0 only queues them (1)")
     serve.add_argument("--max-queued", type=_positive(int), default=16,
                        help="queued jobs before new ones get 429, >0 (16)")
     serve.add_argument("--max-attempts", type=_positive(int), default=3,

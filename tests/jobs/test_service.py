@@ -187,7 +187,7 @@ def test_client_file_names_never_reach_a_path(service, http, clip):
     job_id = response.json()["id"]
     wait_for(http, job_id, {"done"})
     names = {p.name for folder in uploads(service) for p in folder.iterdir()}
-    assert names <= {"target.mp4", "target.jpg", "source-0.jpg"}  # server-chosen, whatever the client sent
+    assert names <= {"target.mp4", "target.jpg", "source-0.jpg", ".owner"}  # server-chosen, whatever the client sent
     assert not list(service.data.parent.glob("**/swapstream-evil.mp4"))
     assert not (service.data.parent.parent / "face.jpg").exists()
 
@@ -254,7 +254,8 @@ def test_analyze_roll_follows_a_rotated_photo(http):
 def test_health_readiness_and_metrics(service, http, clip):
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"ready": True, "triton": True, "workers": True, "store": True}
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "triton": True, "workers": True, "store": True,
+                                                           "disk": True}
     job_id = submit(http, clip).json()["id"]
     wait_for(http, job_id, {"done"})
     values = metric_values(http)

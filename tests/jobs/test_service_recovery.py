@@ -119,7 +119,8 @@ def small_disk(tmp_path):
 
 def test_full_disk_refuses_the_upload_and_keeps_serving(small_disk, triton, clips):
     big = MEDIA / "vid01_talking_head_1280x720_audio.mp4"  # 649 KB: more than the disk holds
-    with ServiceProcess(small_disk / "data", "--triton", triton.grpc_url, "--workers", "1") as service, \
+    with ServiceProcess(small_disk / "data", "--triton", triton.grpc_url, "--workers", "1", "--min-free-mb", "0") \
+            as service, \
             service.client() as http:
         refused = submit(http, big, sources=(MEDIA / "img03_single_frontal_rose_leslie.jpg",))
         assert refused.status_code == 507, refused.text
