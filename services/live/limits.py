@@ -11,7 +11,7 @@ class LiveLimits:
     max_batch: int = 16                   # frames per batch (1: frame by frame, batch-1 calls)
     max_frame_bytes: int = 4 * 1024 * 1024  # a larger binary message closes the stream (1009)
     max_pixels: int = 1920 * 1080         # a larger frame is refused (an error; the stream goes on)
-    max_source_bytes: int = 10 * 1024 * 1024  # the base64 photo of a ``start`` message, decoded
+    max_source_pixels: int = 4096 * 4096  # a source photo (POST /v1/sources, or a start's source_image)
     idle_timeout: float = 30.0            # seconds without a message before the stream is closed (4408)
     ticket_seconds: float = 60.0          # how long a ticket from POST /v1/live/tickets is valid (single use)
     send_queue: int = 2                   # answers waiting for a slow client; more are dropped, not buffered

@@ -67,7 +67,7 @@ class LiveServer:
                 raise SwapInputError(f"source photo {name}: {len(data)} bytes is more than the "
                                      f"{self.max_photo_bytes} bytes allowed; send a smaller photo")
             try:
-                rgb, _ = decode_frame(data, 4096 * 4096, formats=("JPEG", "WEBP", "PNG"))
+                rgb, _ = decode_frame(data, self.limits.max_source_pixels, formats=("JPEG", "WEBP", "PNG"))
             except FrameRejected as error:
                 raise SwapInputError(f"source photo {name}: {error}") from None
             decoded.append((name, rgb))
