@@ -17,6 +17,7 @@ from swapstream.services.live.protocol import pack_frame
 from swapstream.services.swap.tracking import CausalFaceTracker, LargestTrackSelector, TrackedFace
 
 HOLD_FRAMES = 5  # a face the detector misses is held at its last position this many frames
+TEXT_BACKLOG = 32  # error messages waiting for a client that does not read
 
 
 @dataclass
@@ -71,7 +72,10 @@ class LiveStream:
         self.idle.clear()
 
     def send_text(self, message: dict) -> None:
-        self.outbox.put_nowait(("text", json.dumps(message)))
+        """A text message for the client; past ``TEXT_BACKLOG`` unsent ones (a client that sends bad frames and
+        does not read) they are dropped too, so memory stays bounded."""
+        if self.outbox.qsize() - self.answers_queued < TEXT_BACKLOG:
+            self.outbox.put_nowait(("text", json.dumps(message)))
 
     def deliver(self, seq: int, header: dict, image: bytes | None) -> None:
         """An answer from the scheduler (``image`` None: the frame failed, ``header`` is the error)."""
