@@ -158,6 +158,7 @@ def remove_folder(folder: Path) -> None:
 
 
 OWNER_FILE = ".owner"
+_REQUEST_FOLDER = re.compile(r"[0-9a-f]{32}")
 
 
 def new_folder(parent: Path) -> Path:
@@ -174,13 +175,18 @@ def sweep_orphans(parent: Path, in_use: Callable[[str], bool], stale_after: floa
     ``stale_after`` seconds. Left behind by a process killed during a submission or a photo request."""
     removed = []
     for folder in parent.iterdir():
-        if not folder.is_dir() or in_use(folder.name):
+        # Only the request folders made by new_folder(); anything else there (a temporary folder of some library) is
+        # not this sweep's to judge.
+        if not (_REQUEST_FOLDER.fullmatch(folder.name) and folder.is_dir()) or in_use(folder.name):
             continue
         try:
             owner = (folder / OWNER_FILE).read_text().strip()
+        except OSError:
+            owner = ""
+        try:
             age = time.time() - folder.stat().st_mtime
         except OSError:
-            owner, age = "", float("inf")
+            continue
         if (owner and local_worker_is_dead(owner)) or age > stale_after:
             remove_folder(folder)
             removed.append(folder.name)
