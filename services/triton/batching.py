@@ -15,11 +15,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from swapstream.services.triton.onnx_graph import DTYPES
-
 BATCH = "K"
 VERSION = 1  # of the rewrite: a verified rewrite is remembered per file and version
-_NUMPY = {value: name for name, value in DTYPES.items()}
 
 
 def fixed_batch_one(model: onnx.ModelProto) -> bool:
