@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -265,10 +266,12 @@ def test_health_answers_while_photo_requests_pile_up(service, http):
     threads = [threading.Thread(target=swap_image) for _ in range(50)]
     for thread in threads:
         thread.start()
-    while True:  # the photo queue is full once the first refusals come back
+    while any(thread.is_alive() for thread in threads):  # the photo queue is full once refusals come back
         with lock:
             if any(code == 429 for _, code in finished):
                 break
+        time.sleep(0.05)
+    assert any(code == 429 for _, code in finished), "no photo request was refused: they queue without limit"
     with service.client() as anonymous:
         assert anonymous.get("/healthz").status_code == 200
     with lock:
