@@ -196,6 +196,7 @@ class FaceSwapper:
                 image_sizes = np.rint(np.asarray(image_sizes) / [sy, sx]).astype(np.int32)
             found = self.client.detect(small, image_sizes=image_sizes, score_threshold=self.options.score_threshold,
                                        detect_size=self.options.detect_size)
+        found = _strongest_per_frame(found, MAX_FACES_PER_FRAME)
         return Detections(found.boxes * [sx, sy, sx, sy], found.scores, found.landmarks * [sx, sy],
                           found.frame_index)
 

@@ -117,3 +117,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_crowd_is_cut_to_the_strongest_faces_per_frame(client):
+    """A 7x7 grid of one face: the detector finds more than the cap; the swap pipeline keeps the cap."""
+    import cv2
+
+    from swapstream.services.swap.job import FaceSwapper, SwapOptions, read_photo
+
+    photo = read_photo(OBAMA)
+    face = photo[: photo.shape[0] // 2, photo.shape[1] // 4: 3 * photo.shape[1] // 4]
+    tile = cv2.resize(face, (128, 128))
+    crowd = np.ascontiguousarray(np.tile(tile, (7, 7, 1)))
+    swapper = FaceSwapper(client, SwapOptions())
+    raw = client.detect(swapper.downscaler(crowd[None]), score_threshold=0.6)
+    assert len(raw) > MAX_FACES_PER_FRAME, f"the grid gave only {len(raw)} faces; the test needs more"
+    found = swapper.detect(crowd[None])
+    assert len(found) == MAX_FACES_PER_FRAME
+    assert found.scores.min() >= np.sort(raw.scores)[-MAX_FACES_PER_FRAME]
