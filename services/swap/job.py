@@ -143,20 +143,24 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: its message has the count
         claimed = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{claimed.group(1)} pixels" if claimed else "its size"
-        raise PhotoError(path, f"{size} is more than the {max_pixels} pixels allowed in a photo; downscale it") from None
+        raise PhotoError(path, f"{size} is {_over(max_pixels)}; downscale it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise PhotoError(path, "not a readable photo (jpg, png, webp, bmp); check the file") from None
     if kind not in PHOTO_FORMATS:
         raise PhotoError(path, f"{kind} photos are not accepted; send a jpg, png, webp or bmp")
     if width * height > max_pixels:
-        raise PhotoError(path, f"{width}x{height} is more than the {max_pixels} pixels allowed in a photo; "
-                               "downscale it")
+        raise PhotoError(path, f"{width}x{height} is {_over(max_pixels)}; downscale it")
     if frames != 1:
         raise PhotoError(path, f"an animated image ({frames} frames); send a still photo")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise PhotoError(path, "not a readable photo (jpg, png, webp, bmp): damaged or truncated")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _over(max_pixels: int) -> str:
+    limit = "8K" if max_pixels == MAX_PIXELS else f"{max_pixels} pixels"
+    return f"larger than {limit} ({max_pixels} pixels allowed in a photo)"
 
 
 def similarity_to(landmarks: np.ndarray, template: str, size: int) -> np.ndarray:
