@@ -54,3 +54,11 @@ def test_the_rule_sees_an_upward_import(tmp_path):
     upward = tmp_path / "upward.py"
     upward.write_text("from swapstream.services.jobs.api import Service\n")
     assert layer(imported_modules(upward)[0]) < layer("swapstream.services.swap.job")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_tests_share_code_through_helpers_only(path):
+    for name in imported_modules(path):
+        parts = name.split(".")
+        assert not (parts[0] == "tests" and len(parts) > 1 and parts[1] != "helpers"), \
+            f"{path} imports {name}: put what tests share in tests/helpers/"

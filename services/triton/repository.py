@@ -96,6 +96,7 @@ def _remembered(path: Path, what: str, check) -> bool:
         return True
     if not check():
         return False
+    cache = {k: v for k, v in cache.items() if Path(k.rsplit(":", 3)[0]).exists()}  # files since removed go
     cache[key] = True
     try:
         _VERIFIED_CACHE.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import av
 import cv2
 import numpy as np
 
+from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.triton.repository import shared_dir
 
 SHARED = shared_dir()
@@ -23,3 +24,14 @@ def read_rgb(name: str) -> np.ndarray:
 def frames_of(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def aligned_faces(photo: str, template: str, size: int, client) -> np.ndarray:
+    """The faces Triton detects in a shared photo, cut to a template with OpenCV (independent of DALI)."""
+    rgb = read_rgb(photo)
+    found = client.detect(rgb[None])
+    crops = []
+    for landmarks in found.landmarks:
+        matrix = estimate_similarity(landmarks, template_points(template, size))
+        crops.append(cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR))
+    return np.stack(crops)

@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from swapstream.benchmarks.dynamic_batching import with_dynamic_batching
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.server import EmbeddedTriton
-from tests.triton.test_identity_swap import aligned_faces
+from tests.helpers.media import aligned_faces
 
 CLIENTS, ROUNDS = 4, 5
 

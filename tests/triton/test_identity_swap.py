@@ -5,23 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.triton import standins
 from swapstream.services.triton.glue import FEATHER_PX, swap_coverage
 from swapstream.services.triton.model_store import load_manifest
-from tests.helpers.media import read_rgb
+from tests.helpers.media import aligned_faces
 
 MANIFEST = load_manifest()
-
-
-def aligned_faces(photo: str, template: str, size: int, client) -> np.ndarray:
-    rgb = read_rgb(photo)
-    found = client.detect(rgb[None])
-    crops = []
-    for landmarks in found.landmarks:
-        matrix = estimate_similarity(landmarks, template_points(template, size))
-        crops.append(cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR))
-    return np.stack(crops)
 
 
 def expected_embedding(faces: np.ndarray) -> np.ndarray:
