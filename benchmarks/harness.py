@@ -26,9 +26,9 @@ from swapstream.benchmarks.decoders import measure_decoders
 from swapstream.benchmarks.inprocess import InProcessModels
 from swapstream.benchmarks.load import run_load
 from swapstream.benchmarks.pipeline_runs import PipelineRun, pipeline_options, run_pipeline
-from swapstream.services.triton.repository import build_repository, weight_dirs_for
 from swapstream.services.swap.job import FaceSwapper
 from swapstream.services.triton.client import SwapstreamClient
+from swapstream.services.triton.repository import build_repository, weight_dirs_for
 from swapstream.services.triton.server import EmbeddedTriton
 
 PARTS = ("pipeline", "baseline", "bound", "decode")

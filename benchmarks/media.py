@@ -10,8 +10,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from swapstream.services.swap.encoder import VideoWriter
-from swapstream.services.triton.repository import shared_dir
 from swapstream.services.swap.job import FACE_SIZE, read_photo, similarity_to
+from swapstream.services.triton.repository import shared_dir
 
 DEFAULT_CLIP = "vid01_talking_head_1280x720_audio.mp4"
 DEFAULT_SOURCE = "img01_single_frontal_obama.jpg"

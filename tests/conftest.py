@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from swapstream.services.triton.repository import build_repository
 from swapstream.services.triton.client import SwapstreamClient
+from swapstream.services.triton.repository import build_repository
 from swapstream.services.triton.server import EmbeddedTriton
 from tests.helpers.media import MEDIA, SHARED, YUNET_REFERENCE
 

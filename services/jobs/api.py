@@ -24,22 +24,22 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from swapstream.services.swap.head_pose import head_pose
-from swapstream.services.jobs.events import JobFeed
 from swapstream.services.jobs.disk import MB, DiskSpace, is_disk_full
+from swapstream.services.jobs.events import JobFeed
 from swapstream.services.jobs.guard import V1Guard
-from swapstream.services.jobs.store import FINAL, STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead
 from swapstream.services.jobs.metrics import ServiceMetrics
-from swapstream.services.swap.encoder import IMAGE_EXTENSIONS
-from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
-from swapstream.services.swap.option_bounds import SWAP_OPTION_BOUNDS
-from swapstream.services.triton.client import SwapstreamClient, TritonCallError
+from swapstream.services.jobs.store import FINAL, STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead
 from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, check_photo, check_video, hide_paths,
                                               new_folder, remove_folder, save_upload, sweep_orphans)
 from swapstream.services.jobs.workers import WorkerPool
-from swapstream.services.web.pages import mount_pages
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.routes import mount_live
+from swapstream.services.swap.encoder import IMAGE_EXTENSIONS
+from swapstream.services.swap.head_pose import head_pose
+from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
+from swapstream.services.swap.option_bounds import SWAP_OPTION_BOUNDS
+from swapstream.services.triton.client import SwapstreamClient, TritonCallError
+from swapstream.services.web.pages import mount_pages
 
 log = logging.getLogger("swapstream.api")
 

@@ -11,8 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from swapstream.pipelines.align import require_device
-from swapstream.services.triton import repository
 from swapstream.services.jobs.api import Service, ServiceConfig, create_app
+from swapstream.services.triton import repository
 from swapstream.services.triton.server import EmbeddedTriton
 
 log = logging.getLogger("swapstream.serve")

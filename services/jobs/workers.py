@@ -15,10 +15,10 @@ from pathlib import Path
 
 from swapstream.pipelines.decode import VideoDecodeError
 from swapstream.services.jobs.disk import DiskSpace, is_disk_full
+from swapstream.services.jobs.metrics import ServiceMetrics
+from swapstream.services.jobs.store import FINAL, JobStore, worker_id
 from swapstream.services.jobs.uploads import hide_paths, remove_folder
 from swapstream.services.swap.encoder import EncodeError
-from swapstream.services.jobs.store import FINAL, JobStore, worker_id
-from swapstream.services.jobs.metrics import ServiceMetrics
 from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 

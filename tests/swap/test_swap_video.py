@@ -13,9 +13,9 @@ import pytest
 from nvidia.dali.backend import GetCUDADeviceCount
 
 from swapstream.benchmarks.media import cut
-from swapstream.services.triton import standins
 from swapstream.services.swap.encoder import probe
 from swapstream.services.swap.job import STAGES, FaceSwapper, SwapInputError, SwapOptions, run_swap
+from swapstream.services.triton import standins
 from tests.helpers.media import MEDIA, frames_of, read_rgb
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
