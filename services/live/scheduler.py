@@ -127,9 +127,9 @@ class Scheduler(threading.Thread):
         found = swapper.detect(frames, image_sizes=sizes)
         chosen, identities, counts = [], [], []
         with clock("track"):
-            for position, (stream, _frame) in enumerate(batch):
+            for position, (stream, frame) in enumerate(batch):
                 mine = found.frame_index == position
-                faces = stream.track(_frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                faces = stream.track(frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
                 chosen += [(position, face) for face in faces]
                 identities += [stream.embedding] * len(faces)
                 counts.append(len(faces))

@@ -14,6 +14,7 @@ import pytest
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess, wait_for
 from swapstream.services.jobs.store import JobStore
+from tests.helpers.disk import small_tmpfs
 from tests.helpers.media import MEDIA
 from tests.helpers.service import submit
 
@@ -103,14 +104,8 @@ def test_deleting_a_running_job_cancels_it_and_frees_its_uploads(service, http, 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    with small_tmpfs(tmp_path, "50m") as mount_point:
+        yield mount_point
 
 
 def _fill(ballast: Path, leave_bytes: int) -> None:

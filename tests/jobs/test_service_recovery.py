@@ -12,6 +12,7 @@ import pytest
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess, wait_for
 from swapstream.services.swap.encoder import probe
+from tests.helpers.disk import small_tmpfs
 from tests.helpers.media import MEDIA
 from tests.helpers.postgres_server import postgres_database_url, postgres_url  # noqa: F401 - fixtures
 from tests.helpers.service import metric_values, submit
@@ -107,14 +108,8 @@ def test_two_services_share_a_postgresql_queue(tmp_path, triton, clips, postgres
 @pytest.fixture
 def small_disk(tmp_path):
     """A 600 KB filesystem (tmpfs): the data folder of a service whose disk fills up."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    with small_tmpfs(tmp_path, "600k") as mount_point:
+        yield mount_point
 
 
 def test_full_disk_refuses_the_upload_and_keeps_serving(small_disk, triton, clips):
