@@ -140,6 +140,9 @@ class EmbeddedTriton:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
             "--exit-on-error=true", "--strict-readiness=true",
+            # Every config is complete. With auto-complete on, the Python backend starts one extra stub per model
+            # (importing numpy and onnxruntime) only to ask for a config: 12 of the 24 stubs, 10 s of a 2-core start.
+            "--disable-auto-complete-config",
         ]
 
     def start(self) -> "EmbeddedTriton":
