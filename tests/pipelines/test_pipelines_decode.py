@@ -7,6 +7,7 @@ import subprocess
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
@@ -210,3 +211,17 @@ def test_gpu_configuration_selects_nvdec_and_gpu_graphs():
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_the_reader_gives_each_frame_as_pyav_converts_it_alone():
+    """One conversion per frame into the batch (no DALI round trip on CPU) changes no pixel: the reader's frames
+    are, bit for bit, what PyAV's own frame.to_ndarray gives with the same conversion flags, frame by frame."""
+    from av.video.reformatter import Interpolation
+
+    flags = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    _, batches, frames, _ = decode_all(VID04, device="cpu", batch_size=7)
+    assert [len(b) for b in batches[:2]] == [7, 7] and len(frames) == 275
+    assert len({id(b.frames) for b in batches}) == len(batches)  # each batch its own array: consumers keep them
+    with av.open(str(VID04)) as container:
+        alone = np.stack([f.to_ndarray(format="rgb24", interpolation=flags) for f in container.decode(video=0)])
+    np.testing.assert_array_equal(frames, alone)
