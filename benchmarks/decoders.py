@@ -1,11 +1,13 @@
 """Decode alone, frames/s: DALI's decoder, PyAV, the ffmpeg binary, and the job's own reader, on the same file.
 
-Each decodes the whole file to RGB frames in memory (one batch or frame at a time, nothing kept).
-DALI's CPU decoder takes VP8/VP9/MJPEG only: on an H.264 file it is reported as unsupported, which is why
+Each decodes the whole file to RGB frames in memory (one batch or frame at a time, nothing kept). Besides the wall
+time each row has the CPU seconds it took (this process's threads and the ffmpeg child): on a shared machine the
+CPU time is the steadier figure. DALI's CPU decoder takes VP8/VP9/MJPEG only: on an H.264 file it is reported as unsupported, which is why
 the harness also measures a VP9 copy of the clip.
 """
 from __future__ import annotations
 
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -64,12 +66,30 @@ def measure_decoders(path: Path, device: str = "cpu", batch_size: int = 16) -> l
         row = {"file": path.name, "codec": info.codec, "resolution": f"{info.width}x{info.height}", "decoder": name}
         if name == "swapstream reader":
             row["decoder"] = f"swapstream reader ({open_video(path, device).decoder})"
-        started = time.perf_counter()
+        cpu_started, started = _cpu_seconds(), time.perf_counter()
         try:
             frames = decode(path, device, batch_size)
         except VideoDecodeError as error:
             rows.append({**row, "frames": 0, "seconds": 0.0, "frames_per_s": None, "unsupported": str(error)})
             continue
         seconds = time.perf_counter() - started
-        rows.append({**row, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds})
+        rows.append({**row, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
+                     "cpu_seconds": _cpu_seconds() - cpu_started})
     return rows
+
+
+def _cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def reader_over_pyav(rows: list[dict]) -> list[dict]:
+    """Per file: the reader's speed over raw PyAV's (decode to RGB), by wall time and by CPU time."""
+    out = []
+    for file in dict.fromkeys(r["file"] for r in rows):
+        mine = {r["decoder"].split(" (")[0]: r for r in rows if r["file"] == file and r["frames_per_s"]}
+        reader, pyav = mine.get("swapstream reader"), mine.get("pyav")
+        if reader and pyav:
+            out.append({"file": file, "wall": reader["frames_per_s"] / pyav["frames_per_s"],
+                        "cpu": (pyav["cpu_seconds"] / pyav["frames"]) / (reader["cpu_seconds"] / reader["frames"])})
+    return out
