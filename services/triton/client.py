@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import np_to_triton_dtype
+
+from swapstream.services.triton import balancer
 
 
 class TritonCallError(RuntimeError):
@@ -34,18 +36,24 @@ def _input(name: str, value: np.ndarray) -> grpcclient.InferInput:
 
 
 class SwapstreamClient:
-    def __init__(self, url: str, timeout: float | None = None):
+    """``url``: one Triton's gRPC ``host:port``, or several (``a:8001,b:8001``; names resolving to several
+    addresses count as several): calls are spread over the healthy servers (``balancer.TritonPool``).
+    ``timeout``: the deadline of a call on one server, seconds. ``pool``: a pool of one's own (tests tune its
+    probes) instead of the process's shared one for ``url``."""
+
+    def __init__(self, url: str, timeout: float | None = None, *, pool: balancer.TritonPool | None = None):
         self.url = url
         self.timeout = timeout
-        self._client = grpcclient.InferenceServerClient(url)
+        self._pool = pool or balancer.pool_for(url)
+        self._closed = pool is not None  # a pool given is its owner's to close
 
     def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         try:
-            result = self._client.infer(model, [_input(k, v) for k, v in inputs.items()],
-                                        outputs=[grpcclient.InferRequestedOutput(o) for o in outputs],
-                                        client_timeout=self.timeout)
-        except InferenceServerException as error:
-            raise TritonCallError(f"Triton model '{model}' at {self.url} failed: {error.message()}", model) from error
+            result = self._pool.call(model, [_input(k, v) for k, v in inputs.items()],
+                                     [grpcclient.InferRequestedOutput(o) for o in outputs], self.timeout)
+        except balancer.PoolCallError as failed:
+            raise TritonCallError(f"Triton model '{model}' at {failed.address} failed: {failed.error.message()}",
+                                  model) from failed.error
         return [result.as_numpy(o) for o in outputs]
 
     def detect(self, images: np.ndarray, *, image_sizes: np.ndarray | None = None, detect_size: int | None = None,
@@ -83,10 +91,14 @@ class SwapstreamClient:
         return faces_out, masks
 
     def is_ready(self) -> bool:
-        try:
-            return bool(self._client.is_server_ready(client_timeout=5))
-        except InferenceServerException:
-            return False
+        """At least one server is up (the pool's health rounds, at most a second old)."""
+        return self._pool.status()["up"] > 0
+
+    def servers(self) -> dict:
+        """``{"up": k, "servers": n, "each": {address: {"up", "reason", "calls"}}}``."""
+        return self._pool.status()
 
     def close(self) -> None:
-        self._client.close()
+        if not self._closed:
+            self._closed = True
+            balancer.release(self._pool)
