@@ -22,26 +22,30 @@ import numpy as np
 
 from swapstream.benchmarks.inprocess import InProcessModels
 from swapstream.pipelines.decode import probe_video
-from swapstream.services.swap.encoder import VideoWriter
-from swapstream.services.swap.job import (FACE_SIZE, IDENTITY_SIZE, StageClock, SwapInputError, SwapOptions, SwapSummary,
-                               read_photo, similarity_to)
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.encoder import VideoWriter
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.offline import SwapOptions, SwapSummary
+from swapstream.services.engine.photos import read_photo
+from swapstream.services.engine.swapper import DETECT_SIZE, FACE_SIZE, similarity_to
+from swapstream.services.engine.swappers.simswap import SimSwap, mean_identity
 
 
 class FrameAtATimeSwapper:
-    def __init__(self, models: InProcessModels, options: SwapOptions):
+    def __init__(self, models: InProcessModels, options: SwapOptions, clock: StageClock):
         self.models = models
         self.options = options
-        self.clock = StageClock()
+        self.clock = clock
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [K,4] and landmarks [K,5,2] of one RGB frame, in its pixels."""
         h, w = rgb.shape[:2]
-        scale = min(1.0, self.options.detect_size / max(h, w))
+        scale = min(1.0, DETECT_SIZE / max(h, w))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (round(w * scale), round(h * scale)),
                                                     interpolation=cv2.INTER_AREA)
         found = self.models.run("detect", {
             "IMAGES": small[None],
-            "DETECT_SIZE": np.array([self.options.detect_size], np.int32),
+            "DETECT_SIZE": np.array([DETECT_SIZE], np.int32),
             "SCORE_THRESHOLD": np.array([self.options.score_threshold], np.float32)})
         sx, sy = w / small.shape[1], h / small.shape[0]
         return found["BOXES"] * [sx, sy, sx, sy], found["LANDMARKS"] * [sx, sy]
@@ -55,11 +59,11 @@ class FrameAtATimeSwapper:
             if len(boxes) == 0:
                 raise SwapInputError(f"source photo {path}: no face found")
             largest = int(np.argmax(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)))
-            matrix = similarity_to(landmarks[largest:largest + 1], "arcface_112_v2", IDENTITY_SIZE)[0]
-            crop = cv2.warpAffine(rgb, matrix, (IDENTITY_SIZE, IDENTITY_SIZE), flags=cv2.INTER_LINEAR)
+            template, size = SimSwap.identity_template
+            matrix = similarity_to(landmarks[largest:largest + 1], template, size)[0]
+            crop = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR)
             embeddings.append(self.models.run("identity", {"FACES": crop[None]})["EMBEDDING"][0])
-        mean = np.mean(embeddings, axis=0)
-        return (mean / np.linalg.norm(mean)).astype(np.float32)
+        return mean_identity(np.stack(embeddings))
 
     def swap_frame(self, frame: np.ndarray, embedding: np.ndarray) -> tuple[np.ndarray, int]:
         """The frame with every detected face swapped, and how many faces that was."""
@@ -103,8 +107,8 @@ def run_baseline(models: InProcessModels, sources: list[Path], target: Path, out
     """Swaps every face of the video ``target`` frame by frame; writes ``output``; times each stage."""
     options = options or SwapOptions()
     summary = SwapSummary()
-    swapper = FrameAtATimeSwapper(models, options)
-    swapper.clock = clock = StageClock(summary.stage_seconds)
+    clock = StageClock(summary.stage_seconds)
+    swapper = FrameAtATimeSwapper(models, options, clock)
     started = time.perf_counter()
     embedding = swapper.source_embedding(sources)
     info = probe_video(target)

@@ -24,8 +24,8 @@ import numpy as np
 
 from swapstream.benchmarks import media
 from swapstream.benchmarks.load import run_load
-from swapstream.benchmarks.pipeline_runs import pipeline_options
-from swapstream.services.swap.job import FaceSwapper
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.repository import build_repository, weight_dirs_for
 from swapstream.services.triton.server import EmbeddedTriton
@@ -71,10 +71,11 @@ def compare(out: Path, clients: int = 4, seconds: float = 8.0, models: str | Non
         for name, repository in repositories.items():
             with EmbeddedTriton(repository) as server:
                 if faces is None:
-                    swapper = FaceSwapper(SwapstreamClient(server.grpc_url), pipeline_options(1, "cpu"))
+                    client = SwapstreamClient(server.grpc_url)
+                    swapper = FaceSwapper(client, create_swapper("simswap", client))
                     found = swapper.detect(frames)
                     faces = media.aligned_faces(frames, found.landmarks, found.frame_index)
-                    embedding = swapper.source_embedding([media.default_source()], [])
+                    embedding = swapper.source_identity([media.default_source()], [])["embedding"]
                 print(f"{name}: 1 face x 1 client, 1 face x {clients} clients, {clients} faces x 1 client ...",
                       flush=True)
                 results["runs"][name] = loads(server.grpc_url, faces, embedding, clients, seconds)

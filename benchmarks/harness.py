@@ -26,7 +26,9 @@ from swapstream.benchmarks.decoders import measure_decoders
 from swapstream.benchmarks.inprocess import InProcessModels
 from swapstream.benchmarks.load import run_load
 from swapstream.benchmarks.pipeline_runs import PipelineRun, pipeline_options, run_pipeline
-from swapstream.services.swap.job import FaceSwapper
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.repository import build_repository, weight_dirs_for
 from swapstream.services.triton.server import EmbeddedTriton
@@ -108,7 +110,7 @@ def _environment(config: BenchConfig, setup: Setup) -> dict:
 def _sample_inputs(setup: Setup, models: InProcessModels, device: str):
     """Real frames at the detector's size, FFHQ-512 faces cut from them, and the source's embedding."""
     frames = media.read_frames(setup.clip, SAMPLE_FRAMES)
-    swapper = FrameAtATimeSwapper(models, pipeline_options(1, device))
+    swapper = FrameAtATimeSwapper(models, pipeline_options(1, device), StageClock())
     found = [swapper.detect(frame)[1] for frame in frames]
     index = np.concatenate([np.full(len(lm), i) for i, lm in enumerate(found)]).astype(int)
     if len(index) == 0:
@@ -260,7 +262,8 @@ def run_load_bench(config: BenchConfig, concurrency: list[int], items: int, seco
         config = replace(config, frames=SAMPLE_FRAMES)  # only the first frames are used: cut no more
     with bench_setup(config) as setup:
         results["environment"] = _environment(config, setup)
-        swapper = FaceSwapper(SwapstreamClient(setup.url), pipeline_options(1, config.device))
+        client = SwapstreamClient(setup.url)
+        swapper = FaceSwapper(client, create_swapper("simswap", client), config.device)
         frames = media.read_frames(setup.clip, SAMPLE_FRAMES)
         if model == "swap":
             found = swapper.detect(frames)
@@ -271,7 +274,7 @@ def run_load_bench(config: BenchConfig, concurrency: list[int], items: int, seco
         else:
             small = media.to_detector_size(frames)
             inputs = small[np.arange(items) % len(small)]
-        embedding = swapper.source_embedding([setup.source], [])
+        embedding = swapper.source_identity([setup.source], [])["embedding"]
         for n in concurrency:
             say(f"load: {model}, {items} per request, concurrency {n}, {seconds:g} s ...")
             results["load"].append(run_load(setup.url, model, inputs, embedding, n, seconds))

@@ -9,8 +9,9 @@ import cv2
 import imageio_ffmpeg
 import numpy as np
 
-from swapstream.services.swap.encoder import VideoWriter
-from swapstream.services.swap.job import FACE_SIZE, read_photo, similarity_to
+from swapstream.services.engine.encoder import VideoWriter
+from swapstream.services.engine.photos import read_photo
+from swapstream.services.engine.swapper import FACE_SIZE, similarity_to
 from swapstream.services.triton.repository import shared_dir
 
 DEFAULT_CLIP = "vid01_talking_head_1280x720_audio.mp4"

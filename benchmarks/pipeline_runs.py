@@ -16,7 +16,10 @@ from typing import Callable
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from swapstream.services.swap.job import STAGES, FaceSwapper, SwapOptions, run_swap
+from swapstream.services.engine.clock import STAGES
+from swapstream.services.engine.offline import SwapOptions, run_swap
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.triton.client import SwapstreamClient
 
 STAT_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -133,20 +136,22 @@ def pipeline_options(batch_size: int, device: str) -> SwapOptions:
 def run_pipeline(url: str, source: Path, clip: Path, out_dir: Path, batch_size: int, streams: int = 1,
                  device: str = "cpu") -> PipelineRun:
     """One measurement: ``streams`` concurrent jobs on ``clip`` at ``batch_size``; outputs in ``out_dir``."""
-    swappers = [FaceSwapper(SwapstreamClient(url), pipeline_options(batch_size, device)) for _ in range(streams)]
+    clients = [SwapstreamClient(url) for _ in range(streams)]
+    swappers = [FaceSwapper(client, create_swapper("simswap", client), device) for client in clients]
+    options = pipeline_options(batch_size, device)
     run = PipelineRun(batch_size, streams)
     run.outputs = [str(out_dir / f"pipeline-b{batch_size}-s{streams}-{i}.mp4") for i in range(streams)]
     clocks = [_BatchTimes() for _ in range(streams)]
     summaries = [None] * streams
 
     def stream(i: int) -> None:
-        summaries[i] = run_swap(swappers[i], [source], clip, Path(run.outputs[i]), stage_observer=clocks[i])
+        summaries[i] = run_swap(swappers[i], [source], clip, Path(run.outputs[i]), options, stage_observer=clocks[i])
 
     try:
         run.seconds, run.triton = run_together(url, streams, stream)
     finally:
-        for swapper in swappers:
-            swapper.client.close()
+        for client in clients:
+            client.close()
     for summary, clock in zip(summaries, clocks):
         run.frames += summary.frames
         run.faces += summary.faces_swapped

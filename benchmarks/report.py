@@ -12,7 +12,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from swapstream.services.swap.job import STAGES  # noqa: E402
+from swapstream.services.engine.clock import STAGES  # noqa: E402
 
 THROUGHPUT_FIELDS = ["kind", "batch_size", "streams", "frames", "faces", "seconds", "frames_per_s", "faces_per_s",
                      "p50_ms", "p95_ms", "frames_per_s_with_glue", "faces_per_s_with_glue", "per_item"]

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from swapstream.services.swap.option_bounds import argparse_type, help_text
+from swapstream.services.options import argparse_type, help_text
 from swapstream.services.triton import costtrue, model_store, repository, standins
 from swapstream.services.triton.server import Ports, TritonStartError, free_port
 
@@ -61,8 +61,12 @@ def cmd_swap(args) -> int:
 
     from swapstream.pipelines.align import DeviceError
     from swapstream.pipelines.decode import VideoDecodeError, probe_video
-    from swapstream.services.swap.encoder import EncodeError
-    from swapstream.services.swap.job import IMAGE_SUFFIXES, FaceSwapper, SwapInputError, SwapOptions, run_swap
+    from swapstream.services.engine.encoder import EncodeError
+    from swapstream.services.engine.errors import SwapInputError
+    from swapstream.services.engine.offline import SwapOptions, run_swap
+    from swapstream.services.engine.photos import IMAGE_SUFFIXES
+    from swapstream.services.engine.swapper import FaceSwapper
+    from swapstream.services.engine.swappers import create_swapper
     from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
     output = Path(args.output)
@@ -83,9 +87,10 @@ def cmd_swap(args) -> int:
     try:
         total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
         with triton_url(args) as url:
-            swapper = FaceSwapper(SwapstreamClient(url), options)
+            client = SwapstreamClient(url)
+            swapper = FaceSwapper(client, create_swapper("simswap", client), options.device)
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
-                summary = run_swap(swapper, [Path(p) for p in args.source], target, output,
+                summary = run_swap(swapper, [Path(p) for p in args.source], target, output, options,
                                    progress=lambda frames, _summary: bar.update(frames))
     except (SwapInputError, VideoDecodeError, EncodeError, TritonCallError, repository.RepositoryError,
             TritonStartError, DeviceError) as error:
@@ -131,7 +136,7 @@ def cmd_serve(args) -> int:
 
 def cmd_live(args) -> int:
     from swapstream.services.live.client import DEFAULT_URL, LiveError, LiveRequest, run_live, summary_text
-    from swapstream.services.swap.encoder import EncodeError
+    from swapstream.services.engine.encoder import EncodeError
 
     request = LiveRequest(sources=[Path(p) for p in args.source], input=args.input, url=args.url or DEFAULT_URL,
                           token=args.token or os.environ.get("SWAPSTREAM_TOKEN") or None,

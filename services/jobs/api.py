@@ -34,10 +34,13 @@ from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, chec
 from swapstream.services.jobs.workers import WorkerPool
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.routes import mount_live
-from swapstream.services.swap.encoder import IMAGE_EXTENSIONS
-from swapstream.services.swap.head_pose import head_pose
-from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
-from swapstream.services.swap.option_bounds import SWAP_OPTION_BOUNDS
+from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.head_pose import head_pose
+from swapstream.services.engine.offline import SwapOptions, run_swap
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.options import SWAP_OPTION_BOUNDS
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 from swapstream.services.web.pages import mount_pages
 
@@ -85,7 +88,7 @@ class Service:
         self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
         self.client = SwapstreamClient(config.triton_url, timeout=config.triton_timeout)
         self.check_client = SwapstreamClient(config.triton_url, timeout=SUBMIT_CHECK_SECONDS)
-        self._photo_swapper: FaceSwapper | None = None
+        self._photo_swappers: dict[str, FaceSwapper] = {}  # "request" and "check" (their own Triton deadline)
         self._photo_lock = threading.Lock()
         self.photo_work = PhotoWork(config.photo_workers, config.photo_queue)
         self.health_executor = ThreadPoolExecutor(2, thread_name_prefix="swapstream-health")
@@ -133,33 +136,31 @@ class Service:
         return hide_paths(message, self.data_dir)
 
     @contextmanager
-    def photo_swapper(self, options: SwapOptions, *, client: SwapstreamClient | None = None,
-                      wait: float | None = None):
-        """The swapper of the synchronous endpoints, one request at a time (its DALI pipelines are not shared).
+    def photo_swapper(self, *, check: bool = False, wait: float | None = None):
+        """A swapper of the synchronous endpoints, one request at a time (the photo work runs one at a time).
 
-        ``client``: the Triton client for this use (default the service's); ``wait``: seconds to wait for the
-        swapper, after which TimeoutError."""
+        ``check``: the one whose Triton client gives up after ``SUBMIT_CHECK_SECONDS`` (a submission's face check);
+        ``wait``: seconds to wait for the swapper, after which TimeoutError."""
         if not self._photo_lock.acquire(timeout=-1 if wait is None else wait):
             raise TimeoutError("the photo swapper is busy")
         try:
-            if self._photo_swapper is None:
-                self._photo_swapper = FaceSwapper(self.client, options)
-            self._photo_swapper.options = options
-            self._photo_swapper.client = client or self.client
-            yield self._photo_swapper
+            use = "check" if check else "request"
+            if use not in self._photo_swappers:
+                client = self.check_client if check else self.client
+                self._photo_swappers[use] = FaceSwapper(client, create_swapper("simswap", client), self.config.device)
+            yield self._photo_swappers[use]
         finally:
             self._photo_lock.release()
 
     def faces_in(self, rgb: np.ndarray, score_threshold: float, *, unless_triton_down: bool = False):
         """Faces found in a photo. With ``unless_triton_down`` (a submission's check), None when Triton does not
         answer within ``SUBMIT_CHECK_SECONDS``: the job is queued all the same and its worker checks the face."""
-        options = replace(self.base_options, score_threshold=score_threshold)
         if not unless_triton_down:
-            with self.photo_swapper(options) as swapper:
-                return swapper.detect(rgb[None])
+            with self.photo_swapper() as swapper:
+                return swapper.detect(rgb[None], score_threshold=score_threshold)
         try:
-            with self.photo_swapper(options, client=self.check_client, wait=SUBMIT_CHECK_SECONDS) as swapper:
-                return swapper.detect(rgb[None])
+            with self.photo_swapper(check=True, wait=SUBMIT_CHECK_SECONDS) as swapper:
+                return swapper.detect(rgb[None], score_threshold=score_threshold)
         except (TritonCallError, TimeoutError) as error:
             log.warning("a submission's face check is left to its worker: %s", error)
             return None
@@ -172,7 +173,7 @@ Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium
 
 
 def _bounded(name: str) -> Form:
-    """The form field of a numeric swap option, with the bounds the CLI also enforces (``option_bounds``)."""
+    """The form field of a numeric swap option, with the bounds the CLI also enforces (``swapstream.services.options``)."""
     bound = SWAP_OPTION_BOUNDS[name]
     return Form(**bound.form_constraints(), description=f"{bound.help}, in {bound.describe()}")
 
@@ -435,8 +436,8 @@ def create_app(service: Service) -> FastAPI:
             sources = check_sources(folder, source, options["score_threshold"])
             suffix = ".png" if target_path.suffix == ".png" else ".jpg"
             output = folder / f"swapped{suffix}"
-            with service.photo_swapper(replace(service.base_options, **options)) as swapper:
-                summary = run_swap(swapper, sources, target_path, output)
+            with service.photo_swapper() as swapper:
+                summary = run_swap(swapper, sources, target_path, output, replace(service.base_options, **options))
             body = output.read_bytes()
         except SwapInputError as error:
             raise UploadRejected(422, str(error)) from error

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from swapstream.services.live.metrics import LiveMetrics
-from swapstream.services.swap.job import STAGES
+from swapstream.services.engine.clock import STAGES
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

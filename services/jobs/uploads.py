@@ -20,7 +20,8 @@ from fastapi import UploadFile
 
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, probe_video
 from swapstream.services.jobs.store import local_worker_is_dead, worker_id
-from swapstream.services.swap.job import IMAGE_SUFFIXES, PhotoError, read_photo
+from swapstream.services.engine.errors import PhotoError
+from swapstream.services.engine.photos import IMAGE_SUFFIXES, read_photo
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".ogv"}  # DEMUXERS read them
 # curl and most clients send application/octet-stream for video files; the content is checked anyway.
@@ -109,7 +110,7 @@ def save_upload(upload: UploadFile, folder: Path, role: str, field: str, allowed
 def check_photo(path: Path, field: str, limits: UploadLimits) -> np.ndarray:
     """The photo as RGB, or a rejection: not a still photo of an accepted format, or too many pixels.
 
-    The header is checked before anything is decoded (``swapstream.services.swap.job.read_photo``)."""
+    The header is checked before anything is decoded (``swapstream.services.engine.photos``)."""
     try:
         return read_photo(path, limits.max_pixels)
     except PhotoError as error:

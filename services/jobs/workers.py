@@ -1,7 +1,7 @@
 """Worker threads: claim a job from the store, run the swap, record the outcome.
 
 Each worker owns its ``FaceSwapper`` (its DALI pipelines and gRPC client) and runs one job at a time.
-The result file is written under a temporary name and renamed when complete (``swapstream.services.swap.encoder``),
+The result file is written under a temporary name and renamed when complete (``swapstream.services.engine.encoder``),
 and the store points at it only once the job is done, so a killed worker never leaves a partial
 result that could be served.
 """
@@ -18,8 +18,11 @@ from swapstream.services.jobs.disk import DiskSpace, is_disk_full
 from swapstream.services.jobs.metrics import ServiceMetrics
 from swapstream.services.jobs.store import FINAL, JobStore, worker_id
 from swapstream.services.jobs.uploads import hide_paths, remove_folder
-from swapstream.services.swap.encoder import EncodeError
-from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions, run_swap
+from swapstream.services.engine.encoder import EncodeError
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.offline import SwapOptions, run_swap
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
 log = logging.getLogger("swapstream.workers")
@@ -48,7 +51,7 @@ class Worker(threading.Thread):
         self.store = store
         self.data_dir = data_dir
         self.client = SwapstreamClient(triton_url, timeout=triton_timeout)
-        self.swapper = FaceSwapper(self.client, base_options)
+        self.swapper = FaceSwapper(self.client, create_swapper("simswap", self.client), base_options.device)
         self.base_options = base_options
         self.metrics = metrics
         self.wake = wake
@@ -84,10 +87,10 @@ class Worker(threading.Thread):
         output = self.data_dir / "results" / f"{job.id}-{job.attempts}{inputs['result_suffix']}"
         progress = _Progress(self, job)
         try:
-            self.swapper.options = job_options(self.base_options, job.options, self.data_dir, inputs)
             summary = run_swap(self.swapper, [self.data_dir / s for s in inputs["sources"]],
-                               self.data_dir / inputs["target"], output, progress=progress,
-                               stage_observer=self._observe_stage)
+                               self.data_dir / inputs["target"], output,
+                               job_options(self.base_options, job.options, self.data_dir, inputs),
+                               progress=progress, stage_observer=self._observe_stage)
         except JobCancelled:
             output.unlink(missing_ok=True)
             if self.store.mark_cancelled(job.id, self.id):  # else taken over elsewhere: its files are in use

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from swapstream.services.live import protocol
-from swapstream.services.swap.encoder import VideoWriter
+from swapstream.services.engine.encoder import VideoWriter
 
 LIVE_PATH = "/v1/live"
 DEFAULT_URL = "ws://127.0.0.1:8080"     # `swapstream serve`'s default address

@@ -22,7 +22,9 @@ from swapstream.services.live.scheduler import Scheduler
 from swapstream.services.live.sources import IdentityMaker, SourceStore
 from swapstream.services.live.stream import Frame, LiveStream, StreamOptions
 from swapstream.services.live.tickets import TicketStore
-from swapstream.services.swap.job import FaceSwapper, SwapInputError, SwapOptions
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
 MAX_SOURCES = 8
@@ -51,16 +53,16 @@ class LiveServer:
         self.metrics = metrics
         self.tickets = TicketStore(limits.ticket_seconds)
         self.sources = SourceStore(data_dir / "sources")
-        options = SwapOptions(device=device)
-        self.identities = IdentityMaker(FaceSwapper(client, options))
-        self.scheduler = Scheduler(FaceSwapper(client, options), limits, self.metrics)
+        swapper = create_swapper("simswap", client)
+        self.identities = IdentityMaker(FaceSwapper(client, swapper, device))
+        self.scheduler = Scheduler(FaceSwapper(client, swapper, device), limits, self.metrics)
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
 
     def identity_of(self, photos: list[tuple[str, bytes]]) -> tuple:
-        """(embedding, faces per photo, notes) from encoded photos; ``SwapInputError`` says what is wrong."""
+        """(identity, faces per photo, notes) from encoded photos; ``SwapInputError`` says what is wrong."""
         decoded = []
         for name, data in photos:
             if len(data) > self.max_photo_bytes:
@@ -90,10 +92,10 @@ def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: s
         photos = [(upload.filename or f"#{i + 1}", upload.file.read(live.max_photo_bytes + 1))
                   for i, upload in enumerate(source)]
         try:
-            embedding, faces, notes = live.identity_of(photos)
+            identity, faces, notes = live.identity_of(photos)
         except SwapInputError as error:
             raise HTTPException(422, str(error)) from None
-        info = live.sources.save(embedding, {"photos": len(photos), "faces": faces, "notes": notes})
+        info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "notes": notes})
         return JSONResponse(info, status_code=201, headers={"Location": f"/v1/sources/{info['id']}"})
 
     @v1.get("/sources/{source_id}", summary="A stored source identity")
@@ -195,21 +197,21 @@ class LiveSession:
         if not isinstance(start, dict) or start.get("type") != "start":
             raise LiveClosed(protocol.CLOSE_BAD_START, 'the first message must be {"type": "start", ...}')
         options = _options(start)
-        embedding = await self._source_embedding(start)
-        stream = LiveStream(uuid.uuid4().hex[:12], embedding, options, self.limits.send_queue, self.live.metrics,
+        identity = await self._source_identity(start)
+        stream = LiveStream(uuid.uuid4().hex[:12], identity, options, self.limits.send_queue, self.live.metrics,
                             asyncio.get_running_loop())
         if not self.live.scheduler.add(stream):
             raise self._too_many()
         self.live.metrics.streams.inc()
         return stream
 
-    async def _source_embedding(self, start: dict):
+    async def _source_identity(self, start: dict):
         if start.get("source_id") is not None:
-            embedding = self.live.sources.embedding(str(start["source_id"]))
-            if embedding is None:
+            identity = self.live.sources.identity(str(start["source_id"]))
+            if identity is None:
                 raise LiveClosed(protocol.CLOSE_UNKNOWN_SOURCE, f"no source {str(start['source_id'])[:40]!r}; "
                                                                 "create one with POST /v1/sources")
-            return embedding
+            return identity
         if not isinstance(start.get("source_image"), str):
             raise LiveClosed(protocol.CLOSE_BAD_START, "start needs source_id or source_image (base64 photo)")
         try:
@@ -217,13 +219,13 @@ class LiveSession:
         except (binascii.Error, ValueError):
             raise LiveClosed(protocol.CLOSE_BAD_START, "source_image is not valid base64") from None
         try:
-            embedding, _, _ = await asyncio.to_thread(self.live.identity_of, [("source_image", photo)])
+            identity, _, _ = await asyncio.to_thread(self.live.identity_of, [("source_image", photo)])
         except SwapInputError as error:
             raise LiveClosed(protocol.CLOSE_NO_FACE, _reason(str(error))) from None
         except TritonCallError as error:
             raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(f"the inference server failed ({error.model}); "
                                                                "try again shortly")) from None
-        return embedding
+        return identity
 
     async def _receive(self) -> None:
         stream = self.stream

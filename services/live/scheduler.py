@@ -18,7 +18,8 @@ from swapstream.services.live.frames import encode_frame
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.stream import LiveStream
-from swapstream.services.swap.job import FaceSwapper, StageClock
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.triton.client import TritonCallError
 
 log = logging.getLogger("swapstream.live")
@@ -121,20 +122,19 @@ class Scheduler(threading.Thread):
     def _process(self, batch: list) -> None:
         started = time.perf_counter()
         swapper = self.swapper
-        swapper.clock = clock = StageClock()
+        clock = StageClock()
         self.metrics.batch_frames.observe(len(batch))
         frames, sizes = pad_to_one_size([frame.rgb for _, frame in batch])
-        found = swapper.detect(frames, image_sizes=sizes)
+        found = swapper.detect(frames, image_sizes=sizes, clock=clock)
         chosen, identities, counts = [], [], []
         with clock("track"):
             for position, (stream, frame) in enumerate(batch):
                 mine = found.frame_index == position
                 faces = stream.track(frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
                 chosen += [(position, face) for face in faces]
-                identities += [stream.embedding] * len(faces)
+                identities += [stream.identity] * len(faces)
                 counts.append(len(faces))
-        embeddings = np.stack(identities) if identities else np.zeros((0, 512), np.float32)
-        out = swapper.swap_frames(frames, chosen, embeddings)
+        out = swapper.swap_frames(frames, chosen, identities, clock)
         shared = {stage: _ms(clock.seconds[stage]) for stage in ("detect", "track", "align", "swap", "blend")}
         for position, (stream, frame) in enumerate(batch):
             encode_started = time.perf_counter()

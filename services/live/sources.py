@@ -1,5 +1,6 @@
 """Source identities computed once and stored (``POST /v1/sources``): ``<data>/sources/<id>.npy`` holds the
-L2-normalised embedding [512], ``<id>.json`` what it was made from."""
+identity's L2-normalised embedding [512] (SimSwap's identity, ``{"embedding": ...}``), ``<id>.json`` what it was
+made from."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swapstream.services.swap.job import FaceSwapper, mean_identity
+from swapstream.services.engine.swapper import FaceSwapper
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -26,12 +27,12 @@ class SourceStore:
             return None
         return self.folder / f"{source_id}.npy", self.folder / f"{source_id}.json"
 
-    def save(self, embedding: np.ndarray, info: dict) -> dict:
+    def save(self, identity: dict[str, np.ndarray], info: dict) -> dict:
         source_id = uuid.uuid4().hex
         array_path, info_path = self._paths(source_id)
         info = {"id": source_id, **info, "created": time.time()}
         temporary = array_path.with_suffix(".tmp.npy")
-        np.save(temporary, np.asarray(embedding, np.float32))
+        np.save(temporary, np.asarray(identity["embedding"], np.float32))
         info_path.write_text(json.dumps(info))
         temporary.rename(array_path)  # the identity exists once both files are complete
         return info
@@ -42,11 +43,11 @@ class SourceStore:
             return None
         return json.loads(paths[1].read_text())
 
-    def embedding(self, source_id: str) -> np.ndarray | None:
+    def identity(self, source_id: str) -> dict[str, np.ndarray] | None:
         paths = self._paths(source_id)
         if paths is None or not paths[0].exists():
             return None
-        return np.load(paths[0])
+        return {"embedding": np.load(paths[0])}
 
     def delete(self, source_id: str) -> bool:
         paths = self._paths(source_id)
@@ -58,19 +59,17 @@ class SourceStore:
 
 
 class IdentityMaker:
-    """Photos -> one identity, through Triton ``detect`` and ``identity`` (a ``SwapInputError`` when a photo has
-    no face). One photo at a time: the swapper's DALI pipelines are its own."""
+    """Photos -> one identity, through Triton ``detect`` and the swapper (a ``SwapInputError`` when a photo has
+    no face). One request at a time: the swapper's DALI pipelines are its own."""
 
     def __init__(self, swapper: FaceSwapper):
         self.swapper = swapper
         self._lock = threading.Lock()
 
-    def __call__(self, photos: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[int], list[str]]:
-        """[(name, rgb)] -> (embedding, faces found per photo, notes)."""
-        embeddings, faces, notes = [], [], []
+    def __call__(self, photos: list[tuple[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
+        """[(name, rgb)] -> (identity, faces found per photo, notes)."""
+        notes = []
         with self._lock:
-            for name, rgb in photos:
-                embedding, found = self.swapper.image_embedding(rgb, f"source photo {name}", name, notes)
-                embeddings.append(embedding)
-                faces.append(found)
-        return mean_identity(embeddings), faces, notes
+            identity, faces = self.swapper.identity_of([(f"source photo {name}", name, rgb) for name, rgb in photos],
+                                                       notes)
+        return identity, faces, notes

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.protocol import pack_frame
-from swapstream.services.swap.tracking import CausalFaceTracker, LargestTrackSelector, TrackedFace
+from swapstream.services.engine.selection import FaceSelector
+from swapstream.services.engine.tracking import CausalFaceTracker, TrackedFace
 
 HOLD_FRAMES = 5  # a face the detector misses is held at its last position this many frames
 TEXT_BACKLOG = 32  # error messages waiting for a client that does not read
@@ -37,10 +38,10 @@ class Frame:
 
 
 class LiveStream:
-    def __init__(self, stream_id: str, embedding: np.ndarray, options: StreamOptions, send_queue: int,
+    def __init__(self, stream_id: str, identity: dict[str, np.ndarray], options: StreamOptions, send_queue: int,
                  metrics: LiveMetrics, loop: asyncio.AbstractEventLoop):
         self.id = stream_id
-        self.embedding = np.asarray(embedding, np.float32).reshape(512)
+        self.identity = identity         # the swapper's identity of the source face
         self.options = options
         self.metrics = metrics
         self.loop = loop
@@ -56,7 +57,7 @@ class LiveStream:
         self._dropped: list[int] = []    # reported in the next answer
         # scheduler thread only:
         self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
-        self._largest = LargestTrackSelector()
+        self._selector = FaceSelector(options.faces, options.smoothing)
         self._frames = 0
         self._last_time = -1.0
 
@@ -120,12 +121,7 @@ class LiveStream:
         self._last_time = seconds
         (tracked,) = self._tracker.push(self._frames, boxes, landmarks, scores, timestamp=seconds)
         self._frames += 1
-        faces = tracked.faces
-        if not self.options.smoothing:
-            faces = [replace(face, landmarks=face.raw_landmarks) for face in faces]
-        if self.options.faces == "largest":
-            faces = self._largest(faces)
-        return faces
+        return self._selector.pick(tracked.faces)
 
     def answer(self, seq: int, header: dict, image: bytes | None) -> None:
         """Hands an answer to the event loop, in order (called from the scheduler thread)."""

@@ -20,7 +20,7 @@ import pytest
 from swapstream.benchmarks import media, report
 from swapstream.benchmarks.inprocess import InProcessModels, providers_for
 from swapstream.services.cli import main
-from swapstream.services.swap.job import STAGES
+from swapstream.services.engine.clock import STAGES
 from tests.helpers.media import MEDIA
 
 CLIP_FRAMES = 10

@@ -15,7 +15,7 @@ import pytest
 
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess, wait_for
-from swapstream.services.swap.option_bounds import SWAP_OPTION_BOUNDS
+from swapstream.services.options import SWAP_OPTION_BOUNDS
 from tests.helpers.hostile import ffconcat_script, high_rate_video, png_bomb, size_changing_ts
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA, submit

@@ -14,7 +14,7 @@ from nvidia.dali.backend import GetCUDADeviceCount
 
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess, wait_for
-from swapstream.services.swap.encoder import probe
+from swapstream.services.engine.encoder import probe
 from tests.helpers.media import MEDIA, frames_of, read_rgb
 from tests.helpers.prometheus_server import running_prometheus
 from tests.helpers.service import OBAMA, metric_values, submit

@@ -11,7 +11,7 @@ import pytest
 
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess, wait_for
-from swapstream.services.swap.encoder import probe
+from swapstream.services.engine.encoder import probe
 from tests.helpers.disk import small_tmpfs
 from tests.helpers.media import MEDIA
 from tests.helpers.postgres_server import postgres_database_url, postgres_url  # noqa: F401 - fixtures

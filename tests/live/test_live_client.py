@@ -13,9 +13,9 @@ import pytest
 
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess
-from swapstream.services.swap.encoder import probe
-from swapstream.services.swap.job import FaceSwapper, SwapOptions
+from swapstream.services.engine.encoder import probe
 from swapstream.services.triton import standins
+from tests.helpers.engine import simswap_face_swapper, source_embedding
 from tests.helpers.media import MEDIA, frames_of
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
@@ -62,7 +62,7 @@ def test_live_output_keeps_the_frame_count_and_the_face_carries_the_shift(servic
 
     # The newest frame is never dropped: the last output frame is the answer to the last input frame.
     before, after = frames_of(clip)[-1].astype(np.float32), frames_of(out)[-1].astype(np.float32)
-    shift = standins.swap_shift(FaceSwapper(client, SwapOptions()).source_embedding([OBAMA], [])) * 255
+    shift = standins.swap_shift(source_embedding(simswap_face_swapper(client), [OBAMA])) * 255
     assert np.abs(shift).max() > 10
     (x1, y1, x2, y2), = client.detect(before[None].astype(np.uint8)).boxes.astype(int)
     cheeks = (slice(y1 + (y2 - y1) // 4, y1 + (y2 - y1) // 2), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))

@@ -18,11 +18,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from swapstream.benchmarks.media import cut
+from swapstream.services.engine.swapper import similarity_to
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
 from swapstream.services.live.tickets import TicketStore
-from swapstream.services.swap.job import FaceSwapper, SwapOptions, similarity_to
 from swapstream.services.triton import standins
+from tests.helpers.engine import simswap_face_swapper, source_embedding
 from tests.helpers.media import MEDIA, frames_of
 from tests.helpers.service import OBAMA, metric_values
 
@@ -58,7 +59,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swapper(client):
-    return FaceSwapper(client, SwapOptions())
+    return simswap_face_swapper(client)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_one_stream_answers_in_order_with_the_swap_inside_the_faces_only(service
                                                                         warm):
     run = stream(service, http, clips["square"], {"source_id": sources["obama"]})
     assert not run.errors
-    check_answers(run, clips["square"], swapper, swapper.source_embedding([OBAMA], []))
+    check_answers(run, clips["square"], swapper, source_embedding(swapper, [OBAMA]))
     assert run.end["answered"] == len(run.answers)
 
 
@@ -241,8 +242,8 @@ def test_two_streams_with_different_sources_share_calls(service, http, clips, so
     for thread in threads:
         thread.join(120)
     calls = swap_requests() - before
-    obama = check_answers(runs["obama"], clips["square"], swapper, swapper.source_embedding([OBAMA], []))
-    rose = check_answers(runs["rose"], clips["wide"], swapper, swapper.source_embedding([ROSE], []))
+    obama = check_answers(runs["obama"], clips["square"], swapper, source_embedding(swapper, [OBAMA]))
+    rose = check_answers(runs["rose"], clips["wide"], swapper, source_embedding(swapper, [ROSE]))
     assert np.abs(obama - rose).max() > 10  # two identities, two shifts
     answered = sum(len(run.answers) for run in runs.values())
     shared = [h for run in runs.values() for h, _ in run.answers if h["batch"] == 2]

@@ -13,9 +13,9 @@ import subprocess
 
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
-from swapstream.services.swap.job import FaceSwapper, SwapOptions
 from swapstream.services.triton import standins
 from swapstream.services.web.pages import STATIC
+from tests.helpers.engine import simswap_face_swapper, source_embedding
 from tests.helpers.browser import PHONE, chromium, open_page
 from tests.helpers.media import MEDIA, frames_of
 
@@ -84,7 +84,7 @@ def test_live_page_swaps_the_camera_and_shows_latency(service, camera_clip, clie
     after = swapped.astype(np.float32)
     before = min(frames, key=lambda frame: np.abs(after[far] - frame[far]).mean())
     assert np.abs(after[far] - before[far]).mean() < 4.0  # the background is not changed (JPEG noise only)
-    shift = standins.swap_shift(FaceSwapper(client, SwapOptions()).source_embedding([OBAMA], [])) * 255
+    shift = standins.swap_shift(source_embedding(simswap_face_swapper(client), [OBAMA])) * 255
     cheeks = (slice(y1 + (y2 - y1) // 4, y1 + (y2 - y1) // 2), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
     expected = (np.clip(before[cheeks] + shift, 0, 255) - before[cheeks]).mean(axis=(0, 1))
     np.testing.assert_allclose((after[cheeks] - before[cheeks]).mean(axis=(0, 1)), expected, atol=8)

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from swapstream.services.swap.tracking import (BETA, CausalFaceTracker, FaceTracker, LargestTrackSelector,
+from swapstream.services.engine.tracking import (BETA, CausalFaceTracker, FaceTracker, LargestTrackSelector,
                                                TrackedFace, crop_jitter, select_largest)
 from tests.helpers.media import MEDIA, YUNET_REFERENCE
 

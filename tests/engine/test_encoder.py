@@ -1,4 +1,4 @@
-"""swapstream.services.swap.encoder: real ffmpeg encodes of frames decoded from the shared clips, audio copied from them."""
+"""swapstream.services.engine.encoder: real ffmpeg encodes of frames decoded from the shared clips, audio copied from them."""
 from __future__ import annotations
 
 import logging
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from av.video.reformatter import ColorRange, Colorspace
 
-from swapstream.services.swap import encoder
-from swapstream.services.swap.encoder import EncodeError, OutputPathError, VideoWriter, probe, write_image
+from swapstream.services.engine import encoder
+from swapstream.services.engine.encoder import EncodeError, OutputPathError, VideoWriter, probe, write_image
 from swapstream.services.triton.repository import shared_dir
 
 MEDIA = shared_dir() / "media"
@@ -124,7 +124,7 @@ def test_audio_the_container_cannot_hold_is_encoded_to_aac(tmp_path, vid04_frame
     subprocess.run([encoder.default_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-c:a", "pcm_mulaw",
                     str(mulaw)], check=True)
     out = tmp_path / "out.mp4"
-    with caplog.at_level(logging.WARNING, logger="swapstream.services.swap.encoder"):
+    with caplog.at_level(logging.WARNING, logger="swapstream.services.engine.encoder"):
         with VideoWriter(out, 640, 360, 30, audio_from=mulaw) as writer:
             writer.write(vid04_frames[:3])
     assert writer.audio == "aac"

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from swapstream.services.swap.head_pose import FACE_MODEL_MM, camera_matrix, head_pose, rotation_matrix
+from swapstream.services.engine.head_pose import FACE_MODEL_MM, camera_matrix, head_pose, rotation_matrix
 
 
 @pytest.mark.parametrize("yaw, pitch, roll", [(0, 0, 0), (30, 0, 0), (-40, 10, 5), (0, 20, 0), (10, -15, -20),

@@ -13,19 +13,23 @@ import pytest
 from nvidia.dali.backend import GetCUDADeviceCount
 
 from swapstream.benchmarks.media import cut
-from swapstream.services.swap.encoder import probe
-from swapstream.services.swap.job import STAGES, FaceSwapper, SwapInputError, SwapOptions, run_swap
+from swapstream.services.engine.clock import STAGES
+from swapstream.services.engine.encoder import probe
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.offline import SwapOptions, run_swap
 from swapstream.services.triton import standins
+from tests.helpers.engine import simswap_face_swapper, source_embedding
 from tests.helpers.media import MEDIA, frames_of, read_rgb
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
 GROUP = MEDIA / "img07_group6_t1.jpg"
+BATCHES_OF_8 = SwapOptions(batch_size=8)
 
 
 
 @pytest.fixture(scope="module")
 def swapper(client):
-    return FaceSwapper(client, SwapOptions(batch_size=8))
+    return simswap_face_swapper(client)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def talking_head(tmp_path_factory, swapper):
     clip = cut(MEDIA / "vid03_square_480_expressions.mp4", tmp_path_factory.mktemp("clip") / "in.mp4", 40)
     out = clip.with_name("out.mp4")
     observed = []
-    summary = run_swap(swapper, [OBAMA], clip, out, stage_observer=lambda stage, seconds: observed.append(stage))
+    summary = run_swap(swapper, [OBAMA], clip, out, BATCHES_OF_8, stage_observer=lambda stage, seconds: observed.append(stage))
     summary.observed_stages = observed
     return clip, out, summary
 
@@ -59,7 +63,7 @@ def test_every_stage_is_timed_and_observed(talking_head):
 def test_video_changes_the_face_by_the_standin_shift_and_nothing_else(talking_head, swapper):
     clip, out, _ = talking_head
     before, after = frames_of(clip).astype(np.float32), frames_of(out).astype(np.float32)
-    shift = standins.swap_shift(swapper.source_embedding([OBAMA], [])) * 255
+    shift = standins.swap_shift(source_embedding(swapper, [OBAMA])) * 255
     for index in (0, 20, 39):
         found = swapper.detect(before[index:index + 1].astype(np.uint8))
         (x1, y1, x2, y2), = found.boxes.astype(int)
@@ -79,7 +83,7 @@ def test_photo_target_and_face_selection(swapper, tmp_path, client):
 
     def changed_faces(options: SwapOptions) -> list[bool]:
         out = tmp_path / f"{options.faces}.png"
-        run_swap(FaceSwapper(client, options), [OBAMA], GROUP, out)
+        run_swap(swapper, [OBAMA], GROUP, out, options)
         result = read_rgb(str(out))
         centre = [(int((b[1] + b[3]) / 2), int((b[0] + b[2]) / 2)) for b in boxes]
         return [np.abs(result[y - 5:y + 5, x - 5:x + 5].astype(int) - group[y - 5:y + 5, x - 5:x + 5]).mean() > 8
@@ -101,7 +105,7 @@ def test_video_without_faces_passes_through(swapper, tmp_path):
     clip = tmp_path / "noface.mp4"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
                     "testsrc=size=320x240:rate=25:duration=1", "-pix_fmt", "yuv420p", "-y", str(clip)], check=True)
-    summary = run_swap(swapper, [OBAMA], clip, tmp_path / "out.mp4")
+    summary = run_swap(swapper, [OBAMA], clip, tmp_path / "out.mp4", BATCHES_OF_8)
     assert summary.frames == 25 and summary.faces_swapped == 0 and summary.frames_without_face == 25
     assert "no face was swapped" in str(summary)
 
@@ -110,7 +114,7 @@ def test_source_photo_without_face_is_a_clear_error(swapper, tmp_path):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
     with pytest.raises(SwapInputError, match="no face found"):
-        run_swap(swapper, [blank], GROUP, tmp_path / "out.png")
+        run_swap(swapper, [blank], GROUP, tmp_path / "out.png", BATCHES_OF_8)
     assert not (tmp_path / "out.png").exists()
 
 
@@ -149,7 +153,7 @@ def test_enormous_target_is_a_clear_error(swapper, tmp_path):
     huge = tmp_path / "huge.png"
     cv2.imwrite(str(huge), np.zeros((4400, 7800, 3), np.uint8))
     with pytest.raises(SwapInputError, match="larger than 8K"):
-        run_swap(swapper, [OBAMA], huge, tmp_path / "out.png")
+        run_swap(swapper, [OBAMA], huge, tmp_path / "out.png", BATCHES_OF_8)
     assert not (tmp_path / "out.png").exists()
 
 

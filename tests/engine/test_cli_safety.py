@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from swapstream.benchmarks.media import cut
-from swapstream.services.swap.job import _strongest_per_frame
-from swapstream.services.swap.option_bounds import MAX_FACES_PER_FRAME, SWAP_OPTION_BOUNDS
+from swapstream.services.engine.swapper import MAX_FACES_PER_FRAME
+from swapstream.services.engine.swapper import strongest_per_frame as _strongest_per_frame
+from swapstream.services.options import SWAP_OPTION_BOUNDS
 from swapstream.services.triton.client import Detections
 from tests.helpers.media import MEDIA
 
@@ -123,13 +124,14 @@ def test_a_crowd_is_cut_to_the_strongest_faces_per_frame(client):
     """A 7x7 grid of one face: the detector finds more than the cap; the swap pipeline keeps the cap."""
     import cv2
 
-    from swapstream.services.swap.job import FaceSwapper, SwapOptions, read_photo
+    from swapstream.services.engine.photos import read_photo
+    from tests.helpers.engine import simswap_face_swapper
 
     photo = read_photo(OBAMA)
     face = photo[: photo.shape[0] // 2, photo.shape[1] // 4: 3 * photo.shape[1] // 4]
     tile = cv2.resize(face, (128, 128))
     crowd = np.ascontiguousarray(np.tile(tile, (7, 7, 1)))
-    swapper = FaceSwapper(client, SwapOptions())
+    swapper = simswap_face_swapper(client)
     raw = client.detect(swapper.downscaler(crowd[None]), score_threshold=0.6)
     assert len(raw) > MAX_FACES_PER_FRAME, f"the grid gave only {len(raw)} faces; the test needs more"
     found = swapper.detect(crowd[None])

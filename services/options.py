@@ -1,14 +1,19 @@
 """The bounds of a swap's numeric options, defined once for the CLI (argparse) and the HTTP API (form fields).
 
 Below a score threshold of about 0.1 the detector reports noise as faces (a one-face photo gave 1000 "faces" at
-1e-6) and its post-processing slows to a crawl; ``MAX_FACES_PER_FRAME`` caps what any threshold can let through.
+1e-6) and its post-processing slows to a crawl (the engine also keeps at most 32 faces per frame).
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 
-MAX_FACES_PER_FRAME = 32  # the highest-scoring faces of a frame are kept, the rest dropped
+_DEFAULTS = {"faces": "all", "reference_distance": 0.6, "score_threshold": 0.6, "batch_size": 16, "smoothing": True,
+             "crf": 18, "encoder": "libx264", "preset": "medium", "audio": True, "device": "cpu"}
+
+
+def default(name: str):
+    return _DEFAULTS[name]
 
 
 @dataclass(frozen=True)

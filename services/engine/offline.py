@@ -1,0 +1,264 @@
+"""A whole swap, offline: source photos + a target video (or photo) -> the output file (``run_swap``).
+
+Four stages overlap through bounded queues, so memory stays bounded for any video length:
+
+    decode (DALI / PyAV) -> detect (DALI downscale, Triton ``detect``) + track & smooth
+        -> align (one batched DALI warp_affine) + swap + blend (DALI) -> encode (ffmpeg)
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from swapstream.pipelines.decode import open_video
+from swapstream.services.engine.clock import STAGES, StageClock
+from swapstream.services.engine.encoder import VideoWriter, write_image
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.photos import IMAGE_SUFFIXES, MAX_PIXELS, read_photo
+from swapstream.services.engine.selection import FaceSelector
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.tracking import FaceTracker, TrackedFrame
+from swapstream.services.options import check_swap_options, default
+
+QUEUE_DEPTH = 2
+_DONE = object()  # end of a stream of items
+
+
+@dataclass
+class SwapOptions:
+    """What one run is asked to do (the user-facing ones are in ``swapstream.services.options``)."""
+    faces: str = default("faces")                  # all | largest | reference
+    reference: Path | None = None                  # with faces="reference": a photo of the face to swap
+    reference_distance: float = default("reference_distance")
+    score_threshold: float = default("score_threshold")
+    batch_size: int = default("batch_size")
+    smoothing: bool = default("smoothing")
+    max_gap: int = 5
+    crf: int = default("crf")
+    codec: str = default("encoder")
+    preset: str = default("preset")
+    audio: bool = default("audio")
+    device: str = default("device")
+
+    def __post_init__(self):
+        try:
+            check_swap_options(vars(self))
+        except ValueError as error:
+            raise SwapInputError(f"option out of bounds: {error}") from None
+
+
+@dataclass
+class SwapSummary:
+    frames: int = 0
+    faces_swapped: int = 0
+    frames_without_face: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        text = (f"{self.frames} frames, {self.faces_swapped} faces swapped, {self.frames_without_face} frames "
+                f"without a face, {self.seconds:.1f} s ({self.fps:.1f} frames/s)")
+        return "\n".join([text] + self.notes)
+
+
+class _Pipeline:
+    """Runs generator stages in threads joined by bounded queues; the first error stops them all."""
+
+    def __init__(self):
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _drain(self, q: queue.Queue) -> Iterator:
+        while True:
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return
+                continue
+            if item is _DONE:
+                return
+            yield item
+
+    def _work(self, make_items, out_q: queue.Queue) -> None:
+        try:
+            for item in make_items():
+                if not self._put(out_q, item):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            self.error = self.error or error
+            self.stop.set()
+        finally:
+            self._put(out_q, _DONE)
+
+    def run(self, source: Iterable, stages: list[Callable[[Iterator], Iterator]]) -> Iterator:
+        """Yields what the last stage yields; each stage maps an iterator of items to an iterator of items."""
+        queues = [queue.Queue(QUEUE_DEPTH) for _ in range(len(stages) + 1)]
+        feeders = [lambda: iter(source)] + [
+            (lambda stage=stage, q=q: stage(self._drain(q))) for stage, q in zip(stages, queues)]
+        threads = [threading.Thread(target=self._work, args=(feed, q), daemon=True)
+                   for feed, q in zip(feeders, queues)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield from self._drain(queues[-1])
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        if self.error:
+            raise self.error
+
+
+def _batches(frames: Iterable[tuple[np.ndarray, TrackedFrame]], size: int) -> Iterator[tuple[np.ndarray, list]]:
+    frames_buffer, tracked_buffer = [], []
+    for frame, tracked in frames:
+        frames_buffer.append(frame)
+        tracked_buffer.append(tracked)
+        if len(frames_buffer) == size:
+            yield np.stack(frames_buffer), tracked_buffer
+            frames_buffer, tracked_buffer = [], []
+    if frames_buffer:
+        yield np.stack(frames_buffer), tracked_buffer
+
+
+@dataclass
+class _Run:
+    """One run's per-call state, handed to the stages: the swapper is shared, this is not."""
+    swapper: FaceSwapper
+    options: SwapOptions
+    clock: StageClock
+    summary: SwapSummary
+    selector: FaceSelector
+    identity: dict
+
+    def detect(self, frames: np.ndarray):
+        return self.swapper.detect(frames, score_threshold=self.options.score_threshold, clock=self.clock)
+
+    def swap_stage(self, batches: Iterable[tuple[np.ndarray, list[TrackedFrame]]]) -> Iterator[np.ndarray]:
+        for frames, tracked in batches:
+            chosen = self.selector(frames, tracked)
+            self.summary.frames_without_face += sum(1 for t in tracked if not t.faces)
+            self.summary.faces_swapped += len(chosen)
+            yield self.swapper.swap_frames(frames, chosen, [self.identity], self.clock)
+
+
+def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Path,
+             options: SwapOptions | None = None, *,
+             progress: Callable[[int, SwapSummary], None] | None = None,
+             stage_observer: Callable[[str, float], None] | None = None) -> SwapSummary:
+    """Swaps the faces of ``target`` (video or photo) with the identity in ``sources``; writes ``output``.
+
+    ``progress(frames, summary)`` is called as frames are written (the summary so far); an exception it raises
+    (e.g. a cancellation) stops the job and leaves no output. ``stage_observer(stage, seconds)`` sees every timed
+    stage call.
+    """
+    options = options or SwapOptions()
+    summary = SwapSummary()
+    started = time.perf_counter()
+    run = _start(swapper, options, sources, summary, StageClock(summary.stage_seconds, stage_observer))
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        _swap_photo(run, target, output)
+        if progress:
+            progress(1, summary)
+    else:
+        _swap_video(run, target, output, progress)
+    summary.seconds = time.perf_counter() - started
+    if summary.faces_swapped == 0:
+        summary.notes.append("no face was swapped: the output shows the input unchanged")
+    return summary
+
+
+def _start(swapper: FaceSwapper, options: SwapOptions, sources: list[Path], summary: SwapSummary,
+           clock: StageClock) -> _Run:
+    """The run's source identity and face selector (the photos are checked before any frame is decoded)."""
+    if not sources:
+        raise SwapInputError("give at least one source photo (--source face.jpg)")
+    call = {"score_threshold": options.score_threshold, "clock": clock}
+    identity = swapper.source_identity(sources, summary.notes, **call)
+    reference = None
+    if options.faces == "reference":
+        if options.reference is None:
+            raise SwapInputError("--faces reference needs --reference PHOTO of the face to swap")
+        reference = swapper.photo_embedding(options.reference, "reference", summary.notes, **call)
+    selector = FaceSelector(options.faces, options.smoothing, options.reference_distance, reference, swapper.embed)
+    return _Run(swapper, options, clock, summary, selector, identity)
+
+
+def _check_resolution(path: Path, height: int, width: int) -> None:
+    if height * width > MAX_PIXELS:
+        raise SwapInputError(f"{path}: {width}x{height} is larger than 8K ({MAX_PIXELS} pixels); "
+                             "downscale it first, e.g. ffmpeg -i in.mp4 -vf scale=3840:-2 out.mp4")
+
+
+def _detect_and_track(run: _Run, batches: Iterable[tuple[int, np.ndarray]],
+                      fps: float) -> Iterator[tuple[np.ndarray, TrackedFrame]]:
+    """(start index, frames) batches -> (frame, its tracked faces) in order, once each frame is final."""
+    tracker = FaceTracker(max_gap=run.options.max_gap, fps=fps)
+    pending: dict[int, np.ndarray] = {}
+    for start, frames in batches:
+        found = run.detect(frames)
+        for offset, frame in enumerate(frames):
+            pending[start + offset] = frame
+            mine = found.frame_index == offset
+            with run.clock("track"):
+                done = tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+            yield from ((pending.pop(t.frame_index), t) for t in done)
+    with run.clock("track"):
+        done = tracker.flush()
+    yield from ((pending.pop(t.frame_index), t) for t in done)
+
+
+def _swap_photo(run: _Run, target: Path, output: Path) -> None:
+    with run.clock("decode"):
+        photo = read_photo(target)
+    _check_resolution(target, *photo.shape[:2])
+    tracked = _detect_and_track(run, [(0, photo[None])], fps=30.0)
+    (result,) = list(run.swap_stage(_batches(tracked, 1)))
+    with run.clock("encode"):
+        write_image(output, result[0])
+    run.summary.frames = 1
+
+
+def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
+    options, clock, summary = run.options, run.clock, run.summary
+    reader = open_video(target, options.device, options.batch_size)
+    info = reader.info
+    _check_resolution(target, info.height, info.width)
+    if info.variable_frame_rate:
+        summary.notes.append(f"variable frame rate input: written at its average {float(info.fps):.3f} fps")
+    writer = VideoWriter(output, info.width, info.height, info.fps, audio_from=target if options.audio else None,
+                         video_start=info.start_time, codec=options.codec, crf=options.crf, preset=options.preset)
+    stages = [
+        lambda batches: _batches(_detect_and_track(run, ((b.start, b.frames) for b in batches), float(info.fps)),
+                                 options.batch_size),
+        run.swap_stage,
+    ]
+    with writer:
+        for frames in _Pipeline().run(clock.iterate("decode", reader), stages):
+            with clock("encode"):
+                writer.write(frames)
+            summary.frames += len(frames)
+            if progress:
+                progress(len(frames), summary)
+    summary.notes += writer.notes  # e.g. odd sizes padded, audio re-encoded

@@ -1,0 +1,70 @@
+"""The one photo reader: every photo that enters (job uploads, swap-image, analyse, sources, a live ``start``'s
+source image) and every live frame is checked from its header first: the format, the frame count and the size,
+before any pixel is decoded (an 856 KB PNG can claim 30000x30000 pixels, 2.7 GB decoded)."""
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from swapstream.services.engine.errors import PhotoError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # what IMAGE_SUFFIXES name, as Pillow reports it
+MAX_PIXELS = 7680 * 4320  # 8K UHD
+
+
+def check_header(source: Path | bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] = PHOTO_FORMATS) -> str:
+    """The photo's format once its header passed: one of ``formats``, a still image, at most ``max_pixels``.
+    Nothing is decoded. Raises PhotoError (its ``reason`` names no file)."""
+    names = " or ".join(formats)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
+                kind, (width, height), frames = header.format, header.size, getattr(header, "n_frames", 1)
+    except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: its message has the count
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{claimed.group(1)} pixels" if claimed else "its size"
+        raise PhotoError(f"{size} is {_over(max_pixels)}; downscale it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise PhotoError(f"not a {names} image; send a still photo encoded as {names}") from None
+    if kind not in formats:
+        raise PhotoError(f"not a {names} image ({kind}); send a still photo encoded as {names}")
+    if width * height > max_pixels:
+        raise PhotoError(f"{width}x{height} is {_over(max_pixels)}; downscale it")
+    if frames != 1:
+        raise PhotoError(f"an animated image ({frames} frames); send a still photo")
+    return kind
+
+
+def _over(max_pixels: int) -> str:
+    limit = "8K" if max_pixels == MAX_PIXELS else f"{max_pixels} pixels"
+    return f"larger than {limit} ({max_pixels} pixels allowed)"
+
+
+def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS,
+                 formats: tuple[str, ...] = PHOTO_FORMATS) -> tuple[np.ndarray, str]:
+    """(RGB uint8 [H,W,3], its format) of an encoded photo, its header checked first. Raises PhotoError."""
+    kind = check_header(data, max_pixels, formats)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PhotoError(f"not a readable {kind} image (truncated or corrupt); send the whole file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), kind
+
+
+def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A still photo file as RGB, its header checked first. Raises PhotoError (its message names the file)."""
+    try:
+        kind = check_header(Path(path), max_pixels)
+    except PhotoError as error:
+        raise PhotoError(error.reason, path) from None
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PhotoError(f"not a readable {kind} image (truncated or corrupt); send the whole file", path)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
