@@ -1,0 +1,74 @@
+"""The mesh swapper: a geometric face swap driven by MediaPipe's Face Mesh network (Triton ``facemesh``).
+
+Source, once: each photo's aligned FFHQ-512 crop becomes a texture, its 468-point mesh, a triangulation, its skin
+mask and its head pose. Target, per batch: one ``facemesh`` call for all faces, then per face the source whose
+head pose is closest is warped onto the face's mesh (``mesh_warp``). Faces the swap would spoil are left untouched
+(mask 0) and counted in the run's notes: no face mesh found, or a head turned so far that the mesh folds over.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.swappers import mesh_warp
+from swapstream.services.engine.swappers.base import Swapper
+from swapstream.services.triton.client import SwapstreamClient
+
+MIN_PRESENCE = 0.5  # Face Mesh's face-presence score (a sigmoid) below which a crop holds no usable face
+MAX_AWAY = 0.2      # share of the source mesh's area that may face away in the target (a profile folds ~0.28)
+
+UNTOUCHED_NO_MESH = "faces left untouched by the mesh swapper: no face mesh found (blurred, tiny or hidden faces)"
+UNTOUCHED_FOLDED = "faces left untouched by the mesh swapper: head turned too far (the face mesh folds over)"
+
+
+class MeshSwapper(Swapper):
+    name = "mesh"
+    identity_template = ("ffhq_512", mesh_warp.SIZE)
+
+    def __init__(self, client: SwapstreamClient):
+        self.client = client
+
+    def identity(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """{"texture" [N,512,512,3], "mesh" [N,468,3], "triangles" [N,936,3], "skin" [N,512,512], "pose" [N,2]}
+        for the source photos whose face the mesh network finds and that are not in profile."""
+        crops = np.asarray(crops, np.uint8)
+        meshes, presence = self.client.facemesh(crops)
+        poses = mesh_warp.mesh_pose(meshes)
+        usable = (presence >= MIN_PRESENCE) & (np.abs(poses[:, 0]) <= 35.0)
+        if not usable.any():
+            raise SwapInputError("the mesh swapper found no usable face in the source photo(s): the face must be "
+                                 "visible, sharp and turned less than 35 degrees from the camera; use a frontal "
+                                 "photo")
+        crops, meshes, poses = crops[usable], meshes[usable], poses[usable]
+        return {"texture": crops,
+                "mesh": meshes.astype(np.float32),
+                "triangles": np.stack([mesh_warp.triangulate(m) for m in meshes]),
+                "skin": np.stack([mesh_warp.source_skin(c, m) for c, m in zip(crops, meshes)]),
+                "pose": poses}
+
+    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
+        aligned = np.asarray(aligned, np.uint8)
+        count = len(aligned)
+        if len(identities) not in (1, count):
+            raise ValueError(f"mesh swap: {len(identities)} identities for {count} faces; give one for all faces "
+                             "or one per face")
+        faces, masks = aligned.copy(), np.zeros(aligned.shape[:3], np.uint8)
+        if count == 0:
+            return faces, masks
+        with clock("swap"):
+            meshes, presence = self.client.facemesh(aligned)
+            poses = mesh_warp.mesh_pose(meshes)
+            for k in range(count):
+                if presence[k] < MIN_PRESENCE:
+                    clock.note(UNTOUCHED_NO_MESH)
+                    continue
+                source = identities[0] if len(identities) == 1 else identities[k]
+                n = int(np.argmin(np.abs(np.asarray(source["pose"]) - poses[k]).sum(axis=1)))
+                result = mesh_warp.swap_face(aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
+                                             source["triangles"][n], source["skin"][n], max_away=MAX_AWAY)
+                if result is None:
+                    clock.note(UNTOUCHED_FOLDED)
+                    continue
+                faces[k], masks[k] = result
+        return faces, masks

@@ -1,0 +1,252 @@
+"""The mesh swap's geometry, pure numpy + OpenCV, in FFHQ-512 aligned-crop space.
+
+A source face (its aligned 512 crop, the *texture*, and its 468-point Face Mesh) is drawn onto a target face's mesh:
+every triangle of the source mesh is mapped affinely onto the same triangle of the target mesh. The triangles are
+rasterised into one label image (far triangles first, so the near side of a turned head covers the far side;
+triangles that face away from the camera in the target are dropped), which gives a dense target -> source map for a
+single ``cv2.remap``. The warped face is then colour matched to the target's skin (LAB mean and spread), and the mask
+that blends it in is the target's face oval, feathered, with holes where the target must show through: its mouth
+interior (between the inner lips), its eyes (blinks and gaze are the target's; the mesh does not follow blinks), and
+wherever the source showed hair instead of skin. All per-pixel work is done inside the face's box, not the crop.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+SIZE = 512       # the FFHQ-512 crop side
+POINTS = 468     # Face Mesh landmarks
+MAX_TRIANGLES = 2 * POINTS  # a planar triangulation of n points has at most 2n - 5 triangles
+
+# Face Mesh landmark indices (MediaPipe's topology). Rings are in order around their contour.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+LIPS_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+EYE_RIGHT = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+EYE_LEFT = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+BROW_RIGHT = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
+BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
+NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 129, 358, 49, 279)
+CHEEK_RIGHT, CHEEK_LEFT, FOREHEAD, CHIN = 234, 454, 10, 152
+# Facing points of the upper and lower inner lip and eyelids, corner to corner: closed, each pair meets.
+_CLOSING_PAIRS = (
+    ((191, 80, 81, 82, 13, 312, 311, 310, 415), (95, 88, 178, 87, 14, 317, 402, 318, 324)),
+    ((246, 161, 160, 159, 158, 157, 173), (7, 163, 144, 145, 153, 154, 155)),
+    ((466, 388, 387, 386, 385, 384, 398), (249, 390, 373, 374, 380, 381, 382)),
+)
+
+# Tuned on the shared media (see the README's mesh swapper section); sizes in 512-crop pixels.
+OVAL_INSET = 10         # the blend mask starts this far inside the face oval ...
+FEATHER_SIGMA = 7.0     # ... and fades out over about 2.5 sigma
+HOLE_GROW = 3           # mouth and eye holes grow by this much (the mesh's inner-lip corners lag wide openings)
+HOLE_SIGMA = 2.0
+CONTRAST_RANGE = (0.8, 1.25)  # the colour match may change the source's spread by at most this factor
+SKIN_DISTANCE = 3.0     # a source pixel further than this (Mahalanobis, LAB) from its cheeks' skin is not skin
+RIM_WIDTH = 8           # hair is what is not skin and reaches this close to the source's face oval
+_MARGIN = int(3 * FEATHER_SIGMA) + 2
+
+
+class Box:
+    """The part of the crop one face's per-pixel work is done in: [x0, x0 + w) x [y0, y0 + h)."""
+
+    def __init__(self, mesh: np.ndarray, margin: int):
+        low = np.floor(mesh[:, :2].min(axis=0)).astype(int) - margin
+        high = np.ceil(mesh[:, :2].max(axis=0)).astype(int) + margin + 1
+        self.x0, self.y0 = np.clip(low, 0, SIZE)
+        x1, y1 = np.clip(high, 0, SIZE)
+        self.w, self.h = max(int(x1 - self.x0), 0), max(int(y1 - self.y0), 0)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.h), slice(self.x0, self.x0 + self.w)
+
+    def points(self, mesh: np.ndarray, ring) -> np.ndarray:
+        """The ring's points in box pixels, with 4 fractional bits (OpenCV's ``shift=4``)."""
+        return np.round((mesh[list(ring), :2] - [self.x0, self.y0]) * 16).astype(np.int32)
+
+    def fill(self, polygons: list[np.ndarray]) -> np.ndarray:
+        image = np.zeros((self.h, self.w), np.uint8)
+        cv2.fillPoly(image, polygons, 255, lineType=cv2.LINE_AA, shift=4)
+        return image
+
+
+WHOLE = Box(np.array([[0, 0], [SIZE - 1, SIZE - 1]], np.float32), 0)
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+
+
+def triangulate(mesh: np.ndarray) -> np.ndarray:
+    """Triangles over a mesh: [MAX_TRIANGLES, 3] point indices, padded with -1.
+
+    Delaunay over the mesh's x, y with its lips and eyelids closed first, so that no triangle bridges an open mouth
+    or eye: the same topology serves a source with an open mouth and a target with a closed one.
+    """
+    points = np.asarray(mesh, np.float64)[:, :2].copy()
+    for upper, lower in _CLOSING_PAIRS:
+        middle = (points[list(upper)] + points[list(lower)]) / 2
+        points[list(upper)] = middle - [0, 0.05]
+        points[list(lower)] = middle + [0, 0.05]
+    points = points.astype(np.float32)
+    low, high = points.min(axis=0) - 2, points.max(axis=0) + 2
+    subdivision = cv2.Subdiv2D((int(low[0]), int(low[1]), int(high[0] - low[0]) + 2, int(high[1] - low[1]) + 2))
+    lookup = {}
+    for index, point in enumerate(points):
+        lookup.setdefault((float(point[0]), float(point[1])), index)
+        subdivision.insert((float(point[0]), float(point[1])))
+    triangles = []
+    for corners in subdivision.getTriangleList().reshape(-1, 3, 2).astype(np.float32):
+        found = [lookup.get((float(x), float(y))) for x, y in corners]
+        if None not in found:  # triangles touching Subdiv2D's outer helper vertices are not the face's
+            triangles.append(found)
+    out = np.full((MAX_TRIANGLES, 3), -1, np.int32)
+    out[:len(triangles)] = triangles
+    return out
+
+
+def mesh_pose(meshes: np.ndarray) -> np.ndarray:
+    """[K,468,3] meshes -> [K,2] (yaw, pitch) in degrees, from the depth difference of the cheeks and of the
+    forehead and chin (0, 0: facing the camera). From the mesh alone, in crop space: what the swapper has (the
+    engine's ``head_pose`` needs the frame's camera)."""
+    meshes = np.asarray(meshes, np.float64).reshape(-1, POINTS, 3)
+    across = meshes[:, CHEEK_LEFT] - meshes[:, CHEEK_RIGHT]
+    down = meshes[:, CHIN] - meshes[:, FOREHEAD]
+    yaw = np.degrees(np.arctan2(across[:, 2], across[:, 0]))
+    pitch = np.degrees(np.arctan2(down[:, 2], down[:, 1]))
+    return np.stack([yaw, pitch], axis=1).astype(np.float32)
+
+
+def _features(box: Box, mesh: np.ndarray, grow: int) -> np.ndarray:
+    """Eyes, brows, nose and lips of a mesh, filled and grown by ``grow`` px: what is never cheek or forehead."""
+    parts = [cv2.convexHull(box.points(mesh, ring))
+             for ring in (EYE_RIGHT, EYE_LEFT, BROW_RIGHT, BROW_LEFT, LIPS_OUTER, NOSE)]
+    return cv2.dilate(box.fill(parts), _disc(grow))
+
+
+def source_skin(texture: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+    """[512,512] uint8: 255 where the source face shows skin or its features, 0 outside its oval and on hair.
+
+    Skin is modelled by the LAB mean and covariance of the oval without its features (the middle half of it by
+    lightness, so that hair and shadow do not widen it). Hair comes in from outside: the non-skin patches that
+    touch the oval's rim (a fringe, sideburns, a beard's edge) are not pasted; creases and shadows inside are.
+    """
+    oval = WHOLE.fill([WHOLE.points(mesh, FACE_OVAL)])
+    inside = oval > 127
+    cheeks = inside & (_features(WHOLE, mesh, 6) == 0)
+    lab = cv2.cvtColor(texture, cv2.COLOR_RGB2LAB).astype(np.float32)
+    samples = lab[cheeks]
+    if len(samples) < 100:
+        return oval
+    low, high = np.percentile(samples[:, 0], [25, 75])
+    core = samples[(samples[:, 0] >= low) & (samples[:, 0] <= high)]
+    covariance = np.cov(core, rowvar=False) * 4.0 + np.eye(3) * 4.0  # the middle half understates the spread
+    delta = lab - core.mean(axis=0)
+    distance = np.sqrt(np.einsum("hwi,ij,hwj->hw", delta, np.linalg.inv(covariance), delta))
+    other = cv2.morphologyEx(((distance > SKIN_DISTANCE) & cheeks).astype(np.uint8), cv2.MORPH_OPEN,
+                             np.ones((5, 5), np.uint8))
+    rim = inside & (cv2.erode(oval, _disc(RIM_WIDTH)) == 0)
+    count, labels = cv2.connectedComponents(other, connectivity=8)
+    touching = np.unique(labels[rim & (other > 0)])
+    hair = np.isin(labels, touching[touching > 0]).astype(np.uint8)
+    hair = cv2.dilate(hair, np.ones((5, 5), np.uint8))
+    return np.where(hair > 0, 0, oval).astype(np.uint8)
+
+
+def _signed_area(corners: np.ndarray) -> np.ndarray:
+    a, b, c = corners[:, 0], corners[:, 1], corners[:, 2]
+    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangles: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Dense map from the box's pixels to source-texture pixels for ``cv2.remap``: (map_x, map_y [h,w] float32,
+    -1 where no triangle lands; covered [h,w] bool; the share of the source mesh's area facing away in the target)."""
+    triangles = triangles[triangles[:, 0] >= 0]
+    src = source_mesh[triangles][:, :, :2].astype(np.float64)
+    dst = target_mesh[triangles][:, :, :2].astype(np.float64) - [box.x0, box.y0]
+    src_area, dst_area = _signed_area(src), _signed_area(dst)
+    facing = np.sign(src_area) == np.sign(dst_area)
+    away = float(np.abs(src_area[~facing]).sum() / max(np.abs(src_area).sum(), 1e-9))
+    keep = np.abs(dst_area) > 1e-2
+    triangles, src, dst, dst_area, facing = triangles[keep], src[keep], dst[keep], dst_area[keep], facing[keep]
+    # The affine taking a triangle's target corners to its source corners, by the adjugate of [x y 1] rows.
+    x, y = dst[:, :, 0], dst[:, :, 1]
+    cofactor = np.stack([y[:, [1, 2, 0]] - y[:, [2, 0, 1]],
+                         x[:, [2, 0, 1]] - x[:, [1, 2, 0]],
+                         x[:, [1, 2, 0]] * y[:, [2, 0, 1]] - x[:, [2, 0, 1]] * y[:, [1, 2, 0]]], axis=1)
+    affine = np.einsum("tkc,tcd->tkd", cofactor, src) / (2 * dst_area)[:, None, None]  # [T,3(x,y,1),2]
+    depth = target_mesh[triangles][:, :, 2].mean(axis=1)
+    labels = np.zeros((box.h, box.w), np.int32)
+    corners = np.round(dst * 16).astype(np.int32)
+    # Triangles facing away first (they fill slivers the mesh's noise folded; on a turned head the near side covers
+    # them), then far to near, so that a nearer triangle overwrites a farther one.
+    for t in np.lexsort((-depth, facing)):
+        cv2.fillConvexPoly(labels, corners[t], int(t) + 1, lineType=cv2.LINE_8, shift=4)
+    # Label 0 (no triangle) maps every pixel to (-1, -1): outside the texture.
+    coefficients = np.concatenate([[[[0, 0], [0, 0], [-1, -1]]], affine]).astype(np.float32)
+    xs = np.arange(box.w, dtype=np.float32)[None, :]
+    ys = np.arange(box.h, dtype=np.float32)[:, None]
+    map_x = coefficients[:, 0, 0][labels] * xs + coefficients[:, 1, 0][labels] * ys + coefficients[:, 2, 0][labels]
+    map_y = coefficients[:, 0, 1][labels] * xs + coefficients[:, 1, 1][labels] * ys + coefficients[:, 2, 1][labels]
+    return map_x, map_y, labels > 0, away
+
+
+def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian-like blur at a cost independent of ``sigma`` (OpenCV's stack blur)."""
+    size = 2 * int(round(3 * sigma)) + 1
+    return cv2.stackBlur(mask, (size, size))
+
+
+def colour_match(warped: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``warped`` with its LAB mean and spread over ``region`` (uint8 mask) moved to ``target``'s over the same
+    pixels; the spread ratio is clipped to CONTRAST_RANGE so that a flat or noisy patch cannot blow it up.
+
+    Skin moves all the way; greyer pixels (brows, lashes, stubble) keep their colour in proportion: moved as the
+    skin is, a dark brow under a skin tone less yellow than the source's would turn blue."""
+    if cv2.countNonZero(region) < 100:
+        return warped
+    source_lab = cv2.cvtColor(warped, cv2.COLOR_RGB2LAB)
+    s_mean, s_std = (v.reshape(3) for v in cv2.meanStdDev(source_lab, mask=region))
+    t_mean, t_std = (v.reshape(3) for v in cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_RGB2LAB), mask=region))
+    ratio = np.clip(t_std / np.maximum(s_std, 1e-3), *CONTRAST_RANGE)
+    shift = t_mean - s_mean * ratio
+    lab = source_lab.astype(np.float32)
+    matched = cv2.transform(lab, np.hstack([np.diag(ratio), shift[:, None]]).astype(np.float32))
+    chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+    skin_chroma = max(float(np.hypot(s_mean[1] - 128, s_mean[2] - 128)), 1.0)
+    weight = np.minimum(chroma * (1 / skin_chroma), 1.0)[..., None]
+    matched[..., 1:] = lab[..., 1:] + weight * (matched[..., 1:] - lab[..., 1:])
+    return cv2.cvtColor(np.clip(matched + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
+              triangles: np.ndarray, skin: np.ndarray, keep_eyes: bool = True, max_away: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """One face: (face [512,512,3] uint8, mask [512,512] uint8) for the engine's blend, the face being the target
+    outside the mask; None when more than ``max_away`` of the source mesh would face away (a folded profile)."""
+    box = Box(target_mesh, _MARGIN)
+    if box.w < 8 or box.h < 8:
+        return None
+    map_x, map_y, covered, away = warp_map(box, source_mesh, target_mesh, triangles)
+    if away > max_away:
+        return None
+    warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Outside the texture (no triangle: -1) the skin is 0, so the mask is 0 there.
+    warped_skin = cv2.remap(skin, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    here = target[box.slices]
+    oval = box.fill([box.points(target_mesh, FACE_OVAL)])
+    solid = np.minimum(oval, warped_skin)
+    region = cv2.threshold(solid, 127, 255, cv2.THRESH_BINARY)[1]
+    region[_features(box, target_mesh, 4) > 0] = 0
+    matched = colour_match(warped, here, region)
+    base = _feather(cv2.erode(solid, _disc(OVAL_INSET)), FEATHER_SIGMA)
+    holes = [box.points(target_mesh, LIPS_INNER)]
+    if keep_eyes:
+        holes += [box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)]
+    hole = _feather(cv2.dilate(box.fill(holes), _disc(HOLE_GROW)), HOLE_SIGMA)
+    face, mask = target.copy(), np.zeros((SIZE, SIZE), np.uint8)
+    mask[box.slices] = cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255)
+    face[box.slices] = np.where(covered[..., None], matched, here)
+    return face, mask
