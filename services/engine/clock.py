@@ -21,6 +21,7 @@ class StageClock:
         self.seconds = seconds if seconds is not None else dict.fromkeys(STAGES, 0.0)
         self.observer = observer
         self._lock = threading.Lock()
+        self._notes: dict[str, int] = {}
 
     @contextmanager
     def __call__(self, stage: str):
@@ -33,6 +34,16 @@ class StageClock:
                 self.seconds[stage] += elapsed
             if self.observer:
                 self.observer(stage, elapsed)
+
+    def note(self, text: str) -> None:
+        """Counts a remark about this run that a stage makes per item (e.g. a face a swapper left untouched)."""
+        with self._lock:
+            self._notes[text] = self._notes.get(text, 0) + 1
+
+    def notes(self) -> list[str]:
+        """The remarks, each with its count: what a run's summary says."""
+        with self._lock:
+            return [f"{text}: {count}" for text, count in self._notes.items()]
 
     def iterate(self, stage: str, items: Iterable) -> Iterator:
         """``items``, with the time taken to produce each one counted to ``stage``."""

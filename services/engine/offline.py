@@ -184,6 +184,7 @@ def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Pa
     else:
         _swap_video(run, target, output, progress)
     summary.seconds = time.perf_counter() - started
+    summary.notes += run.clock.notes()
     if summary.faces_swapped == 0:
         summary.notes.append("no face was swapped: the output shows the input unchanged")
     return summary
