@@ -4,12 +4,16 @@ Matrices come in OpenCV's convention (source frame -> crop, pixel centres at int
 the way `estimate_similarity` returns them and `cv2.warpAffine(frame, M, (S, S))` would use them.
 DALI's `warp_affine` wants a destination -> source matrix (`inverse_map=True`, its default) with
 (0, 0) at the corner of the first pixel, so each matrix is inverted and shifted by half a pixel.
+
+A warp only reads the frame pixels under the crop's footprint, so only that box of the frame is handed to DALI
+(its matrix moved by the box's corner): the copy into DALI's input grows with the face, not with the frame.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from nvidia.dali import backend, fn, pipeline_def, types
@@ -86,6 +90,48 @@ def dali_warp_matrix(src_to_dst: np.ndarray) -> np.ndarray:
     return opencv_to_dali_inverse(invert_affine(src_to_dst)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Box:
+    """Half-open pixel box [x0, x1) x [y0, y1) in frame coordinates."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def empty(self) -> bool:
+        return self.x1 <= self.x0 or self.y1 <= self.y0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def footprint(frame_to_crop: np.ndarray, crop_size: int, frame_h: int, frame_w: int) -> Box:
+    """The frame pixels a crop covers, clipped to the frame: what aligning reads and pasting back writes.
+
+    The crop covers [-0.5, S - 0.5]^2 in OpenCV coordinates (pixel centres at integers);
+    bilinear sampling reaches at most one pixel further, hence the margin of 1.
+    """
+    crop_to_frame = invert_affine(frame_to_crop)
+    lo, hi = -0.5, crop_size - 0.5
+    corners = np.array([[lo, lo, 1], [hi, lo, 1], [lo, hi, 1], [hi, hi, 1]])
+    mapped = corners @ crop_to_frame.T
+    x0, y0 = np.floor(mapped.min(axis=0)).astype(int) - 1
+    x1, y1 = np.ceil(mapped.max(axis=0)).astype(int) + 2
+    return Box(max(x0, 0), max(y0, 0), min(x1, frame_w), min(y1, frame_h))
+
+
+def from_box(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
+    """The OpenCV frame -> crop matrix for the box's own pixel grid: box pixel (u, v) is frame pixel
+    (u + x0, v + y0)."""
+    m = np.asarray(frame_to_crop, dtype=np.float64)
+    box_to_crop = m.copy()
+    box_to_crop[:, 2] = m[:, 2] + m[:, :2] @ np.array([box.x0, box.y0], dtype=np.float64)
+    return box_to_crop
+
+
 def warp_graph(device: str, size: int):
     """Graph (call inside a pipeline): inputs "images" (HWC uint8) and "matrices" (2x3 float32,
     DALI convention); returns size x size warps, zero outside the image (BORDER_CONSTANT 0)."""
@@ -139,6 +185,20 @@ class BatchedPipeline:
                     collected.extend(to_numpy(result))
         return outputs or []
 
+    def run_into(self, out: np.ndarray, **inputs: list[np.ndarray]) -> np.ndarray:
+        """``run`` for a graph with one output of one shape per sample: the samples are copied once, into
+        ``out`` (one row each), not into arrays of their own first."""
+        for start in range(0, len(out), self.max_batch_size):
+            chunk = {name: [np.ascontiguousarray(x) for x in samples[start : start + self.max_batch_size]]
+                     for name, samples in inputs.items()}
+            with self._lock:
+                (result,) = self._pipe.run(**chunk)
+                if hasattr(result, "as_cpu"):
+                    result = result.as_cpu()
+                for i in range(len(result)):
+                    out[start + i] = np.asarray(result[i])  # aliases DALI's buffer until the next run: copied now
+        return out
+
 
 class Aligner:
     """Cuts aligned S x S face crops out of frames with one batched DALI warp_affine.
@@ -160,13 +220,18 @@ class Aligner:
         OpenCV frame->crop. Returns (K,S,S,3) uint8 crops, as cv2.warpAffine(INTER_LINEAR,
         BORDER_CONSTANT 0) would give them."""
         frames, frame_index, matrices = _check_align_inputs(frames, frame_index, matrices)
-        k = len(frame_index)
-        if k == 0:
-            return np.zeros((0, self.size, self.size, frames.shape[-1]), dtype=np.uint8)
-        images = [frames[i] for i in frame_index]  # a frame with several faces appears several times
-        dali_matrices = [dali_warp_matrix(m) for m in matrices]
-        (crops,) = self._pipe.run(images=images, matrices=dali_matrices)
-        return np.stack(crops)
+        h, w = frames.shape[1:3]
+        crops = np.zeros((len(frame_index), self.size, self.size, frames.shape[-1]), dtype=np.uint8)
+        boxes = [footprint(m, self.size, h, w) for m in matrices]
+        todo = [k for k, box in enumerate(boxes) if not box.empty]  # a crop wholly outside its frame stays 0
+        if not todo:
+            return crops
+        images = [frames[frame_index[k], boxes[k].y0 : boxes[k].y1, boxes[k].x0 : boxes[k].x1] for k in todo]
+        dali_matrices = [dali_warp_matrix(from_box(matrices[k], boxes[k])) for k in todo]
+        if len(todo) == len(crops):
+            return self._pipe.run_into(crops, images=images, matrices=dali_matrices)
+        crops[todo] = self._pipe.run_into(np.empty_like(crops[: len(todo)]), images=images, matrices=dali_matrices)
+        return crops
 
 
 _ALIGNERS: dict[tuple[int, str], Aligner] = {}

@@ -13,57 +13,17 @@ overlapping faces in one frame compose in order.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 from nvidia.dali import fn, types
 
-from swapstream.pipelines.align import BatchedPipeline, check_device, invert_affine, opencv_to_dali_inverse
-
-
-@dataclass(frozen=True)
-class Box:
-    """Half-open pixel box [x0, x1) x [y0, y1) in frame coordinates."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-
-    @property
-    def empty(self) -> bool:
-        return self.x1 <= self.x0 or self.y1 <= self.y0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-
-def paste_box(frame_to_crop: np.ndarray, crop_size: int, frame_h: int, frame_w: int) -> Box:
-    """The frame pixels a crop can touch when warped back, clipped to the frame.
-
-    The crop covers [-0.5, S - 0.5]^2 in OpenCV coordinates (pixel centres at integers);
-    bilinear sampling reaches at most one pixel further, hence the margin of 1.
-    """
-    crop_to_frame = invert_affine(frame_to_crop)
-    lo, hi = -0.5, crop_size - 0.5
-    corners = np.array([[lo, lo, 1], [hi, lo, 1], [lo, hi, 1], [hi, hi, 1]])
-    mapped = corners @ crop_to_frame.T
-    x0, y0 = np.floor(mapped.min(axis=0)).astype(int) - 1
-    x1, y1 = np.ceil(mapped.max(axis=0)).astype(int) + 2
-    return Box(max(x0, 0), max(y0, 0), min(x1, frame_w), min(y1, frame_h))
+from swapstream.pipelines.align import BatchedPipeline, Box, check_device, footprint, from_box, opencv_to_dali_inverse
 
 
 def box_warp_matrix(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
-    """DALI matrix that fills the box (its own pixel grid) from the crop.
-
-    A box pixel (u, v) is frame pixel (u + x0, v + y0), which comes from crop point
-    frame_to_crop @ (u + x0, v + y0, 1): that is the OpenCV destination->source matrix.
-    """
-    m = np.asarray(frame_to_crop, dtype=np.float64)
-    box_to_crop = m.copy()
-    box_to_crop[:, 2] = m[:, 2] + m[:, :2] @ np.array([box.x0, box.y0], dtype=np.float64)
-    return opencv_to_dali_inverse(box_to_crop).astype(np.float32)
+    """DALI matrix that fills the box (its own pixel grid) from the crop: the box -> crop matrix is the
+    OpenCV destination -> source one."""
+    return opencv_to_dali_inverse(from_box(frame_to_crop, box)).astype(np.float32)
 
 
 def paste_graph(device: str):
@@ -104,7 +64,7 @@ class Blender:
         out = frames.copy()
         n, h, w = frames.shape[:3]
         size = faces.shape[1]
-        boxes = [paste_box(m, size, h, w) for m in matrices]
+        boxes = [footprint(m, size, h, w) for m in matrices]
         todo = [k for k, box in enumerate(boxes) if not box.empty]
         if not todo:
             return out
@@ -120,15 +80,26 @@ class Blender:
 
 
 def _composite(frame: np.ndarray, face: np.ndarray, mask: np.ndarray, box: Box) -> None:
-    """frame[box] = frame * (1 - m) + face * m, in place; pixels with m == 0 are untouched."""
-    region = frame[box.y0 : box.y1, box.x0 : box.x1]
+    """frame[box] = frame * (1 - m) + face * m, in place; pixels with m == 0 are untouched.
+
+    Whole-array float32 arithmetic over the rows and columns the mask touches (the same operations, in the same
+    order, as per touched pixel: the same result), written back only where m > 0.
+    """
     touched = mask > 0
-    if not touched.any():
+    rows, cols = np.flatnonzero(touched.any(axis=1)), np.flatnonzero(touched.any(axis=0))
+    if not len(rows):
         return
-    m = mask[touched].astype(np.float32)[:, None] / 255.0
-    base = region[touched].astype(np.float32)
-    pasted = face[touched].astype(np.float32)
-    region[touched] = np.clip(np.rint(base + (pasted - base) * m), 0, 255).astype(np.uint8)
+    inner = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    region = frame[box.y0 : box.y1, box.x0 : box.x1][inner]
+    m = mask[inner].astype(np.float32)[..., None] / 255.0
+    base = region.astype(np.float32)
+    blended = face[inner].astype(np.float32)
+    blended -= base
+    blended *= m
+    blended += base
+    np.rint(blended, out=blended)
+    np.clip(blended, 0, 255, out=blended)
+    np.copyto(region, blended.astype(np.uint8), where=touched[inner][..., None])
 
 
 _BLENDERS: dict[str, Blender] = {}
