@@ -3,12 +3,15 @@
 ``chromium()`` launches it (a fake camera that approves itself; optionally fed from a .y4m file);
 ``open_page()`` opens a page in a fresh context (its own sessionStorage) at a viewport, records console errors,
 page errors and failed requests, and on a clean exit asserts there were none; ``WatchedPage.screenshot()`` saves
-a PNG under ``ARTIFACTS`` (``tests/artifacts/``, git-ignored; ``SWAPSTREAM_ARTIFACTS`` moves it).
+a PNG under ``ARTIFACTS`` (``tests/artifacts/``, git-ignored; ``SWAPSTREAM_ARTIFACTS`` moves it). ``wait_until()``
+stands for Playwright's ``wait_for_function``, which the pages' Content-Security-Policy blocks (it compiles the
+expression with ``new Function`` inside the page).
 """
 from __future__ import annotations
 
 import os
 import re
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -93,3 +96,13 @@ def open_page(browser: Browser, url: str | None = None, viewport: dict = DESKTOP
         watched.assert_no_errors()
     finally:
         context.close()
+
+
+def wait_until(page: Page, expression: str, timeout: float = 30_000, interval: float = 0.05) -> None:
+    """Polls a JavaScript expression until it is true, from outside the page (``page.evaluate``), for at most
+    ``timeout`` ms."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout / 1000:.0f} s: {expression}")
+        time.sleep(interval)

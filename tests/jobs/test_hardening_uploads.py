@@ -52,7 +52,7 @@ def _raw_post(service, path: str, headers: dict[str, str], chunks, read_timeout:
     """Sends a chunked POST chunk by chunk over a plain socket until the server answers; (status, body, bytes sent)."""
     sock = socket.create_connection(("127.0.0.1", service.port))
     sock.settimeout(read_timeout)
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     sock.sendall(head.encode())
     sent = 0

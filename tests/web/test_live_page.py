@@ -16,7 +16,7 @@ from swapstream.services.live import protocol
 from swapstream.services.triton import standins
 from swapstream.services.web.pages import STATIC
 from tests.helpers.engine import simswap_face_swapper, source_embedding
-from tests.helpers.browser import PHONE, chromium, open_page
+from tests.helpers.browser import PHONE, chromium, open_page, wait_until
 from tests.helpers.media import MEDIA, frames_of
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
@@ -62,14 +62,14 @@ def test_live_page_swaps_the_camera_and_shows_latency(service, camera_clip, clie
         page.click("#start")
         page.fill("#token-dialog input[name=token]", TOKEN)  # the service has a token: the page asks for it
         page.click("#token-dialog button[type=submit]")
-        page.wait_for_function(f"Number(document.querySelector('#counts').textContent.split(' / ')[1]) >= {ANSWERS}",
+        wait_until(page, f"Number(document.querySelector('#counts').textContent.split(' / ')[1]) >= {ANSWERS}",
                                timeout=90_000)
         swapped = canvas_rgb(page, "#swapped")
         latency = page.text_content("#latency")
         fps = page.text_content("#fps")
         watched.screenshot("live-page")
         page.click("#stop")
-        page.wait_for_function("document.querySelector('#status').textContent === 'Stopped.'", timeout=30_000)
+        wait_until(page, "document.querySelector('#status').textContent === 'Stopped.'", timeout=30_000)
         assert page.is_enabled("#start")
 
     median_ms = float(re.match(r"(\d+) ms median", latency).group(1))

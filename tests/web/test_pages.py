@@ -15,7 +15,7 @@ import pytest
 
 from swapstream.benchmarks.media import cut, ffmpeg
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import ARTIFACTS, DESKTOP, PHONE, chromium, open_page
+from tests.helpers.browser import ARTIFACTS, DESKTOP, PHONE, chromium, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -95,7 +95,7 @@ def test_submit_follow_play_and_see_the_swap(service, browser, http, clip):
         job_id = page.get_attribute("#jobs li[data-id]", "data-id")
         item = f"#job-{job_id}"
         # the first update with frames done, pushed by the service (the page is never reloaded)
-        page.wait_for_function(f"document.querySelector('{item} progress').value > 0", polling="raf", timeout=120_000)
+        wait_until(page, f"document.querySelector('{item} progress').value > 0", timeout=120_000, interval=0.01)
         first_progress = time.monotonic() - started
         # how long the store's write took to reach the page (one clock: the same machine)
         pushed = page.evaluate(f"Date.now() / 1000 - document.querySelector('{item}').dataset.updatedAt")
@@ -117,7 +117,7 @@ def test_submit_follow_play_and_see_the_swap(service, browser, http, clip):
         assert "faces swapped" in summary and "frames without a face" in summary and "swap (stage time)" in summary
         assert page.get_attribute("#download", "href") == f"/v1/jobs/{job_id}/result"
         page.evaluate("document.getElementById('result-video').play()")
-        page.wait_for_function("document.getElementById('result-video').ended", timeout=60_000)
+        wait_until(page, "document.getElementById('result-video').ended", timeout=60_000)
         watched.screenshot("jobs-result-desktop")
 
         middle = CLIP_FRAMES / 2 / 30
@@ -193,7 +193,7 @@ def test_a_selfie_from_the_camera_is_analysed(service, browser):
     with open_page(browser, service.url + "/analyze") as watched:
         page = watched.page
         page.click("#camera")
-        page.wait_for_function("document.getElementById('preview').videoWidth > 0")
+        wait_until(page, "document.getElementById('preview').videoWidth > 0")
         page.click("#snap")
         page.wait_for_selector("#found:not([hidden])", timeout=60_000)
         assert page.inner_text("#status").startswith("1 face found in 480×")
@@ -207,7 +207,7 @@ def test_swap_a_photo_shows_it_beside_the_target(service, browser):
         page.set_input_files("input[name=target]", str(ROSE))
         page.click("#swap")
         page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
-        page.wait_for_function("document.getElementById('swapped-photo').complete && "
+        wait_until(page, "document.getElementById('swapped-photo').complete && "
                                "document.getElementById('target-photo').naturalWidth > 0")
         assert page.inner_text("#swapped-caption") == "swapped: 1 face"
         swapped = rgb_from_data_url(page.evaluate(IMAGE_PIXELS, "swapped-photo"))
