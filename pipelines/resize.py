@@ -2,26 +2,20 @@
 frames sent to Triton are small; boxes are mapped back with ``scale``."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, types
 
-from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
+from swapstream.pipelines.align import BatchedPipeline, check_device
 
 
-def _resize_pipeline(device: str, max_batch_size: int, device_id: int):
-    @pipeline_def(**pipeline_kwargs(device, max_batch_size, device_id))
-    def resize():
-        frames = fn.external_source(name="frames", dtype=types.UINT8, ndim=3, layout="HWC")
-        sizes = fn.external_source(name="sizes", dtype=types.FLOAT, ndim=1)
-        if device == "gpu":
-            frames = frames.gpu()
-        return fn.resize(frames, size=sizes, interp_type=types.INTERP_LINEAR, antialias=True, device=device)
-
-    pipe = resize()
-    pipe.build()
-    return pipe
+def resize_graph(device: str):
+    """Graph (call inside a pipeline): inputs "frames" (HWC uint8) and "sizes" (float32 [h, w]); each frame
+    resized to its size, linear with antialiasing."""
+    frames = fn.external_source(name="frames", dtype=types.UINT8, ndim=3, layout="HWC")
+    sizes = fn.external_source(name="sizes", dtype=types.FLOAT, ndim=1)
+    if check_device(device) == "gpu":
+        frames = frames.gpu()
+    return fn.resize(frames, size=sizes, interp_type=types.INTERP_LINEAR, antialias=True, device=device)
 
 
 class Downscaler:
@@ -29,24 +23,17 @@ class Downscaler:
 
     def __init__(self, longest: int, device: str = "cpu", max_batch_size: int = 64, device_id: int = 0):
         self.longest = longest
-        self.max_batch_size = max_batch_size
-        self._pipe = _resize_pipeline(check_device(device), max_batch_size, device_id)
-        self._lock = threading.Lock()
+        self._pipe = BatchedPipeline(lambda: resize_graph(device), device, max_batch_size, device_id)
 
     def scale(self, height: int, width: int) -> float:
         return min(1.0, self.longest / max(height, width))
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """The downscaled frames (the input itself when it is small enough)."""
+        """The downscaled frames (the input itself when it is small enough), copied once out of DALI."""
         n, h, w = frames.shape[:3]
         scale = self.scale(h, w)
         if scale == 1.0:
             return frames
-        size = np.array([round(h * scale), round(w * scale)], np.float32)
-        out = []
-        for start in range(0, n, self.max_batch_size):
-            chunk = frames[start:start + self.max_batch_size]
-            with self._lock:
-                (resized,) = self._pipe.run(frames=list(chunk), sizes=[size] * len(chunk))
-            out.extend(to_numpy(resized))
-        return np.stack(out)
+        size = (round(h * scale), round(w * scale))
+        out = np.empty((n, *size, frames.shape[-1]), np.uint8)
+        return self._pipe.run_into(out, frames=list(frames), sizes=[np.array(size, np.float32)] * n)

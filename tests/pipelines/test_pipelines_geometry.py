@@ -374,3 +374,16 @@ def test_composite_over_the_mask_rows_equals_the_per_pixel_one(group_photo):
     assert (out != group_photo).any()
     _composite(out, face, np.zeros_like(mask), box)  # an empty mask changes nothing
     np.testing.assert_array_equal(out, expected)
+
+
+def test_downscaler_sizes_and_chunks_like_an_area_resize(group_photo):
+    from swapstream.pipelines.resize import Downscaler
+
+    frames = np.stack([group_photo, group_photo[::-1], group_photo // 2])
+    small = Downscaler(640, "cpu", max_batch_size=2)(frames)  # 3 frames: two DALI runs
+
+    assert small.shape == (3, 443, 640, 3) and small.dtype == np.uint8
+    for frame, out in zip(frames, small):
+        reference = cv2.resize(frame, (640, 443), interpolation=cv2.INTER_AREA)
+        assert np.abs(out.astype(int) - reference).mean() < 2.0  # antialiased linear against pixel-area averaging
+    assert Downscaler(2000)(frames) is frames  # small enough already: not copied
