@@ -245,7 +245,8 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
     holes = [box.points(target_mesh, LIPS_INNER)]
     if keep_eyes:
         holes += [box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)]
-    hole = _feather(cv2.dilate(box.fill(holes), _disc(HOLE_GROW)), HOLE_SIGMA)
+    inside = box.fill(holes)
+    hole = np.maximum(_feather(cv2.dilate(inside, _disc(HOLE_GROW)), HOLE_SIGMA), inside)  # inside: all target
     face, mask = target.copy(), np.zeros((SIZE, SIZE), np.uint8)
     mask[box.slices] = cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255)
     face[box.slices] = np.where(covered[..., None], matched, here)

@@ -1,0 +1,191 @@
+"""The mesh swapper on real faces, through the session Triton's ``facemesh``, judged by dlib's recognizer."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from swapstream.pipelines.align import footprint
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
+from swapstream.services.engine.swappers import mesh_warp
+from swapstream.services.engine.swappers.choice import choose_swapper
+from swapstream.services.engine.swappers.mesh import UNTOUCHED_FOLDED, UNTOUCHED_NO_MESH, MeshSwapper
+from swapstream.services.engine.tracking import TrackedFace
+from tests.helpers.judge import SAME_PERSON, distances_to, judge
+from tests.helpers.media import MEDIA, frames_of, read_rgb
+
+SOURCE = "img01_single_frontal_obama.jpg"
+
+
+@pytest.fixture(scope="module")
+def mesh(client) -> MeshSwapper:
+    return MeshSwapper(client)
+
+
+@pytest.fixture(scope="module")
+def engine(client, mesh) -> FaceSwapper:
+    return FaceSwapper(client, mesh)
+
+
+@pytest.fixture(scope="module")
+def source(engine) -> dict:
+    return engine.source_identity([MEDIA / SOURCE], [])
+
+
+@pytest.fixture(scope="module")
+def source_person(client) -> np.ndarray:
+    rgb = read_rgb(SOURCE)
+    found = client.detect(rgb[None])
+    return judge().descriptors(rgb, found.boxes[:1])[0]
+
+
+def tracked(found) -> list[tuple[int, TrackedFace]]:
+    return [(int(i), TrackedFace(n, b, lm, lm, float(s), False))
+            for n, (i, b, lm, s) in enumerate(zip(found.frame_index, found.boxes, found.landmarks, found.scores))]
+
+
+def outside_faces(shape, boxes, frame_index, frame) -> np.ndarray:
+    """Pixels of one frame farther than a quarter of a face box from every face box of that frame."""
+    keep = np.ones(shape[:2], bool)
+    for (x1, y1, x2, y2), index in zip(boxes, frame_index):
+        if index == frame:
+            mx, my = (x2 - x1) / 4, (y2 - y1) / 4
+            keep[max(int(y1 - my), 0):int(y2 + my) + 1, max(int(x1 - mx), 0):int(x2 + mx) + 1] = False
+    return keep
+
+
+@pytest.mark.parametrize("clip, step", [("vid03_square_480_expressions.mp4", 36),
+                                        ("vid01_talking_head_1280x720_audio.mp4", 47)])
+def test_swapped_face_is_judged_the_source_person_and_the_background_is_unchanged(engine, source, source_person,
+                                                                                   clip, step):
+    frames = frames_of(MEDIA / clip)[::step]
+    found = engine.detect(frames)
+    faces = tracked(found)
+    assert len(faces) == len(frames)
+    swapped = engine.swap_frames(frames, faces, [source], StageClock())
+    after = np.array([distances_to(source_person, swapped[i], found.boxes[k:k + 1])[0] for k, (i, _) in enumerate(faces)])
+    before = np.array([distances_to(source_person, frames[i], found.boxes[k:k + 1])[0] for k, (i, _) in enumerate(faces)])
+    assert (after < SAME_PERSON).mean() >= 0.8, f"judged the source in too few frames: distances {after.round(2)}"
+    assert (before >= SAME_PERSON).all()  # the target is someone else, or the judge could not tell
+    assert after.mean() < before.mean() - 0.2
+    for i in range(len(frames)):
+        keep = outside_faces(frames.shape[1:], found.boxes, found.frame_index, i)
+        assert np.array_equal(swapped[i][keep], frames[i][keep]), f"frame {i} changed outside its face"
+        assert not np.array_equal(swapped[i], frames[i])
+
+
+def test_a_group_photo_every_frontal_face_is_swapped(engine, source, source_person):
+    rgb = read_rgb("img07_group6_t1.jpg")
+    found = engine.detect(rgb[None])
+    clock = StageClock()
+    swapped = engine.swap_frames(rgb[None], tracked(found), [source], clock)[0]
+    after = distances_to(source_person, swapped, found.boxes)
+    before = distances_to(source_person, rgb, found.boxes)
+    # The face turned far to the side is left untouched (its mesh folds) and said so; the others are swapped.
+    assert clock.notes() == [f"{UNTOUCHED_FOLDED}: 1"]
+    assert (after < SAME_PERSON).sum() >= 4 and (before >= SAME_PERSON).all()
+    keep = outside_faces(rgb.shape, found.boxes, found.frame_index, 0)
+    assert np.array_equal(swapped[keep], rgb[keep])
+
+
+@pytest.fixture(scope="module")
+def open_mouth(engine, client):
+    """The vid03 frame (of every fourth) whose mouth is open widest: its aligned crop and mesh."""
+    frames = frames_of(MEDIA / "vid03_square_480_expressions.mp4")[::4]
+    found = engine.detect(frames)
+    crops = engine.crops(frames, found.frame_index, found.landmarks, ("ffhq_512", FACE_SIZE))
+    meshes, _ = client.facemesh(crops)
+    opening = [cv2.contourArea(m[list(mesh_warp.LIPS_INNER), :2]) for m in meshes]
+    widest = int(np.argmax(opening))
+    assert opening[widest] > 1500  # px^2 of a 512 crop: teeth and tongue visible
+    return crops[widest], meshes[widest]
+
+
+def ring_inside(mesh, ring, shrink: int) -> np.ndarray:
+    filled = np.zeros((FACE_SIZE, FACE_SIZE), np.uint8)
+    cv2.fillPoly(filled, [np.round(mesh[list(ring), :2]).astype(np.int32)], 255)
+    return cv2.erode(filled, np.ones((2 * shrink + 1,) * 2, np.uint8)) > 0
+
+
+def test_an_open_mouth_keeps_the_target_mouth_interior_and_eyes(mesh, source, open_mouth):
+    crop, target_mesh = open_mouth
+    faces, masks = mesh.swap(crop[None], [source], StageClock())
+    mouth = ring_inside(target_mesh, mesh_warp.LIPS_INNER, 2)
+    eyes = ring_inside(target_mesh, mesh_warp.EYE_RIGHT, 1) | ring_inside(target_mesh, mesh_warp.EYE_LEFT, 1)
+    cheeks = ring_inside(target_mesh, mesh_warp.FACE_OVAL, 40) & ~mesh_warp._features(
+        mesh_warp.WHOLE, target_mesh, 10).astype(bool)
+    assert mouth.sum() > 1000 and eyes.sum() > 100 and cheeks.sum() > 5000
+    assert masks[0][mouth].max() == 0, "the source's mouth was pasted into the open mouth"
+    assert masks[0][eyes].max() == 0
+    assert masks[0][cheeks].min() > 200
+    assert np.abs(faces[0][cheeks].astype(int) - crop[cheeks]).mean() > 10  # the cheeks are the source's
+
+
+def test_faces_without_a_usable_mesh_are_left_untouched_with_a_note(mesh, source, engine):
+    profile = read_rgb("img05_profile_left.jpeg")
+    found = engine.detect(profile[None])
+    crops = engine.crops(profile[None], found.frame_index, found.landmarks, ("ffhq_512", FACE_SIZE))
+    blank = np.full((1, FACE_SIZE, FACE_SIZE, 3), 128, np.uint8)
+    clock = StageClock()
+    faces, masks = mesh.swap(np.concatenate([crops, blank]), [source], clock)
+    assert not masks.any()
+    assert sorted(clock.notes()) == sorted([f"{UNTOUCHED_FOLDED}: 1", f"{UNTOUCHED_NO_MESH}: 1"])
+    assert mesh.swap(np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8), [source], clock)[1].shape == (0, 512, 512)
+
+
+def test_a_source_in_profile_is_refused_with_what_to_do(engine):
+    with pytest.raises(SwapInputError, match="frontal photo"):
+        engine.source_identity([MEDIA / "img05_profile_left.jpeg"], [])
+
+
+def test_tiny_faces_in_a_crowd_clip_never_change_pixels_outside_their_boxes(engine, source):
+    frames = frames_of(MEDIA / "vid04_multi_small_faces_cuts_audio.mp4")[::50]
+    found = engine.detect(frames)
+    assert len(found) >= 5
+    swapped = engine.swap_frames(frames, tracked(found), [source], StageClock())
+    matrices = similarity_to(found.landmarks, "ffhq_512", FACE_SIZE)
+    for i in range(len(frames)):
+        keep = np.ones(frames.shape[1:3], bool)
+        for matrix, index in zip(matrices, found.frame_index):
+            if index == i:
+                box = footprint(matrix, FACE_SIZE, *frames.shape[1:3])
+                keep[box.y0:box.y1, box.x0:box.x1] = False
+        assert np.array_equal(swapped[i][keep], frames[i][keep])
+
+
+def test_each_face_uses_the_source_photo_whose_head_pose_is_closest(mesh, engine, open_mouth):
+    crop, target_mesh = open_mouth
+    both = engine.source_identity([MEDIA / SOURCE, MEDIA / "img03_single_frontal_rose_leslie.jpg"], [])
+    assert len(both["texture"]) == 2
+    target_pose = mesh_warp.mesh_pose(target_mesh[None])[0]
+    closest = int(np.argmin(np.abs(both["pose"] - target_pose).sum(axis=1)))
+    alone = {key: value[closest:closest + 1] for key, value in both.items()}
+    other = {key: value[1 - closest:2 - closest] for key, value in both.items()}
+    chosen = mesh.swap(crop[None], [both], StageClock())
+    assert np.array_equal(chosen[0], mesh.swap(crop[None], [alone], StageClock())[0])
+    assert not np.array_equal(chosen[0], mesh.swap(crop[None], [other], StageClock())[0])
+
+
+def test_warp_of_a_mesh_onto_itself_is_the_identity(open_mouth):
+    crop, target_mesh = open_mouth
+    box = mesh_warp.Box(target_mesh, 4)
+    map_x, map_y, covered, away = mesh_warp.warp_map(box, target_mesh, target_mesh,
+                                                     mesh_warp.triangulate(target_mesh))
+    ys, xs = np.nonzero(covered)
+    assert away == 0.0 and covered.mean() > 0.5
+    assert np.abs(map_x[ys, xs] - (xs + box.x0)).max() < 1e-2
+    assert np.abs(map_y[ys, xs] - (ys + box.y0)).max() < 1e-2
+    assert (map_x[~covered] == -1).all()
+
+
+def test_the_default_swapper_is_simswap_only_with_its_real_weights():
+    assert choose_swapper(None, {"yunet"}).name == "mesh"
+    assert choose_swapper(None, {"yunet", "simswap"}).name == "mesh"  # its ArcFace is needed too
+    assert choose_swapper(None, {"yunet", "simswap", "arcface"}).name == "simswap"
+    asked = choose_swapper("simswap", {"yunet"})
+    assert asked.name == "simswap" and "stand-ins" in asked.reason
+    assert choose_swapper("mesh", {"simswap", "arcface"}).name == "mesh"
+    with pytest.raises(ValueError, match="mesh, simswap"):
+        choose_swapper("deepfake", set())
