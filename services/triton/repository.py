@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from swapstream.services.triton import batching, costtrue, glue, standins
+from swapstream.services.triton import batching, costtrue, facemesh, glue, standins
 from swapstream.services.triton.model_store import ModelEntry, ModelVerificationError, default_models_dir, load_manifest, verify
 from swapstream.services.triton.server import EmbeddedTriton
 
@@ -31,6 +31,8 @@ NETWORKS = {"yunet": "yunet", "arcface": "arcface_simswap", "simswap": "simswap_
             "bisenet": "bisenet"}
 # Networks served with a reduction appended to their graph (``model.onnx`` is then written, never linked).
 REDUCED = {"bisenet": glue.with_parser_labels}
+# Networks converted from a file inside an installed wheel when the repository is built (cached): folder -> builder.
+CONVERTED = {"facemesh": facemesh.build}
 REQUIRED_REAL = {"yunet"}  # a detector stand-in would find no faces: the real YuNet is small and in shared/
 
 
@@ -60,7 +62,8 @@ def weight_dirs_for(models: str | Path | None) -> list[Path]:
 @dataclass(frozen=True)
 class ModelSource:
     model: str
-    kind: str          # "real", "stand-in", "cost-true" (a stand-in with the real architecture), "glue" or "ensemble"
+    kind: str          # "real", "stand-in", "cost-true" (a stand-in with the real architecture), "converted",
+                       # "glue" or "ensemble"
     detail: str        # the weights' path, or what was built
 
 
@@ -157,6 +160,13 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
         if name in builders:
             onnx.save(builders[name](), str(target))
             sources.append(ModelSource(name, "glue", "built from services/glue.py"))
+        elif name in CONVERTED:
+            try:
+                model, how = CONVERTED[name]()
+            except facemesh.FaceMeshUnavailable as error:
+                raise RepositoryError(str(error)) from error
+            onnx.save(model, str(target))
+            sources.append(ModelSource(name, "converted", how))
         elif name in NETWORKS:
             entry = manifest[NETWORKS[name]]
             kind, path = _weights(entry, weight_dirs)

@@ -132,3 +132,30 @@ def test_the_parser_is_served_with_its_argmax(built):
     assert labels.dtype == np.uint8 and labels.shape == (2, 512, 512)
     np.testing.assert_array_equal(labels, scores.argmax(axis=1))
     assert len(np.unique(labels)) > 1
+
+
+def test_the_repository_in_git_holds_configs_only():
+    """Weights and converted networks are put beside the configs when a repository is built, never committed."""
+    for folder in repository.CONFIG_REPOSITORY.iterdir():
+        assert [p.name for p in folder.iterdir()] == ["config.pbtxt"], folder
+
+
+def test_converted_models_have_configs_and_are_built(tmp_path):
+    sources = {s.model: s for s in repository.build_repository(tmp_path / "repo", [repository.shared_dir() / "models"])}
+    assert set(repository.CONVERTED) <= set(CONFIG)
+    for name in repository.CONVERTED:
+        assert sources[name].kind == "converted" and "face_landmark.tflite" in sources[name].detail
+
+
+def test_the_facemesh_config_has_the_served_graphs_shapes(built):
+    """Each tensor's dims, not only its rank: two faces through the built graph give the config's shapes."""
+    import numpy as np
+    import onnxruntime
+
+    config = CONFIG["facemesh"]
+    session = onnxruntime.InferenceSession(str(built / "facemesh" / "1" / "model.onnx"))
+    (faces,) = config.input
+    outputs = session.run([t.name for t in config.output],
+                          {faces.name: np.zeros([2 if d == -1 else d for d in faces.dims], np.uint8)})
+    for tensor, value in zip(config.output, outputs):
+        assert list(value.shape) == [2 if d == -1 else d for d in tensor.dims], tensor.name
