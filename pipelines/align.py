@@ -69,7 +69,11 @@ def to_numpy(tensor_list) -> list[np.ndarray]:
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a 2x3 affine matrix (as cv2.invertAffineTransform)."""
     m = np.asarray(matrix, dtype=np.float64)
-    linear_inv = np.linalg.inv(m[:, :2])
+    (a, b), (c, d) = m[:, :2]
+    det = a * d - b * c
+    if det == 0:
+        raise np.linalg.LinAlgError("the affine matrix is singular")
+    linear_inv = np.array([[d, -b], [-c, a]]) / det  # closed form: np.linalg.inv costs ~10x more on a 2x2
     return np.hstack([linear_inv, (-linear_inv @ m[:, 2])[:, None]])
 
 
