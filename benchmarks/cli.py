@@ -37,7 +37,7 @@ def add_bench_command(commands) -> None:
                     "the same model files. load: N concurrent gRPC clients calling one Triton model. live: N "
                     "concurrent live streams of a clip at real-time pace, cross-stream batching against frame by "
                     "frame.")
-    bench.add_argument("mode", nargs="?", choices=["run", "load", "live"], default="run")
+    bench.add_argument("mode", nargs="?", choices=["run", "load", "live", "quality"], default="run")
     bench.add_argument("--clip", help="target video (default: the first frames of the shared talking-head clip, "
                                       "or a clip made from a shared photo)")
     bench.add_argument("--frames", type=int, help="use the first N frames of the clip (default clip: 60); live: "
@@ -65,6 +65,11 @@ def add_bench_command(commands) -> None:
                                             "it serves); default: built from --models")
     bench.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models); "
                                         "cost-true: the real networks' architectures with generated weights")
+    bench.add_argument("--swapper", choices=["mesh", "simswap"],
+                       help="quality: the swapper judged (default: as a swap run chooses)")
+    bench.add_argument("--targets", nargs="+", metavar="NAME",
+                       help="quality: shared clips and photos (names in ../shared/media) or paths (default: all)")
+    bench.add_argument("--judge-every", type=int, default=6, help="quality: judge every Nth frame of a clip (6)")
     bench.add_argument("--out", default="bench-results", help="results folder (bench-results)")
     bench.set_defaults(func=cmd_bench)
 
@@ -85,7 +90,17 @@ def cmd_bench(args) -> int:
         models=Path(args.models) if args.models else None,
         repository=Path(args.repository) if args.repository else None, triton=args.triton)
     try:
-        if args.mode == "live":
+        if args.mode == "quality":
+            from swapstream.benchmarks.judge import JudgeUnavailable
+            from swapstream.benchmarks.quality import quality_summary_text, run_quality_bench, write_quality_results
+
+            try:
+                results = run_quality_bench(config, args.swapper, args.frames or 90, args.judge_every, args.targets)
+            except JudgeUnavailable as error:
+                raise ValueError(str(error)) from None
+            written = write_quality_results(results, config.out)
+            print(quality_summary_text(results))
+        elif args.mode == "live":
             from swapstream.benchmarks.live import live_summary_text, run_live_bench, write_live_results
 
             results = run_live_bench(config, args.streams or [1, 2, 4, 8])
