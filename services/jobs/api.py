@@ -467,7 +467,8 @@ def create_app(service: Service) -> FastAPI:
 
     app.include_router(v1)
     live = mount_live(app, service.client, service.data_dir, config.device, config.live, service.metrics.live,
-                      config.token, [Depends(require_token)], limits.max_photo_bytes)
+                      config.token, [Depends(require_token)], limits.max_photo_bytes, service.store)
+    app.state.live = live
 
     # Health answers on the event loop (and readiness in its own threads), never queued behind request work.
     @app.get("/healthz", summary="The process is up")

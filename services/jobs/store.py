@@ -127,6 +127,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS job_store_health (
         id INTEGER PRIMARY KEY, checked_at DOUBLE PRECISION NOT NULL, checked_by TEXT NOT NULL
     )""",
+    # Live tickets by their SHA-256 (the ticket itself is a secret): any replica redeems what another issued.
+    """CREATE TABLE IF NOT EXISTS live_tickets (
+        digest TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL
+    )""",
 )
 
 
@@ -362,6 +366,20 @@ class JobStore:
             deleted = tx.execute(f"DELETE FROM jobs WHERE id = ? AND state IN ({placeholders})",
                                  (job_id, *sorted(FINAL)))
             return deleted.rowcount > 0
+
+    # --- live tickets ---------------------------------------------------------------------------------------------
+
+    def add_ticket(self, digest: str, expires_at: float, now: float) -> None:
+        """Keeps a ticket until ``expires_at``; the tickets expired unused by ``now`` are removed on the way."""
+        with self._transaction(write=True) as tx:
+            tx.execute("DELETE FROM live_tickets WHERE expires_at <= ?", (now,))
+            tx.execute("INSERT INTO live_tickets (digest, expires_at) VALUES (?, ?)", (digest, expires_at))
+
+    def take_ticket(self, digest: str) -> float | None:
+        """Removes a ticket and returns its expiry; None when it is unknown or already taken (by any replica)."""
+        with self._transaction(write=True) as tx:
+            row = tx.row("DELETE FROM live_tickets WHERE digest = ? RETURNING expires_at", (digest,))
+        return row[0] if row else None
 
     # --- the workers' writes ----------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.scheduler import Scheduler
 from swapstream.services.live.sources import IdentityMaker, SourceStore
 from swapstream.services.live.stream import Frame, LiveStream, StreamOptions
-from swapstream.services.live.tickets import TicketStore
+from swapstream.services.live.tickets import TicketBackend, TicketStore
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
@@ -46,12 +46,13 @@ class LiveServer:
     """The scheduler thread, the ticket and source stores, and the identities of one service process."""
 
     def __init__(self, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
-                 metrics: LiveMetrics, token: str | None, max_photo_bytes: int):
+                 metrics: LiveMetrics, token: str | None, max_photo_bytes: int, ticket_backend: TicketBackend):
         self.limits = limits
         self.token = token
         self.max_photo_bytes = max_photo_bytes
         self.metrics = metrics
-        self.tickets = TicketStore(limits.ticket_seconds)
+        self.tickets = TicketStore(ticket_backend, limits.ticket_seconds)  # shared by the replicas (job store)
+        self.draining = False  # set when the service drains: new sockets are closed with 1012
         self.sources = SourceStore(data_dir / "sources")
         swapper = create_swapper("simswap", client)
         self.identities = IdentityMaker(FaceSwapper(client, swapper, device))
@@ -77,10 +78,11 @@ class LiveServer:
 
 
 def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
-               metrics: LiveMetrics, token: str | None, auth: Sequence, max_photo_bytes: int) -> LiveServer:
+               metrics: LiveMetrics, token: str | None, auth: Sequence, max_photo_bytes: int,
+               ticket_backend: TicketBackend) -> LiveServer:
     """Adds the live routes to ``app``; ``auth`` are the dependencies of the ``/v1`` HTTP routes (the bearer
     token). The caller stops the returned server when the app stops."""
-    live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes)
+    live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes, ticket_backend)
     v1 = APIRouter(prefix="/v1", dependencies=list(auth))
 
     @v1.post("/sources", status_code=201, summary="Store a source identity (computed once) for live streams")

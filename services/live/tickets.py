@@ -1,32 +1,43 @@
 """Short-lived, single-use tickets that open a WebSocket: a browser cannot set an Authorization header on one,
-and the long-lived token must never appear in a URL or a log."""
+and the long-lived token must never appear in a URL or a log.
+
+Tickets are kept in the job store (``add_ticket`` / ``take_ticket``), by their SHA-256 only, so that a ticket
+issued by one service replica opens a stream on any other, and a ticket is used once across all of them.
+"""
 from __future__ import annotations
 
+import hashlib
 import secrets
-import threading
 import time
+from typing import Protocol
+
+
+class TicketBackend(Protocol):
+    def add_ticket(self, digest: str, expires_at: float, now: float) -> None: ...
+
+    def take_ticket(self, digest: str) -> float | None: ...
+
+
+def _digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 class TicketStore:
-    def __init__(self, seconds: float = 60.0, clock=time.monotonic):
+    def __init__(self, backend: TicketBackend, seconds: float = 60.0, clock=time.time):
+        """``clock``: epoch seconds, the same on every replica (a ticket crosses machines)."""
+        self.backend = backend
         self.seconds = seconds
         self._clock = clock
-        self._expiry: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def issue(self) -> str:
         ticket = secrets.token_urlsafe(24)
-        with self._lock:
-            now = self._clock()
-            for old in [t for t, expiry in self._expiry.items() if expiry <= now]:
-                del self._expiry[old]  # expired and never used
-            self._expiry[ticket] = now + self.seconds
+        now = self._clock()
+        self.backend.add_ticket(_digest(ticket), now + self.seconds, now)
         return ticket
 
     def redeem(self, ticket: str) -> str | None:
         """None when the ticket is good (it is used up now); else why it is refused."""
-        with self._lock:
-            expiry = self._expiry.pop(ticket, None)
+        expiry = self.backend.take_ticket(_digest(ticket))
         if expiry is None:
             return "unknown or already used ticket: get a new one from POST /v1/live/tickets"
         if expiry <= self._clock():

@@ -13,6 +13,7 @@ import pytest
 
 from swapstream.services.jobs.store import (STATES, JobStore, JobStoreError, QueueFull, local_worker_is_dead,
                                 worker_id)
+from swapstream.services.live.tickets import TicketStore
 from tests.helpers.postgres_server import free_port, postgres_database_url, postgres_url  # noqa: F401 (fixtures)
 
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from pytest's process
@@ -382,3 +383,23 @@ def test_local_worker_is_dead():
     host, pid, _token, slot = worker_id().split(":")
     assert local_worker_is_dead(f"{host}:{pid}:0ldt0ken:{slot}"), "an earlier process that had this pid"
     assert not local_worker_is_dead(f"another-{host}:1:token:0"), "other hosts rely on heartbeat staleness"
+
+
+def test_live_tickets_are_single_use_across_replicas_and_expire(store, store_url):
+    replica = JobStore(store_url)  # another service process on the same store
+    now = [1000.0]
+    issuing, redeeming = (TicketStore(s, 60, clock=lambda: now[0]) for s in (store, replica))
+    try:
+        first, second, third = issuing.issue(), issuing.issue(), issuing.issue()
+        assert redeeming.redeem(first) is None
+        assert "already used" in issuing.redeem(first)
+        assert "unknown" in redeeming.redeem("made-up")
+        now[0] = 1061.0
+        assert "expired ticket" in redeeming.redeem(second)
+        fourth = issuing.issue()  # removes the expired, unused third on the way
+        with store._transaction() as tx:
+            kept = [row[0] for row in tx.execute("SELECT digest FROM live_tickets").fetchall()]
+        assert len(kept) == 1 and fourth not in kept[0] and third not in kept[0]  # digests only
+        assert redeeming.redeem(fourth) is None
+    finally:
+        replica.close()

@@ -21,7 +21,6 @@ from swapstream.benchmarks.media import cut
 from swapstream.services.engine.swapper import similarity_to
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
-from swapstream.services.live.tickets import TicketStore
 from swapstream.services.triton import standins
 from tests.helpers.engine import simswap_face_swapper, source_embedding
 from tests.helpers.media import MEDIA, frames_of
@@ -377,13 +376,3 @@ def test_a_client_that_never_reads_gets_frames_dropped_not_buffered(service, htt
     assert sorted(answered + run.dropped) == run.sent
     slow = metric_values(http)['swapstream_live_frames_dropped_total{reason="slow_client"}']
     assert slow > 0, "the server buffered every answer for a client that did not read"
-
-
-def test_tickets_expire():
-    now = [0.0]
-    tickets = TicketStore(60, clock=lambda: now[0])
-    first, second = tickets.issue(), tickets.issue()
-    assert tickets.redeem(first) is None
-    assert "already used" in tickets.redeem(first)
-    now[0] = 61.0
-    assert "expired ticket" in tickets.redeem(second)
