@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import tflite
 
 from swapstream.services.triton.onnx_graph import Graph
 
@@ -17,8 +16,13 @@ VERSION = 1  # of the conversion: a cached conversion of another version is redo
 BATCH = "K"
 NHWC_TO_NCHW = [0, 3, 1, 2]
 NCHW_TO_NHWC = [0, 2, 3, 1]
-_OPERATOR_NAMES = {code: name for name, code in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
-_FLOAT32 = tflite.TensorType.FLOAT32
+
+
+def _schema():
+    """The ``tflite`` flatbuffer package, imported when a conversion runs: importing it takes half a second,
+    which a repository build from the cached conversion should not pay."""
+    import tflite
+    return tflite
 
 
 class ConversionError(ValueError):
@@ -29,7 +33,8 @@ class _Reader:
     """The flatbuffer's first subgraph: tensors by index, their constant data, operator names and options."""
 
     def __init__(self, buffer: bytes):
-        self.model = tflite.Model.GetRootAsModel(buffer, 0)
+        self.schema = _schema()
+        self.model = self.schema.Model.GetRootAsModel(buffer, 0)
         if self.model.SubgraphsLength() != 1:
             raise ConversionError(f"expected one subgraph, found {self.model.SubgraphsLength()}")
         self.graph = self.model.Subgraphs(0)
@@ -56,15 +61,16 @@ class _Reader:
         return np.frombuffer(data.tobytes(), dtype=dtype).reshape(self.shape(index))
 
     def operators(self):
+        names = {code: name for name, code in vars(self.schema.BuiltinOperator).items() if not name.startswith("_")}
         for i in range(self.graph.OperatorsLength()):
             op = self.graph.Operators(i)
             code = self.codes[op.OpcodeIndex()]
-            yield _OPERATOR_NAMES.get(code, f"builtin code {code}"), op
+            yield names.get(code, f"builtin code {code}"), op
 
     def check_float32(self) -> None:
         for i in range(self.graph.TensorsLength()):
             tensor = self.graph.Tensors(i)
-            if tensor.Type() != _FLOAT32 and not self._is_pad_amounts(i):
+            if tensor.Type() != self.schema.TensorType.FLOAT32 and not self._is_pad_amounts(i):
                 raise ConversionError(f"tensor {self.tflite_name(i)!r} is of TFLite type {tensor.Type()}, not float32 "
                                       "(a quantised model is not handled)")
 
@@ -76,9 +82,9 @@ def _stem(value: str) -> str:
     return value.split(":")[0]
 
 
-def _options(op, kind):
+def _options(op, kind: str):
     table = op.BuiltinOptions()
-    options = kind()
+    options = getattr(_schema(), kind)()
     options.Init(table.Bytes, table.Pos)
     return options
 
@@ -91,23 +97,23 @@ def _same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[
 
 
 def _spatial_pads(padding: int, hw: list[int], kernel: list[int], strides: list[int], dilations: list[int]):
-    if padding == tflite.Padding.VALID:
+    if padding == _schema().Padding.VALID:
         return [0, 0, 0, 0]
-    if padding != tflite.Padding.SAME:
+    if padding != _schema().Padding.SAME:
         raise ConversionError(f"padding mode {padding} is neither SAME nor VALID")
     (top, bottom), (left, right) = (_same_pads(*args) for args in zip(hw, kernel, strides, dilations))
     return [top, left, bottom, right]
 
 
 def _no_activation(name: str, options, where: str) -> None:
-    if options.FusedActivationFunction() != tflite.ActivationFunctionType.NONE:
+    if options.FusedActivationFunction() != _schema().ActivationFunctionType.NONE:
         raise ConversionError(f"{name} {where!r} has fused activation {options.FusedActivationFunction()}, "
                               "which this converter does not translate")
 
 
 def _conv(g: Graph, r: _Reader, op, out: str, depthwise: bool) -> None:
     x, kernel_index, bias_index = (op.Inputs(i) for i in range(3))
-    options = _options(op, tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions)
+    options = _options(op, "DepthwiseConv2DOptions" if depthwise else "Conv2DOptions")
     _no_activation("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", options, out)
     kernel = r.constant(kernel_index)
     if kernel is None:
@@ -141,7 +147,7 @@ def _prelu(g: Graph, r: _Reader, op, out: str) -> None:
 
 
 def _add(g: Graph, r: _Reader, op, out: str) -> None:
-    _no_activation("ADD", _options(op, tflite.AddOptions), out)
+    _no_activation("ADD", _options(op, "AddOptions"), out)
     a, b = op.Inputs(0), op.Inputs(1)
     if r.constant(a) is not None or r.constant(b) is not None or r.shape(a) != r.shape(b):
         raise ConversionError(f"ADD {out!r}: only the sum of two computed tensors of one shape is handled")
@@ -149,7 +155,7 @@ def _add(g: Graph, r: _Reader, op, out: str) -> None:
 
 
 def _max_pool(g: Graph, r: _Reader, op, out: str) -> None:
-    options = _options(op, tflite.Pool2DOptions)
+    options = _options(op, "Pool2DOptions")
     _no_activation("MAX_POOL_2D", options, out)
     kernel = [options.FilterHeight(), options.FilterWidth()]
     strides = [options.StrideH(), options.StrideW()]
