@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from swapstream.pipelines.templates import template_points
+from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.triton.client import TritonCallError
 from swapstream.services.triton.facemesh import convert, served, source
 from tests.helpers.media import aligned_faces, read_rgb
@@ -152,3 +152,37 @@ def test_a_wrong_shape_is_refused_clearly(client):
     # Past the client, Triton itself refuses it by the config's dims.
     with pytest.raises(TritonCallError, match="facemesh"):
         client._infer("facemesh", {"FACES": np.zeros((1, 256, 256, 3), np.uint8)}, ["LANDMARKS"])
+
+
+def two_pass_mesh(interpreter_run, image: np.ndarray, box: np.ndarray, eyes: np.ndarray) -> np.ndarray:
+    """MediaPipe's own way in the frame: a square 1.5x the detector's box turned to the eye line, then the square
+    1.5x the first mesh's box turned to its eye corners (33 -> 263). Landmarks [468,2] in the frame's pixels."""
+    def crop(centre, side, angle):
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * side / 192
+        to_frame = np.hstack([rotation, (centre - rotation @ [96, 96])[:, None]])  # 192 edges -> frame edges
+        sample = to_frame.copy()
+        sample[:, 2] += rotation @ [0.5, 0.5] - 0.5  # pixel centres on both sides
+        pixels = cv2.warpAffine(image.astype(np.float32), sample, (192, 192), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        landmarks, _ = interpreter_run(pixels[None] / np.float32(255))
+        return landmarks[0, :, :2] @ to_frame[:, :2].T + to_frame[:, 2] - 0.5
+
+    x1, y1, x2, y2 = box
+    first = crop(np.array([x1 + x2, y1 + y2]) / 2 + 0.5, 1.5 * max(x2 - x1, y2 - y1), np.arctan2(*(eyes[1] - eyes[0])[::-1]))
+    low, high = first.min(0) + 0.5, first.max(0) + 0.5
+    return crop((low + high) / 2, 1.5 * max(high - low), np.arctan2(*(first[263] - first[33])[::-1]))
+
+
+def test_the_crop_window_gives_mediapipes_two_pass_mesh(client):
+    """One pass on the fixed window of an FFHQ-512 crop lands within a few pixels of MediaPipe's two passes in the
+    frame (3.8 px mean on these 8 faces; other windows 4.2 to 4.9, two-pass against three-pass 2.5 on 43 faces)."""
+    distances = []
+    for photo in PHOTOS[:3]:
+        image = read_rgb(photo)
+        found = client.detect(image[None])
+        for box, points in zip(found.boxes, found.landmarks):
+            to_crop = estimate_similarity(points, template_points("ffhq_512", 512))
+            face = cv2.warpAffine(image, to_crop, (512, 512), flags=cv2.INTER_LINEAR)
+            landmarks, _ = client.facemesh(face[None])
+            reference = two_pass_mesh(interpreter_outputs, image, box, points[:2]) @ to_crop[:, :2].T + to_crop[:, 2]
+            distances.append(np.linalg.norm(landmarks[0, :, :2] - reference, axis=1).mean())
+    assert len(distances) >= 8 and np.mean(distances) < 5, np.round(distances, 1)
