@@ -41,6 +41,7 @@ OVAL_INSET = 10         # the blend mask starts this far inside the face oval ..
 FEATHER_SIGMA = 7.0     # ... and fades out over about 2.5 sigma
 HOLE_GROW = 3           # mouth and eye holes grow by this much (the mesh's inner-lip corners lag wide openings)
 HOLE_SIGMA = 2.0
+SHADING_SIGMA = 24.0    # the target's shading is matched at scales above this (0: global colour match only)
 CONTRAST_RANGE = (0.8, 1.25)  # the colour match may change the source's spread by at most this factor
 SKIN_DISTANCE = 3.0     # a source pixel further than this (Mahalanobis, LAB) from its cheeks' skin is not skin
 RIM_WIDTH = 8           # hair is what is not skin and reaches this close to the source's face oval
@@ -221,6 +222,30 @@ def colour_match(warped: np.ndarray, target: np.ndarray, region: np.ndarray) -> 
     return cv2.cvtColor(np.clip(matched + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def _smooth_inside(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised convolution at a quarter of the resolution: the blur of ``image`` over ``weight`` > 0 only,
+    extended over the rest (the face's features take their surroundings' value)."""
+    h, w = weight.shape
+    small = (max(w // 4, 1), max(h // 4, 1))
+    weight = cv2.resize(weight.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+    image = cv2.resize(image.astype(np.float32), small, interpolation=cv2.INTER_AREA) * weight[..., None]
+    size = 2 * int(round(3 * sigma / 4)) + 1
+    blurred = cv2.GaussianBlur(image, (size, size), sigma / 4)
+    norm = cv2.GaussianBlur(weight, (size, size), sigma / 4)[..., None]
+    return cv2.resize(blurred / np.maximum(norm, 1e-3), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``face`` plus the slowly varying difference between ``target`` and it over the skin ``region``: the
+    target's light and its skin tone across the face (forehead to chin), so that no seam is left at the mask's
+    edge; features and texture (finer than SHADING_SIGMA) stay the source's."""
+    weight = (region > 0).astype(np.float32)
+    if weight.sum() < 100:
+        return face
+    difference = _smooth_inside(target, weight, SHADING_SIGMA) - _smooth_inside(face, weight, SHADING_SIGMA)
+    return np.clip(face + difference + 0.5, 0, 255).astype(np.uint8)
+
+
 def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
               triangles: np.ndarray, skin: np.ndarray, keep_eyes: bool = True, max_away: float = 1.0
               ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -241,6 +266,8 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
     region = cv2.threshold(solid, 127, 255, cv2.THRESH_BINARY)[1]
     region[_features(box, target_mesh, 4) > 0] = 0
     matched = colour_match(warped, here, region)
+    if SHADING_SIGMA:
+        matched = match_shading(matched, here, region)
     base = _feather(cv2.erode(solid, _disc(OVAL_INSET)), FEATHER_SIGMA)
     holes = [box.points(target_mesh, LIPS_INNER)]
     if keep_eyes:
