@@ -5,7 +5,9 @@ When the server dies abruptly (SIGKILL, the OOM killer, its parent killed), busy
 PID 1, holding hundreds of MB each, and their regions stay. Nothing in the server's own tree can clean up after
 a SIGKILL, so this small process sits between the launcher and the server:
 
-- it runs the server in a process group of its own (the stubs inherit it) and waits for it;
+- it runs the server in a process group of its own (the stubs inherit it) and waits for it; the server gets
+  SIGKILL from the kernel if this process dies first (PR_SET_PDEATHSIG in the server: a SIGKILLed reaper cannot
+  stop it, and a server left running would hold the ports its restart needs);
 - it stops the server (SIGTERM, then SIGKILL after ``--grace`` seconds) when asked (SIGTERM/SIGINT) or when
   its parent dies (the kernel sends it SIGTERM: PR_SET_PDEATHSIG);
 - however the server ended, it kills what is left of the group and removes the ``/dev/shm`` regions named with
@@ -75,7 +77,14 @@ def run(command: list[str], shm_prefix: str, grace: float, parent: int) -> int:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != parent:  # the parent died before the death signal was armed
         stopping.append(True)
-    server = subprocess.Popen(command, process_group=0)
+    me = os.getpid()
+
+    def die_with_me() -> None:  # in the server's process, between fork and exec
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != me:  # this process died before the signal was armed
+            os._exit(1)
+
+    server = subprocess.Popen(command, process_group=0, preexec_fn=die_with_me)
     try:
         while server.poll() is None and not stopping:
             time.sleep(0.1)
