@@ -125,7 +125,7 @@ def record(target: Path, source: Path, out: Path, batch_size: int) -> None:
                               stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
-        while not any(line.startswith("Triton ready") for line in lines):
+        while not any(line.strip().startswith("gRPC") for line in lines):  # printed after "Triton ready"
             line = server.stdout.readline()
             if not line:
                 raise SystemExit("swapstream triton exited:\n" + "".join(lines))
