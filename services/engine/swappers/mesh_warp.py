@@ -217,7 +217,7 @@ def colour_match(warped: np.ndarray, target: np.ndarray, region: np.ndarray) -> 
     matched = cv2.transform(lab, np.hstack([np.diag(ratio), shift[:, None]]).astype(np.float32))
     chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
     skin_chroma = max(float(np.hypot(s_mean[1] - 128, s_mean[2] - 128)), 1.0)
-    weight = np.minimum(chroma * (1 / skin_chroma), 1.0)[..., None]
+    weight = np.clip(chroma * (1 / skin_chroma), 0.5, 1.0)[..., None]
     matched[..., 1:] = lab[..., 1:] + weight * (matched[..., 1:] - lab[..., 1:])
     return cv2.cvtColor(np.clip(matched + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
