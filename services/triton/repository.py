@@ -136,6 +136,14 @@ def _weights(entry: ModelEntry, weight_dirs: list[Path]) -> tuple[str, Path | No
     return "absent", None
 
 
+def real_networks(weight_dirs: list[Path] | None = None) -> set[str]:
+    """The Triton models a repository built from ``weight_dirs`` serves with their real, verified weights (what
+    choosing the default swapper needs, also for a running Triton that shares these folders)."""
+    manifest = load_manifest()
+    weight_dirs = weight_dirs if weight_dirs is not None else default_weight_dirs()
+    return {name for name, key in NETWORKS.items() if _weights(manifest[key], weight_dirs)[0] == "real"}
+
+
 def _place(source: Path, target: Path, link: str) -> None:
     if link == "copy":
         shutil.copy2(source, target)
