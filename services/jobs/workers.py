@@ -37,6 +37,14 @@ class JobCancelled(Exception):
     pass
 
 
+class JobInterrupted(Exception):
+    """The service is draining and the job's time is up: it goes back to the queue for another replica."""
+
+
+DRAIN_REQUEUE_REASON = ("re-queued: the service replica running it stopped before it finished; another replica "
+                        "runs it again (this attempt is not counted)")
+
+
 def job_options(base: SwapOptions, options: dict, data_dir: Path, inputs: dict) -> SwapOptions:
     reference = inputs.get("reference")
     return replace(base, **options, reference=data_dir / reference if reference else None)
@@ -45,7 +53,8 @@ def job_options(base: SwapOptions, options: dict, data_dir: Path, inputs: dict) 
 class Worker(threading.Thread):
     def __init__(self, index: int, store: JobStore, data_dir: Path, triton_url: str, base_options: SwapOptions,
                  metrics: ServiceMetrics, wake: threading.Event, stop: threading.Event, disk: DiskSpace,
-                 triton_timeout: float | None = None):
+                 triton_timeout: float | None = None, draining: threading.Event | None = None,
+                 interrupt: threading.Event | None = None):
         super().__init__(name=f"swapstream-worker-{index}", daemon=True)
         self.id = worker_id(index)
         self.store = store
@@ -56,11 +65,23 @@ class Worker(threading.Thread):
         self.metrics = metrics
         self.wake = wake
         self.stop_event = stop
+        self.draining = draining or threading.Event()    # set: claim nothing more
+        self.interrupt = interrupt or threading.Event()  # set: the running job goes back to the queue now
         self.disk = disk
         self.busy = False
+        self.current: _Progress | None = None
+
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT_SECONDS while a job runs, whether or not a batch finished: the first batch of a job can
+        take longer than --stale-after on a loaded machine, and another replica must not take a live job over."""
+        while not self.stop_event.wait(HEARTBEAT_SECONDS):
+            progress = self.current
+            if progress is not None:
+                progress.beat()
 
     def run(self) -> None:
-        while not self.stop_event.is_set():
+        threading.Thread(target=self._heartbeat, name=f"{self.name}-heartbeat", daemon=True).start()
+        while not self.stop_event.is_set() and not self.draining.is_set():
             if self.disk.low():  # a job started now would fail for want of space: wait for it
                 self.stop_event.wait(DISK_RETRY_SECONDS)
                 continue
@@ -78,6 +99,7 @@ class Worker(threading.Thread):
             try:
                 self._run_job(job)
             finally:
+                self.current = None
                 self.busy = False
 
     def _run_job(self, job) -> None:
@@ -85,12 +107,16 @@ class Worker(threading.Thread):
         inputs = job.inputs
         # One name per attempt: a worker that lost its job never touches the result of the one that took it over.
         output = self.data_dir / "results" / f"{job.id}-{job.attempts}{inputs['result_suffix']}"
-        progress = _Progress(self, job)
+        progress = self.current = _Progress(self, job)
         try:
             summary = run_swap(self.swapper, [self.data_dir / s for s in inputs["sources"]],
                                self.data_dir / inputs["target"], output,
                                job_options(self.base_options, job.options, self.data_dir, inputs),
                                progress=progress, stage_observer=self._observe_stage)
+        except JobInterrupted:
+            output.unlink(missing_ok=True)
+            self._postpone(job, DRAIN_REQUEUE_REASON)
+            return
         except JobCancelled:
             output.unlink(missing_ok=True)
             if self.store.mark_cancelled(job.id, self.id):  # else taken over elsewhere: its files are in use
@@ -126,8 +152,12 @@ class Worker(threading.Thread):
     def _postpone_for_disk(self, job, error: BaseException) -> None:
         """A full disk is the machine's fault: the job waits in the queue, its attempt not counted."""
         log.warning("job %s: the disk is full (%s); re-queued until space is free", job.id, error)
-        reason = "waiting: the server's disk was full; the job runs again when space is free"
-        for _ in range(30):  # the store itself may need a moment of free space to write it
+        self._postpone(job, "waiting: the server's disk was full; the job runs again when space is free")
+        self.stop_event.wait(DISK_RETRY_SECONDS)
+
+    def _postpone(self, job, reason: str) -> None:
+        """Back to the queue without spending an attempt: the machine failed, not the job."""
+        for _ in range(30):  # the store itself may need a moment (free space, a reconnect) to write it
             try:
                 state = self.store.postpone(job.id, self.id, reason)
                 break
@@ -138,7 +168,6 @@ class Worker(threading.Thread):
         if state == "cancelled":
             self.metrics.jobs_finished.labels("cancelled").inc()
             remove_folder(self.data_dir / job.inputs["folder"])
-        self.stop_event.wait(DISK_RETRY_SECONDS)
 
     def _record_failure(self, job, error: BaseException) -> None:
         if isinstance(error, TritonCallError):
@@ -173,27 +202,34 @@ class Worker(threading.Thread):
 
 
 class _Progress:
-    """The ``progress`` callback: counts frames, heartbeats the store, stops the job when it was cancelled."""
+    """The ``progress`` callback: counts frames; stops the job when it was cancelled or taken over (``beat`` found
+    out) or when the service is draining and the job's time is up."""
 
     def __init__(self, worker: Worker, job):
         self.worker = worker
         self.job = job
         self.frames = 0
         self.faces = 0
-        self.last_beat = 0.0
         self.total = job.inputs.get("frames")
+        self.lost = threading.Event()
+
+    def beat(self) -> None:
+        """Writes the heartbeat with the progress so far (the worker's heartbeat thread calls it)."""
+        try:
+            if not self.worker.store.heartbeat(self.job.id, self.worker.id, self.frames, self.total, self.faces):
+                self.lost.set()
+        except Exception:  # noqa: BLE001 - a store outage: the next beat tries again
+            log.warning("job %s: heartbeat not written", self.job.id, exc_info=True)
 
     def __call__(self, frames: int, summary) -> None:
+        if self.worker.interrupt.is_set():
+            raise JobInterrupted
+        if self.lost.is_set():
+            raise JobCancelled
         self.frames += frames
         self.worker.metrics.frames.inc(frames)
         self.worker.metrics.faces.inc(summary.faces_swapped - self.faces)
         self.faces = summary.faces_swapped
-        now = time.monotonic()
-        if now - self.last_beat >= HEARTBEAT_SECONDS:
-            self.last_beat = now
-            if not self.worker.store.heartbeat(self.job.id, self.worker.id, self.frames, self.total,
-                                               summary.faces_swapped):
-                raise JobCancelled
 
 
 class WorkerPool:
@@ -201,8 +237,10 @@ class WorkerPool:
                  metrics: ServiceMetrics, disk: DiskSpace, triton_timeout: float | None = None):
         self.wake = threading.Event()
         self.stop_event = threading.Event()
+        self.draining = threading.Event()
+        self.interrupt = threading.Event()
         self.workers = [Worker(i, store, data_dir, triton_url, base_options, metrics, self.wake, self.stop_event,
-                               disk, triton_timeout) for i in range(count)]
+                               disk, triton_timeout, self.draining, self.interrupt) for i in range(count)]
 
     def start(self) -> None:
         for worker in self.workers:
@@ -217,6 +255,21 @@ class WorkerPool:
 
     def busy(self) -> int:
         return sum(worker.busy for worker in self.workers)
+
+    def drain(self, timeout: float, poll: float = 0.2) -> int:
+        """Claims nothing more; the running jobs get ``timeout`` seconds to finish, then go back to the queue
+        (without spending an attempt) at their next batch. Returns how many were re-queued that way."""
+        self.draining.set()
+        self.wake.set()
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(poll)
+        interrupted = self.busy()
+        if interrupted:
+            self.interrupt.set()
+            while self.busy() and time.monotonic() < deadline + 30:  # one batch, normally
+                time.sleep(poll)
+        return interrupted
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()

@@ -35,7 +35,7 @@ from tritonclient.utils import InferenceServerException
 log = logging.getLogger("swapstream.triton")
 
 PROBE_INTERVAL = 1.0     # seconds between two health rounds
-PROBE_TIMEOUT = 5.0      # a server silent for this long is down
+PROBE_TIMEOUT = 10.0     # a server silent for this long is down (a loaded 2-core machine answers within it)
 RESOLVE_INTERVAL = 10.0  # names are resolved again this often
 # Statuses that say the server failed, not the request: the call is sent again to another server.
 SERVER_FAULTS = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
