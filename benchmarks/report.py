@@ -12,6 +12,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
+from swapstream.benchmarks.decoders import reader_over_pyav  # noqa: E402
 from swapstream.services.engine.clock import STAGES  # noqa: E402
 
 THROUGHPUT_FIELDS = ["kind", "batch_size", "streams", "frames", "faces", "seconds", "frames_per_s", "faces_per_s",
@@ -19,7 +20,8 @@ THROUGHPUT_FIELDS = ["kind", "batch_size", "streams", "frames", "faces", "second
 STAGE_FIELDS = ["kind", "stage", "seconds", "share_of_wall"]
 TRITON_FIELDS = ["model", "requests", "executions", "queue_ms", "compute_input_ms", "compute_infer_ms",
                  "compute_output_ms"]
-DECODE_FIELDS = ["file", "codec", "resolution", "decoder", "frames", "seconds", "frames_per_s", "unsupported"]
+DECODE_FIELDS = ["file", "codec", "resolution", "decoder", "frames", "seconds", "frames_per_s", "cpu_seconds",
+                 "unsupported"]
 RATIO_FIELDS = ["batch_size", "pipeline_frames_per_s", "pipeline_over_baseline", "pipeline_over_bound",
                 "pipeline_over_bound_with_glue"]
 LOAD_FIELDS = ["model", "concurrency", "items_per_request", "seconds", "requests", "requests_per_s", "items_per_s",
@@ -182,10 +184,13 @@ def summary_text(results: dict) -> str:
                             [[t["model"], t["requests"], t["queue_ms"],
                               t["compute_input_ms"] + t["compute_infer_ms"] + t["compute_output_ms"]] for t in triton]))
     if results.get("decode"):
-        parts.append(_table(["decode", "file", "frames/s"],
+        parts.append(_table(["decode", "file", "frames/s", "CPU ms a frame"],
                             [[d["decoder"], f"{d['file']} ({d['codec']} {d['resolution']})",
-                              d["frames_per_s"] if d["frames_per_s"] is not None else "unsupported"]
+                              d["frames_per_s"] if d["frames_per_s"] is not None else "unsupported",
+                              1e3 * d["cpu_seconds"] / d["frames"] if d["frames"] else None]
                              for d in results["decode"]]))
+        parts += [f"{r['file']}: swapstream reader / raw PyAV decode to RGB: {r['wall']:.2f} by wall time, "
+                  f"{r['cpu']:.2f} by CPU time" for r in reader_over_pyav(results["decode"])]
     if results.get("comparison"):
         c = results["comparison"]
         parts.append(f"baseline vs pipeline output: {c.get('swapped_frames')} frames swapped of {c.get('frames')}, "

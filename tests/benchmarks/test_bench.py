@@ -96,6 +96,7 @@ def test_every_output_file_is_written_with_all_fields(bench):
             assert row["unsupported"] and not row["frames_per_s"]
         else:
             assert int(row["frames"]) == CLIP_FRAMES and float(row["frames_per_s"]) > 0, row
+            assert float(row["cpu_seconds"]) > 0, row
 
     chart = cv2.imread(str(out / "throughput.png"))
     assert chart is not None and chart.shape[0] > 200 and chart.shape[1] > 300
@@ -203,3 +204,14 @@ def test_gpu_runs_use_cuda_or_refuse():
     else:
         with pytest.raises(ValueError, match="onnxruntime-gpu"):
             providers_for("gpu")
+
+
+def test_the_reader_over_raw_pyav_comes_from_the_decode_rows(bench):
+    out, results, printed = bench
+    rows = {(r["file"], r["decoder"].split(" (")[0]): r for r in results["decode"]}
+    for file in {r["file"] for r in results["decode"]}:
+        reader, pyav = rows[file, "swapstream reader"], rows[file, "pyav"]
+        wall = reader["frames_per_s"] / pyav["frames_per_s"]
+        cpu = (pyav["cpu_seconds"] / pyav["frames"]) / (reader["cpu_seconds"] / reader["frames"])
+        assert f"{file}: swapstream reader / raw PyAV decode to RGB: {wall:.2f} by wall time, {cpu:.2f} by CPU time" \
+            in printed
