@@ -32,6 +32,7 @@ from swapstream.services.engine.photos import read_photo
 from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
 from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.engine.swappers.choice import choose_swapper
+from swapstream.services.engine.swappers.mesh import face_meshes
 from swapstream.services.engine.tracking import FaceTracker, TrackedFace, TrackedFrame, crop_jitter
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.repository import shared_dir
@@ -129,7 +130,7 @@ class QualityRun:
         for (_, face) in chosen:
             landmarks.setdefault(face.track_id, []).append(face.landmarks)
         if self.engine.swapper.name == "mesh":  # the mesh the swap followed, back in frame pixels
-            found, _ = self.engine.client.facemesh(aligned)
+            found, _ = face_meshes(self.engine.client, aligned)
             for (_, face), mesh, matrix in zip(chosen, found, matrices):
                 inverse = cv2.invertAffineTransform(matrix)
                 meshes.setdefault(face.track_id, []).append(mesh[:, :2] @ inverse[:, :2].T + inverse[:, 2])

@@ -12,7 +12,7 @@ from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
 from swapstream.services.engine.swappers import mesh_warp
 from swapstream.services.engine.swappers.choice import choose_swapper
-from swapstream.services.engine.swappers.mesh import UNTOUCHED_FOLDED, UNTOUCHED_NO_MESH, MeshSwapper
+from swapstream.services.engine.swappers.mesh import UNTOUCHED_FOLDED, UNTOUCHED_NO_MESH, MeshSwapper, face_meshes
 from swapstream.services.engine.tracking import TrackedFace
 from tests.helpers.judge import SAME_PERSON, distances_to, judge
 from tests.helpers.media import MEDIA, read_rgb
@@ -104,7 +104,7 @@ def open_mouth(engine, client):
     frames = every("vid03_square_480_expressions.mp4", 4)
     found = engine.detect(frames)
     crops = engine.crops(frames, found.frame_index, found.landmarks, ("ffhq_512", FACE_SIZE))
-    meshes, _ = client.facemesh(crops)
+    meshes, _ = face_meshes(client, crops)
     opening = [cv2.contourArea(m[list(mesh_warp.LIPS_INNER), :2]) for m in meshes]
     widest = int(np.argmax(opening))
     assert opening[widest] > 1500  # px^2 of a 512 crop: teeth and tongue visible
