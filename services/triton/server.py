@@ -7,6 +7,7 @@ services and the tests use.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -20,8 +21,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytriton
 
 from swapstream.services.triton import reaper
 
@@ -50,8 +49,13 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 def _wheel_paths() -> tuple[Path, Path, Path]:
-    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
-    libs = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    # Only the wheel's files are used: importing pytriton itself costs seconds (its client pulls in aiohttp).
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise TritonStartError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0")
+    package = Path(spec.origin).resolve().parent
+    root = package / "tritonserver"
+    libs = package.parent / "nvidia_pytriton.libs"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
