@@ -1,6 +1,7 @@
 """The one photo reader: every photo that enters (job uploads, swap-image, analyse, sources, a live ``start``'s
 source image) and every live frame is checked from its header first: the format, the frame count and the size,
-before any pixel is decoded (an 856 KB PNG can claim 30000x30000 pixels, 2.7 GB decoded)."""
+before any pixel is decoded (an 856 KB PNG can claim 30000x30000 pixels, 2.7 GB decoded), and a JPEG's scans are
+counted (``jpeg_scans``: 400 KB of empty progressive scans cost minutes of decoding)."""
 from __future__ import annotations
 
 import io
@@ -13,15 +14,18 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from swapstream.services.engine.errors import PhotoError
+from swapstream.services.engine.jpeg_scans import MAX_SCANS, count_scans
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # what IMAGE_SUFFIXES name, as Pillow reports it
 MAX_PIXELS = 7680 * 4320  # 8K UHD
 
 
-def check_header(source: Path | bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] = PHOTO_FORMATS) -> str:
-    """The photo's format once its header passed: one of ``formats``, a still image, at most ``max_pixels``.
-    Nothing is decoded. Raises PhotoError (its ``reason`` names no file)."""
+def check_header(source: Path | bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] = PHOTO_FORMATS,
+                 max_side: int | None = None) -> str:
+    """The photo's format once its header passed: one of ``formats``, a still image, at most ``max_pixels`` (and
+    ``max_side`` pixels a side), a JPEG of at most ``MAX_SCANS`` scans. Nothing is decoded. Raises PhotoError (its
+    ``reason`` names no file)."""
     names = " or ".join(formats)
     try:
         with warnings.catch_warnings():
@@ -38,8 +42,15 @@ def check_header(source: Path | bytes, max_pixels: int = MAX_PIXELS, formats: tu
         raise PhotoError(f"not a {names} image ({kind}); send a still photo encoded as {names}")
     if width * height > max_pixels:
         raise PhotoError(f"{width}x{height} is {_over(max_pixels)}; downscale it")
+    if max_side is not None and max(width, height) > max_side:
+        raise PhotoError(f"{width}x{height} is more than {max_side} pixels a side; send the usual shape of a camera "
+                         "or photo (e.g. 1280x720)")
     if frames != 1:
         raise PhotoError(f"an animated image ({frames} frames); send a still photo")
+    if kind == "JPEG":
+        scans = count_scans(source if isinstance(source, bytes) else Path(source).read_bytes())
+        if scans > MAX_SCANS:
+            raise PhotoError(f"a JPEG of {scans} scans (at most {MAX_SCANS}); re-encode it as an ordinary JPEG")
     return kind
 
 
@@ -48,11 +59,21 @@ def _over(max_pixels: int) -> str:
     return f"larger than {limit} ({max_pixels} pixels allowed)"
 
 
-def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS,
-                 formats: tuple[str, ...] = PHOTO_FORMATS) -> tuple[np.ndarray, str]:
-    """(RGB uint8 [H,W,3], its format) of an encoded photo, its header checked first. Raises PhotoError."""
-    kind = check_header(data, max_pixels, formats)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] = PHOTO_FORMATS,
+                 max_side: int | None = None, longest: int | None = None) -> tuple[np.ndarray, str]:
+    """(RGB uint8 [H,W,3], its format) of an encoded photo, its header checked first. Raises PhotoError.
+    ``longest``: decoded at 1/2, 1/4 or 1/8 of its size while its longest side stays at least that (a JPEG is
+    decoded at the smaller size directly)."""
+    kind = check_header(data, max_pixels, formats, max_side)
+    flag = cv2.IMREAD_COLOR
+    if longest is not None:
+        with Image.open(io.BytesIO(data)) as header:
+            side = max(header.size)
+        flag = next((_REDUCED[f] for f in (8, 4, 2) if side // f >= longest), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if bgr is None:
         raise PhotoError(f"not a readable {kind} image (truncated or corrupt); send the whole file")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), kind

@@ -14,11 +14,13 @@ class FrameRejected(ValueError):
     """A frame that is not a usable image; the message says what to do."""
 
 
-def decode_frame(data: bytes, max_pixels: int, formats: tuple[str, ...] = ("JPEG", "WEBP")) -> tuple[np.ndarray, str]:
-    """(RGB uint8 [H,W,3], its format): frames are JPEG or WebP (photos may be PNG too). The header checks are the
-    photo reader's (``swapstream.services.engine.photos``): nothing is decoded before they pass."""
+def decode_frame(data: bytes, max_pixels: int, max_side: int | None = None,
+                 formats: tuple[str, ...] = ("JPEG", "WEBP"), longest: int | None = None) -> tuple[np.ndarray, str]:
+    """(RGB uint8 [H,W,3], its format): frames are JPEG or WebP (photos may be PNG too), at most ``max_side``
+    pixels a side; ``longest``: decoded smaller, down to that longest side. The header checks are the photo
+    reader's (``swapstream.services.engine.photos``): nothing is decoded before they pass."""
     try:
-        return decode_photo(data, max_pixels, formats)
+        return decode_photo(data, max_pixels, formats, max_side, longest)
     except PhotoError as error:
         raise FrameRejected(error.reason) from None
 

@@ -1,10 +1,15 @@
 """The live scheduler: one thread that batches the ready frames of all streams.
 
 Each round takes the newest waiting frame of up to ``max_batch`` streams (round robin, so every stream gets its
-turn), waiting up to ``window_ms`` for streams that have no frame yet, only when there are such streams. Then:
-one Triton ``detect`` call for all frames (padded to one size, their own sizes in ``IMAGE_SIZES``) -> causal
-tracking per stream -> one batched DALI alignment -> one Triton ``swap`` call with each face's own identity ->
-one batched DALI blend -> JPEG/WebP encode -> each stream's answer, in order.
+turn), waiting up to ``window_ms`` for streams that have no frame yet, only when there are such streams. The
+frames are grouped by size (``size_groups``: padding a group to one size may at most double its pixels, so a
+batch never costs much more memory than its frames' own pixels), and each group goes through: one Triton
+``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``) -> causal tracking per stream -> one
+batched DALI alignment -> one Triton ``swap`` call with each face's own identity -> one batched DALI blend ->
+JPEG/WebP encode -> each stream's answer, in order.
+
+A failure of one stream's frame fails that frame only: its own steps (tracking, encoding) are caught one by one,
+and a shared step that fails for another reason than the inference server is retried frame by frame.
 """
 from __future__ import annotations
 
@@ -27,6 +32,23 @@ log = logging.getLogger("swapstream.live")
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
+
+
+def size_groups(sizes: list[tuple[int, int]], waste: float = 2.0) -> list[list[int]]:
+    """Positions of frames of the given (h, w), grouped (largest first) so that padding a group to its largest
+    height and width costs at most ``waste`` times the group's own pixels."""
+    groups: list[list] = []  # [positions, height, width, own pixels]
+    for position in sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1]):
+        h, w = sizes[position]
+        for group in groups:
+            height, width = max(group[1], h), max(group[2], w)
+            if height * width * (len(group[0]) + 1) <= waste * (group[3] + h * w):
+                group[0].append(position)
+                group[1:] = [height, width, group[3] + h * w]
+                break
+        else:
+            groups.append([[position], h, w, h * w])
+    return [sorted(group[0]) for group in groups]
 
 
 def pad_to_one_size(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -89,14 +111,34 @@ class Scheduler(threading.Thread):
             batch = self._gather()
             if batch is None:
                 return
-            try:
-                self._process(batch)
-            except Exception as error:  # noqa: BLE001 - one failed batch must not stop the streams
-                log.exception("live batch of %d frames failed", len(batch))
-                detail = (f"the inference server failed: {error}; the stream goes on, retry"
-                          if isinstance(error, TritonCallError) else f"this frame failed on the server: {error}")
-                for stream, frame in batch:
-                    stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "detail": detail}, None)
+            self.metrics.batch_frames.observe(len(batch))
+            for group in size_groups([frame.rgb.shape[:2] for _, frame in batch]):
+                self._process_apart([batch[i] for i in group], len(batch))
+
+    def _process_apart(self, batch: list, batch_size: int) -> None:
+        """``_process``; when a shared step fails (not the inference server), again frame by frame, so that only
+        the frame that fails gets an error."""
+        try:
+            self._process(batch, batch_size)
+        except TritonCallError as error:  # the server's failure, not a frame's: every frame of the batch
+            log.error("live batch of %d frames: the inference server failed: %s", len(batch), error)
+            for stream, frame in batch:
+                stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "detail": f"the inference server "
+                                          f"failed: {error}; the stream goes on, retry"}, None)
+        except Exception as error:  # noqa: BLE001 - one frame must not fail the others, nor stop the streams
+            if len(batch) == 1:
+                self._failed(*batch[0], error)
+                return
+            for item in batch:
+                self._process_apart([item], batch_size)
+
+    def _failed(self, stream: LiveStream, frame, error: Exception) -> None:
+        """One frame failed: its stream gets an error for it (and starts tracking afresh); one log line."""
+        log.error("live stream %s: frame %d failed: %s: %s", stream.id, frame.seq, type(error).__name__, error)
+        log.debug("live stream %s: frame %d", stream.id, frame.seq, exc_info=error)
+        stream.restart_tracking()
+        stream.answer(frame.seq, {"type": "error", "seq": frame.seq,
+                                  "detail": "this frame failed on the server; the stream goes on"}, None)
 
     def _gather(self):
         with self._wake:
@@ -119,30 +161,42 @@ class Scheduler(threading.Thread):
                     batch.append((stream, frame))
         return batch
 
-    def _process(self, batch: list) -> None:
+    def _process(self, batch: list, batch_size: int) -> None:
+        """One group of frames (``batch_size``: the frames of the whole batch, as the answers report it)."""
         started = time.perf_counter()
         swapper = self.swapper
         clock = StageClock()
-        self.metrics.batch_frames.observe(len(batch))
         frames, sizes = pad_to_one_size([frame.rgb for _, frame in batch])
         found = swapper.detect(frames, image_sizes=sizes, clock=clock)
-        chosen, identities, counts = [], [], []
+        chosen, identities, failed = [], [], set()
+        counts = [0] * len(batch)
         with clock("track"):
             for position, (stream, frame) in enumerate(batch):
                 mine = found.frame_index == position
-                faces = stream.track(frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                try:
+                    faces = stream.track(frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                except Exception as error:  # noqa: BLE001 - this stream's frame only; the others go on
+                    self._failed(stream, frame, error)
+                    failed.add(position)
+                    continue
                 chosen += [(position, face) for face in faces]
                 identities += [stream.identity] * len(faces)
-                counts.append(len(faces))
+                counts[position] = len(faces)
         out = swapper.swap_frames(frames, chosen, identities, clock)
         shared = {stage: _ms(clock.seconds[stage]) for stage in ("detect", "track", "align", "swap", "blend")}
         for position, (stream, frame) in enumerate(batch):
+            if position in failed:
+                continue
             encode_started = time.perf_counter()
             height, width = frame.rgb.shape[:2]
-            image = encode_frame(out[position, :height, :width], frame.kind, stream.options.quality)
+            try:
+                image = encode_frame(out[position, :height, :width], frame.kind, stream.options.quality)
+            except Exception as error:  # noqa: BLE001 - this stream's frame only
+                self._failed(stream, frame, error)
+                continue
             done = time.perf_counter()
             timings = {"queue": _ms(started - frame.arrived), **shared, "encode": _ms(done - encode_started),
                        "total": _ms(done - frame.arrived)}
             self.metrics.latency.observe(done - frame.arrived)
             stream.answer(frame.seq, {"seq": frame.seq, "ts": frame.ts, "faces": counts[position],
-                                      "batch": len(batch), "timings": timings}, image)
+                                      "batch": batch_size, "timings": timings}, image)

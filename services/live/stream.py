@@ -49,6 +49,7 @@ class LiveStream:
         self.send_queue = send_queue
         self.answers_queued = 0          # answers in ``outbox`` (event loop only)
         self.answered = 0
+        self.answered_at = 0.0           # loop time of the last answer or error from the scheduler
         self.idle = asyncio.Event()      # nothing waiting and nothing in the scheduler
         self.idle.set()
         self._lock = threading.Lock()
@@ -56,7 +57,7 @@ class LiveStream:
         self._in_flight = 0              # frames taken by the scheduler and not yet delivered
         self._dropped: list[int] = []    # reported in the next answer
         # scheduler thread only:
-        self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
+        self.restart_tracking()
         self._selector = FaceSelector(options.faces, options.smoothing)
         self._frames = 0
         self._last_time = -1.0
@@ -80,6 +81,7 @@ class LiveStream:
 
     def deliver(self, seq: int, header: dict, image: bytes | None) -> None:
         """An answer from the scheduler (``image`` None: the frame failed, ``header`` is the error)."""
+        self.answered_at = self.loop.time()
         if image is None:
             self.send_text(header)
         elif self.answers_queued >= self.send_queue:  # the client is not reading: drop, never buffer
@@ -114,6 +116,10 @@ class LiveStream:
             frame, self._waiting = self._waiting, None
             self._in_flight += frame is not None
         return frame
+
+    def restart_tracking(self) -> None:
+        """A fresh tracker (at the start, and after a frame failed: its state may be what failed)."""
+        self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
 
     def track(self, frame: Frame, boxes, landmarks, scores) -> list[TrackedFace]:
         """The faces to swap in this frame: tracked causally, smoothed (unless turned off), selected."""

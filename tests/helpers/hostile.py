@@ -1,4 +1,5 @@
-"""Hostile files the hardening tests make: decompression bombs, high-rate and size-changing streams, concat scripts."""
+"""Hostile files the hardening tests make: decompression bombs, high-rate and size-changing streams, concat scripts,
+progressive-JPEG scan bombs."""
 from __future__ import annotations
 
 import struct
@@ -68,3 +69,38 @@ def ffconcat_script(path: Path) -> Path:
     """A two-line FFmpeg concat script that names itself: opened by the concat demuxer, it recurses."""
     path.write_text(f"ffconcat version 1.0\nfile '{path.name}'\n")
     return path
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, bytes) of each segment after SOI; a scan's bytes run to the next marker that is not a restart."""
+    position, segments = 2, []
+    while position < len(data):
+        marker = data[position + 1]
+        if marker == 0xD9:
+            segments.append((marker, data[position:position + 2]))
+            break
+        end = position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDA:
+            while True:
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        segments.append((marker, data[position:end]))
+        position = end
+    return segments
+
+
+def scan_bomb(width: int = 1920, height: int = 1080, size: int = 200_000) -> bytes:
+    """A progressive JPEG of a flat ``width`` x ``height`` image whose smallest scan is repeated to ``size`` bytes:
+    thousands of scans of a dozen bytes, each of which a decoder applies to the whole image."""
+    import cv2
+    import numpy as np
+
+    flat = np.full((height, width, 3), 128, np.uint8)
+    data = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    segments = _jpeg_segments(data)
+    smallest = min((s for marker, s in segments if marker == 0xDA), key=len)
+    head = data[:2] + b"".join(s for marker, s in segments if marker != 0xD9)
+    return head + smallest * (size // len(smallest)) + b"\xff\xd9"
