@@ -213,13 +213,14 @@ def colour_match(warped: np.ndarray, target: np.ndarray, region: np.ndarray) -> 
     t_mean, t_std = (v.reshape(3) for v in cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_RGB2LAB), mask=region))
     ratio = np.clip(t_std / np.maximum(s_std, 1e-3), *CONTRAST_RANGE)
     shift = t_mean - s_mean * ratio
-    lab = source_lab.astype(np.float32)
-    matched = cv2.transform(lab, np.hstack([np.diag(ratio), shift[:, None]]).astype(np.float32))
-    chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+    lightness, a, b = cv2.split(source_lab.astype(np.float32))
+    chroma = cv2.magnitude(a - 128, b - 128)
     skin_chroma = max(float(np.hypot(s_mean[1] - 128, s_mean[2] - 128)), 1.0)
-    weight = np.clip(chroma * (1 / skin_chroma), 0.5, 1.0)[..., None]
-    matched[..., 1:] = lab[..., 1:] + weight * (matched[..., 1:] - lab[..., 1:])
-    return cv2.cvtColor(np.clip(matched + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    weight = np.clip(chroma * (1 / skin_chroma), 0.5, 1.0)
+    a += weight * ((ratio[1] - 1) * a + shift[1])
+    b += weight * ((ratio[2] - 1) * b + shift[2])
+    matched = cv2.merge([lightness * ratio[0] + shift[0], a, b])
+    return cv2.cvtColor(cv2.convertScaleAbs(matched), cv2.COLOR_LAB2RGB)  # all >= 0: only the saturation acts
 
 
 def _smooth_inside(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
@@ -227,8 +228,8 @@ def _smooth_inside(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.nd
     extended over the rest (the face's features take their surroundings' value)."""
     h, w = weight.shape
     small = (max(w // 4, 1), max(h // 4, 1))
-    weight = cv2.resize(weight.astype(np.float32), small, interpolation=cv2.INTER_AREA)
-    image = cv2.resize(image.astype(np.float32), small, interpolation=cv2.INTER_AREA) * weight[..., None]
+    weight = cv2.resize(weight, small, interpolation=cv2.INTER_AREA)
+    image = cv2.resize(image, small, interpolation=cv2.INTER_AREA).astype(np.float32) * weight[..., None]
     size = 2 * int(round(3 * sigma / 4)) + 1
     blurred = cv2.GaussianBlur(image, (size, size), sigma / 4)
     norm = cv2.GaussianBlur(weight, (size, size), sigma / 4)[..., None]
@@ -243,7 +244,7 @@ def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> n
     if weight.sum() < 100:
         return face
     difference = _smooth_inside(target, weight, SHADING_SIGMA) - _smooth_inside(face, weight, SHADING_SIGMA)
-    return np.clip(face + difference + 0.5, 0, 255).astype(np.uint8)
+    return cv2.add(face, difference, dtype=cv2.CV_8U)  # rounded and saturated
 
 
 def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
