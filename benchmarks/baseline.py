@@ -113,7 +113,7 @@ def run_baseline(models: InProcessModels, sources: list[Path], target: Path, out
     embedding = swapper.source_embedding(sources)
     info = probe_video(target)
     writer = VideoWriter(output, info.width, info.height, info.fps, audio_from=target if options.audio else None,
-                         video_start=info.start_time, codec=options.codec, crf=options.crf, preset=options.preset)
+                         video_start=info.start_time, codec=options.encoder, crf=options.crf, preset=options.preset)
     with writer:
         for frame in clock.iterate("decode", _decoded_frames(target)):
             swapped, faces = swapper.swap_frame(frame, embedding)

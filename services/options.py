@@ -1,4 +1,8 @@
-"""The bounds of a swap's numeric options, defined once for the CLI (argparse) and the HTTP API (form fields).
+"""Every user-facing option, once: name, type, default, bounds or choices, help. The CLI's arguments and ``--help``
+(``add_arguments``), the API's form fields (``swapstream.services.http``), the live ``start`` validation
+(``check``), the pages' controls and ``GET /v1/options`` (``published``) are all built from these tables.
+
+Adding an option is one entry here plus the code that uses it. Imports nothing of ours: every room may read it.
 
 Below a score threshold of about 0.1 the detector reports noise as faces (a one-face photo gave 1000 "faces" at
 1e-6) and its post-processing slows to a crawl (the engine also keeps at most 32 faces per frame).
@@ -6,75 +10,242 @@ Below a score threshold of about 0.1 the detector reports noise as faces (a one-
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
-_DEFAULTS = {"faces": "all", "reference_distance": 0.6, "score_threshold": 0.6, "batch_size": 16, "smoothing": True,
-             "crf": 18, "encoder": "libx264", "preset": "medium", "audio": True, "device": "cpu"}
+MB = 1 << 20
 
 
-def default(name: str):
-    return _DEFAULTS[name]
+
+def pixels(text: str) -> int:
+    """WIDTHxHEIGHT -> the pixel count."""
+    width, _, height = str(text).lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ValueError(f"expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+    return int(width) * int(height)
 
 
 @dataclass(frozen=True)
-class Bound:
-    kind: type                    # int or float
-    low: float
-    high: float
-    low_open: bool = False        # low itself is excluded
+class Option:
+    name: str
+    kind: type                       # int, float, bool or str
+    default: Any                     # None: unset (the help says what happens then)
+    help: str
+    choices: tuple = ()              # the allowed values, if only some are
+    labels: tuple = ()               # how the pages name the choices (same order)
+    low: float | None = None         # bounds of a number
+    high: float | None = None
+    low_open: bool = False           # low itself is excluded
     high_open: bool = False
-    help: str = ""
+    step: float | None = None        # the pages' input step
+    form: bool = False               # also a form field of the API (swap) / a field of the live ``start`` (live)
+    cli: bool = True                 # also a command-line argument
+    env: str | None = None           # environment variable read when the argument is not given
+    parse: Callable[[str], Any] | None = None  # text -> value when not ``kind`` (e.g. WIDTHxHEIGHT)
+    flag: str = ""                   # the CLI flag, when not --name-with-dashes (bools: --no-name / --name)
+
+    # ----------------------------------------------------------------------------------------- checking
 
     def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def problem(self, value) -> str | None:
-        """Why ``value`` is out of bounds, or None."""
-        too_low = value <= self.low if self.low_open else value < self.low
-        too_high = value >= self.high if self.high_open else value > self.high
-        return f"{value:g} is outside {self.describe()}" if too_low or too_high else None
+        """Why ``value`` is not allowed, or None."""
+        if self.choices and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(str, self.choices))}"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            return f"{value:g} is {'outside' if self.high is not None else 'not'} {self.describe()}"
+        return None
 
-    def form_constraints(self) -> dict:
-        """Keyword arguments of FastAPI's ``Form``/``Query`` that enforce the bound."""
-        return {"gt" if self.low_open else "ge": self.low, "lt" if self.high_open else "le": self.high}
+    def check(self, value):
+        """``value`` if it has this option's type and is allowed; else ValueError saying what is allowed."""
+        typed = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            typed = True
+        if not typed:
+            raise ValueError(f"{self.name} must be {self.describe_kind()}")
+        problem = self.problem(value)
+        if problem:
+            raise ValueError(f"{self.name}: {problem}")
+        return value
+
+    def describe_kind(self) -> str:
+        if self.choices:
+            return " or ".join(f'"{c}"' if isinstance(c, str) else str(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        kind = {int: "an integer", float: "a number", str: "text"}[self.kind]
+        return f"{kind} in {self.describe()}" if self.describe() else kind
+
+    # ----------------------------------------------------------------------------------------- the CLI
+
+    def argparse_type(self):
+        """An argparse ``type=`` that parses the option and refuses values outside its bounds (a usage error)."""
+        def parse(text: str):
+            try:
+                value = self.parse(text) if self.parse else self.kind(text)
+            except ValueError as error:
+                what = "an integer" if self.kind is int else "a number" if self.kind is float else "a value"
+                raise argparse.ArgumentTypeError(str(error) if self.parse else f"expected {what}, got {text!r}") \
+                    from None
+            problem = None if self.parse else self.problem(value)
+            if problem:
+                raise argparse.ArgumentTypeError(problem)
+            return value
+
+        parse.__name__ = self.name
+        return parse
+
+    def help_text(self) -> str:
+        bounds = self.describe()
+        extra = f", {'in ' if self.high is not None else ''}{bounds}" if bounds else ""
+        if self.default is not None and self.kind is not bool:
+            extra += f" ({self.default})"
+        if self.env:
+            extra += f" (default: ${self.env})"
+        return self.help + extra
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        dest = self.name
+        if self.kind is bool:
+            flag = self.flag or (f"--no-{dest.replace('_', '-')}" if self.default else f"--{dest.replace('_', '-')}")
+            parser.add_argument(flag, dest=dest, action="store_false" if self.default else "store_true",
+                                help=f"do not {self.help}" if self.default else self.help)
+            return
+        flag = self.flag or f"--{dest.replace('_', '-')}"
+        default = os.environ.get(self.env) if self.env else None
+        parser.add_argument(flag, dest=dest, type=self.argparse_type(), choices=self.choices or None,
+                            default=self.default if default is None else default, help=self.help_text())
+
+    # --------------------------------------------------------------------------------------- published
+
+    def published(self) -> dict:
+        """The option as ``GET /v1/options`` shows it (the pages build their controls from this)."""
+        kind = {int: "integer", float: "number", bool: "boolean", str: "string"}[self.kind]
+        entry = {"name": self.name, "type": kind, "default": self.default, "help": self.help}
+        if self.choices:
+            entry["choices"] = [{"value": c, "label": label} for c, label in zip(self.choices, self.labels or
+                                                                                  self.choices)]
+        for key in ("low", "high", "step"):
+            if getattr(self, key) is not None:
+                entry[key] = getattr(self, key)
+        if self.low is not None:
+            entry["low_open"] = self.low_open
+        if self.high is not None:
+            entry["high_open"] = self.high_open
+        return entry
 
 
-SWAP_OPTION_BOUNDS: dict[str, Bound] = {
-    "score_threshold": Bound(float, 0.1, 1.0, high_open=True, help="detector score threshold"),
-    "reference_distance": Bound(float, 0.0, 2.0, low_open=True,
-                                help="cosine distance to the reference below which a face counts as that person"),
-    "batch_size": Bound(int, 1, 64, help="frames per batch"),
-    "crf": Bound(int, 0, 51, help="encoder quality, lower is better"),
-}
+def _table(*options: Option) -> dict[str, Option]:
+    return {option.name: option for option in options}
 
 
-def check_swap_options(values: dict) -> None:
-    """Raises ValueError naming every option out of its bounds."""
-    problems = [f"{name}: {problem}" for name, bound in SWAP_OPTION_BOUNDS.items()
-                if name in values and (problem := bound.problem(values[name]))]
+FACES = ("all", "largest")
+FACE_LABELS = ("all faces", "the largest face")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEVICE = Option("device", str, "cpu", "where DALI runs", choices=("cpu", "gpu"))
+SMOOTHING = Option("smoothing", bool, True, "smooth the faces' landmarks across frames", form=True)
+
+# The options of one swap: ``swapstream swap``, ``POST /v1/jobs``, ``POST /v1/swap-image``.
+SWAP = _table(
+    Option("faces", str, "all", "which faces to swap", choices=FACES + ("reference",),
+           labels=FACE_LABELS + ("the person in a reference photo",), form=True),
+    Option("reference_distance", float, 0.6, "cosine distance to the reference below which a face counts as that "
+           "person", low=0.0, high=2.0, low_open=True, step=0.05, form=True),
+    Option("score_threshold", float, 0.6, "detector score threshold", low=0.1, high=1.0, high_open=True, step=0.05,
+           form=True),
+    SMOOTHING,
+    Option("batch_size", int, 16, "frames per batch", low=1, high=64, step=1, form=True),
+    Option("encoder", str, "libx264", "ffmpeg video encoder (libx264, libx265, libvpx-vp9 ...)"),
+    Option("crf", int, 18, "encoder quality, lower is better", low=0, high=51, step=1, form=True),
+    Option("preset", str, "medium", "x264 encoder preset", choices=PRESETS, form=True),
+    Option("audio", bool, True, "copy the target's audio", form=True),
+    DEVICE,
+    Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else mesh "
+           "(only simswap is wired so far: the mesh swapper is being added)", choices=("mesh", "simswap")),
+)
+
+# ``swapstream serve``: the service's addresses, store, workers and limits.
+SERVE = _table(
+    Option("host", str, "127.0.0.1", "address to listen on (any other than loopback needs a token)"),
+    Option("port", int, 8080, "port to listen on", low=0, high=65535),
+    Option("data", str, "swapstream-data", "folder for uploads, results and the SQLite store"),
+    Option("store", str, None, "job store URL, e.g. postgresql://user@db/swapstream (default: SQLite in --data)"),
+    Option("workers", int, 1, "jobs run at once by this process; 0 only queues them", low=0),
+    Option("max_queued", int, 16, "queued jobs before new ones get 429", low=0, low_open=True),
+    Option("max_attempts", int, 3, "times a job is started before it fails, when its worker dies or Triton fails; "
+           "a full disk does not count", low=0, low_open=True),
+    Option("token", str, None, "bearer token required on /v1", env="SWAPSTREAM_TOKEN"),
+    Option("max_video_mb", float, 1024.0, "largest video upload, MB", low=0, low_open=True),
+    Option("max_photo_mb", float, 20.0, "largest photo upload, MB", low=0, low_open=True),
+    Option("max_duration", float, 600.0, "longest video, seconds", low=0, low_open=True),
+    Option("max_fps", float, 120.0, "highest average frame rate", low=0, low_open=True),
+    Option("max_frames", int, 36000, "most frames in a video", low=0, low_open=True),
+    Option("max_resolution", str, "3840x2160", "largest frame and largest photo, WIDTHxHEIGHT", parse=pixels),
+    Option("min_free_mb", float, 100.0, "free space kept on the data folder's disk: below it /readyz is 503, no "
+           "job starts and submissions get 507", low=0),
+    Option("stale_after", float, 300.0, "seconds without a heartbeat before a running job is re-queued", low=0,
+           low_open=True),
+    Option("triton_timeout", float, 120.0, "deadline of every Triton call, seconds", low=0, low_open=True),
+    Option("triton_unresponsive", float, 30.0, "seconds without an answer before the embedded Triton is restarted",
+           low=0, low_open=True),
+    DEVICE,
+    Option("max_streams", int, 8, "live streams open at once; one more is closed with 1013, try later", low=0,
+           low_open=True),
+    Option("live_window_ms", float, 4.0, "how long the live scheduler waits for other streams' frames to join a "
+           "batch, ms", low=0),
+    Option("live_max_batch", int, 16, "live frames per detect/swap batch; 1 = frame by frame, batch-1 calls", low=0,
+           low_open=True),
+    Option("live_idle_timeout", float, 30.0, "seconds without a message before a live stream is closed", low=0,
+           low_open=True),
+)
+
+# A live stream: the ``start`` message of ``WS /v1/live``, ``swapstream live``, the live page.
+LIVE = _table(
+    Option("faces", str, "all", "which faces to swap", choices=FACES, labels=FACE_LABELS, form=True),
+    SMOOTHING,
+    Option("quality", int, 80, "JPEG quality of the frames sent and returned", low=1, high=100, step=1, form=True),
+)
+
+TABLES = {"swap": SWAP, "serve": SERVE, "live": LIVE}
+# The swap's numeric options with bounds on both sides (the CLI refuses values outside them, exit 2; so does the API).
+SWAP_OPTION_BOUNDS = {name: o for name, o in SWAP.items() if o.low is not None and o.high is not None}
+
+
+def default(name: str, table: str = "swap"):
+    return TABLES[table][name].default
+
+
+def add_arguments(parser: argparse.ArgumentParser, table: str) -> None:
+    """The table's command-line options as arguments of ``parser`` (types, bounds, choices, defaults, help)."""
+    for option in TABLES[table].values():
+        if option.cli:
+            option.add_to(parser)
+
+
+def check(table: str, values: dict) -> dict:
+    """The table's form options in ``values`` (missing ones: their defaults), checked; ValueError says which one
+    is wrong and what is allowed."""
+    return {name: option.check(values.get(name, option.default))
+            for name, option in TABLES[table].items() if option.form}
+
+
+def check_bounds(table: str, values: dict) -> None:
+    """Raises ValueError naming every numeric option in ``values`` out of its bounds."""
+    problems = [f"{name}: {problem}" for name, option in TABLES[table].items()
+                if name in values and option.kind in (int, float) and values[name] is not None
+                and (problem := option.problem(values[name]))]
     if problems:
         raise ValueError("; ".join(problems))
 
 
-def argparse_type(name: str):
-    """An argparse ``type=`` that parses the option and refuses values outside its bounds (a usage error)."""
-    bound = SWAP_OPTION_BOUNDS[name]
-
-    def parse(text: str):
-        try:
-            value = bound.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a{'n integer' if bound.kind is int else ' number'}, "
-                                             f"got {text!r}") from None
-        problem = bound.problem(value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-
-    parse.__name__ = name
-    return parse
-
-
-def help_text(name: str, default) -> str:
-    bound = SWAP_OPTION_BOUNDS[name]
-    return f"{bound.help}, in {bound.describe()} ({default})"
+def published() -> dict:
+    """Every table, as ``GET /v1/options`` shows it."""
+    return {table: [option.published() for option in options.values()] for table, options in TABLES.items()}

@@ -8,11 +8,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each room may import the rooms listed after it, never one before it (the CLI delegates to all, bench included).
-# ``jobs`` composes the service: it mounts the pages (``web``) and the live streams (``live``) on its app.
+# ``http`` assembles the service's app: the job queue (``jobs``), the pages (``web``) and the live streams (``live``).
 # ``options`` (the options table) is at the bottom: every room reads it, it imports nothing of ours.
-LAYERS = ["swapstream.services.cli", "swapstream.benchmarks", "swapstream.services.jobs", "swapstream.services.web",
-          "swapstream.services.live", "swapstream.services.engine", "swapstream.services.triton", "swapstream.pipelines",
-          "swapstream.services.options"]
+LAYERS = ["swapstream.services.cli", "swapstream.benchmarks", "swapstream.services.http", "swapstream.services.jobs",
+          "swapstream.services.web", "swapstream.services.live", "swapstream.services.engine", "swapstream.services.triton",
+          "swapstream.pipelines", "swapstream.services.options"]
 FOLDERS = {"pipelines": "swapstream.pipelines", "services": "swapstream.services", "benchmarks": "swapstream.benchmarks"}
 
 
@@ -54,7 +54,7 @@ def test_imports_point_down_and_stay_in_the_namespace(path):
 
 def test_the_rule_sees_an_upward_import(tmp_path):
     upward = tmp_path / "upward.py"
-    upward.write_text("from swapstream.services.jobs.api import Service\n")
+    upward.write_text("from swapstream.services.http.app import create_app\n")
     assert layer(imported_modules(upward)[0]) < layer("swapstream.services.engine.swapper")
 
 

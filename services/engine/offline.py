@@ -24,7 +24,7 @@ from swapstream.services.engine.photos import IMAGE_SUFFIXES, MAX_PIXELS, read_p
 from swapstream.services.engine.selection import FaceSelector
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.tracking import FaceTracker, TrackedFrame
-from swapstream.services.options import check_swap_options, default
+from swapstream.services.options import check_bounds, default
 
 QUEUE_DEPTH = 2
 _DONE = object()  # end of a stream of items
@@ -41,14 +41,14 @@ class SwapOptions:
     smoothing: bool = default("smoothing")
     max_gap: int = 5
     crf: int = default("crf")
-    codec: str = default("encoder")
+    encoder: str = default("encoder")
     preset: str = default("preset")
     audio: bool = default("audio")
     device: str = default("device")
 
     def __post_init__(self):
         try:
-            check_swap_options(vars(self))
+            check_bounds("swap", vars(self))
         except ValueError as error:
             raise SwapInputError(f"option out of bounds: {error}") from None
 
@@ -249,7 +249,7 @@ def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
     if info.variable_frame_rate:
         summary.notes.append(f"variable frame rate input: written at its average {float(info.fps):.3f} fps")
     writer = VideoWriter(output, info.width, info.height, info.fps, audio_from=target if options.audio else None,
-                         video_start=info.start_time, codec=options.codec, crf=options.crf, preset=options.preset)
+                         video_start=info.start_time, codec=options.encoder, crf=options.crf, preset=options.preset)
     stages = [
         lambda batches: _batches(_detect_and_track(run, ((b.start, b.frames) for b in batches), float(info.fps)),
                                  options.batch_size),

@@ -74,9 +74,11 @@ def _is_address(name: str) -> bool:
 class V1Guard:
     def __init__(self, app, *, token: str | None, body_limit: Callable[[str], int],
                  refuse: Callable[[dict], tuple[int, str] | None] | None = None,
-                 allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = ()):
+                 allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = (),
+                 public: tuple[str, ...] = ()):
         self.app = app
         self.token = token
+        self.public = set(public)  # GET paths open without the token (what is public anyway, e.g. the options)
         self.body_limit = body_limit
         self.refuse = refuse
         self.allowed_hosts = {h.lower().rstrip(".") for h in allowed_hosts}
@@ -175,7 +177,7 @@ class V1Guard:
                 and (origin_port or default) == (port or default))
 
     def _check(self, scope, headers: dict[str, str]) -> tuple | None:
-        if self.token is not None:
+        if self.token is not None and not (scope["method"] == "GET" and scope["path"] in self.public):
             scheme, _, credentials = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(credentials.strip().encode(),
                                                                          self.token.encode()):

@@ -9,9 +9,10 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 from swapstream.pipelines.align import require_device
-from swapstream.services.jobs.api import Service, ServiceConfig, create_app
+from swapstream.services.jobs.service import Service, ServiceConfig
 from swapstream.services.triton import repository
 from swapstream.services.triton.server import EmbeddedTriton
 
@@ -76,7 +77,8 @@ class TritonSupervisor(threading.Thread):
 
 
 def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] | None = None,
-          triton_unresponsive_after: float = 30.0) -> None:
+          triton_unresponsive_after: float = 30.0, *,
+          create_app: Callable) -> None:
     """Runs until SIGINT/SIGTERM. ``config.triton_url`` empty: an embedded Triton is started and supervised.
 
     Both signals stop it cleanly: uvicorn shuts down, then re-raises the signal it caught; SIGTERM is mapped to

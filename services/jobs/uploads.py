@@ -13,13 +13,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable, Protocol
 
 import numpy as np
-from fastapi import UploadFile
 
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, probe_video
 from swapstream.services.jobs.store import local_worker_is_dead, worker_id
+from swapstream.services.options import MB, default, pixels
 from swapstream.services.engine.errors import PhotoError
 from swapstream.services.engine.photos import IMAGE_SUFFIXES, read_photo
 
@@ -27,7 +27,13 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv"
 # curl and most clients send application/octet-stream for video files; the content is checked anyway.
 GENERIC_TYPES = {"", "application/octet-stream"}
 CHUNK = 1 << 20
-MB = 1 << 20
+
+
+class Upload(Protocol):
+    """An uploaded file as the HTTP layer hands it over (FastAPI's ``UploadFile`` is one)."""
+    filename: str | None
+    content_type: str | None
+    file: BinaryIO
 
 
 class UploadRejected(Exception):
@@ -39,13 +45,14 @@ class UploadRejected(Exception):
 
 @dataclass(frozen=True)
 class UploadLimits:
-    max_video_bytes: int = 1024 * MB
-    max_photo_bytes: int = 20 * MB
-    max_duration: float = 600.0          # seconds of video
-    max_pixels: int = 3840 * 2160        # per frame (and per photo): 4K UHD
+    """The defaults are the options table's (``swapstream serve --max-video-mb`` ...)."""
+    max_video_bytes: int = int(default("max_video_mb", "serve") * MB)
+    max_photo_bytes: int = int(default("max_photo_mb", "serve") * MB)
+    max_duration: float = default("max_duration", "serve")    # seconds of video
+    max_pixels: int = pixels(default("max_resolution", "serve"))  # per frame (and per photo)
     max_sources: int = 8
-    max_fps: float = 120.0               # average frame rate of a video
-    max_frames: int = 36000              # frames of a video (10 minutes at 60 fps)
+    max_fps: float = default("max_fps", "serve")              # average frame rate of a video
+    max_frames: int = default("max_frames", "serve")          # frames of a video
 
     @property
     def max_request_bytes(self) -> int:
@@ -61,7 +68,7 @@ class UploadLimits:
         return self.max_request_bytes if path.rstrip("/") == "/v1/jobs" else self.max_photo_request_bytes
 
 
-def _kind(upload: UploadFile, field: str, allowed: set[str]) -> tuple[str, str]:
+def _kind(upload: Upload, field: str, allowed: set[str]) -> tuple[str, str]:
     """("video" | "photo", the stored file's extension) from the content type and the extension."""
     content_type = (upload.content_type or "").split(";")[0].strip().lower()
     suffix = Path(upload.filename or "").suffix.lower()
@@ -82,7 +89,7 @@ def _kind(upload: UploadFile, field: str, allowed: set[str]) -> tuple[str, str]:
     return kind, suffix if suffix in known else (".mp4" if kind == "video" else ".png")
 
 
-def save_upload(upload: UploadFile, folder: Path, role: str, field: str, allowed: set[str],
+def save_upload(upload: Upload, folder: Path, role: str, field: str, allowed: set[str],
                 limits: UploadLimits) -> tuple[str, Path]:
     """Copies an upload to ``folder/role<ext>``, enforcing the size limit as it streams; (kind, path)."""
     kind, suffix = _kind(upload, field, allowed)

@@ -25,6 +25,7 @@ from swapstream.services.live.tickets import TicketBackend, TicketStore
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.options import LIVE, check
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
 MAX_SOURCES = 8
@@ -305,13 +306,8 @@ class LiveSession:
 
 
 def _options(start: dict) -> StreamOptions:
-    faces = start.get("faces", "all")
-    smoothing = start.get("smoothing", True)
-    quality = start.get("quality", 80)
-    if faces not in ("all", "largest"):
-        raise LiveClosed(protocol.CLOSE_BAD_START, 'start: faces must be "all" or "largest"')
-    if not isinstance(smoothing, bool):
-        raise LiveClosed(protocol.CLOSE_BAD_START, "start: smoothing must be true or false")
-    if not isinstance(quality, int) or isinstance(quality, bool) or not 1 <= quality <= 100:
-        raise LiveClosed(protocol.CLOSE_BAD_START, "start: quality must be an integer from 1 to 100")
-    return StreamOptions(faces, smoothing, quality)
+    """The stream's options (the options table's ``LIVE``: types, choices, bounds, defaults)."""
+    try:
+        return StreamOptions(**check("live", {name: start[name] for name in LIVE if name in start}))
+    except ValueError as error:
+        raise LiveClosed(protocol.CLOSE_BAD_START, f"start: {error}") from None

@@ -88,6 +88,26 @@ def _unfold_modulated_convs(graph: onnx.GraphProto) -> bool:
         node = producer.get(name)
         return node if node is not None and node.op_type == op_type else None
 
+    plans = _modulated_conv_plans(graph, made_by, initializers)
+    if plans is None:
+        return False
+    new_inits, rewritten = [], {}
+    for index, (conv, weight, style, demodulated) in enumerate(plans):
+        rewritten[id(conv)] = _unfolded_conv(f"unfolded_{index}", conv, weight, style, demodulated, made_by,
+                                             initializers, new_inits)
+    ordered = []
+    for node in graph.node:
+        ordered.extend(rewritten.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    _remove_dead(graph)
+    return True
+
+
+def _modulated_conv_plans(graph: onnx.GraphProto, made_by, initializers: dict) -> list | None:
+    """[(conv, weight initializer, style [B,in], demodulated)] for every convolution with computed weights, or
+    None when one of them is not a modulated convolution."""
     def weight_param(name):
         if name in initializers:
             return name
@@ -111,58 +131,53 @@ def _unfold_modulated_convs(graph: onnx.GraphProto) -> bool:
             continue
         reshape = made_by(conv.input[1], "Reshape")
         if reshape is None or any(a.name == "group" and a.i != 1 for a in conv.attribute):
-            return False
+            return None
         found, demodulated = modulation(reshape.input[0]), False
         if found is None and made_by(reshape.input[0], "Mul") is not None:
             for factor in made_by(reshape.input[0], "Mul").input:
                 found, demodulated = modulation(factor) or found, True
         if found is None:
-            return False
+            return None
         plans.append((conv, found[0], found[1], demodulated))
+    return plans
 
-    new_nodes, new_inits, rewritten = [], [], {}
-    for index, (conv, weight, style, demodulated) in enumerate(plans):
-        array = numpy_helper.to_array(initializers[weight])
-        if array.ndim == 5:
-            array = array[0]
-            weight = f"{weight}_unfolded"
-            new_inits.append(numpy_helper.from_array(array, weight))
-        x = conv.input[0]
-        x_reshape = made_by(x, "Reshape")
-        if x_reshape is not None:
-            x = x_reshape.input[0]
-        name = f"unfolded_{index}"
-        nodes = [
-            onnx.helper.make_node("Unsqueeze", [style, f"{name}_axes"], [f"{name}_s4"]),
-            onnx.helper.make_node("Mul", [x, f"{name}_s4"], [f"{name}_x"]),
-            onnx.helper.make_node("Conv", [f"{name}_x", weight, *conv.input[2:]],
-                                  [f"{name}_y" if demodulated else conv.output[0]],
-                                  **{a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}),
+
+def _unfolded_conv(name: str, conv, weight: str, style: str, demodulated: bool, made_by, initializers: dict,
+                   new_inits: list) -> list:
+    """The nodes of ``conv(x * s, W) * d`` that replace one modulated convolution (initializers into
+    ``new_inits``)."""
+    array = numpy_helper.to_array(initializers[weight])
+    if array.ndim == 5:
+        array = array[0]
+        weight = f"{weight}_unfolded"
+        new_inits.append(numpy_helper.from_array(array, weight))
+    x = conv.input[0]
+    x_reshape = made_by(x, "Reshape")
+    if x_reshape is not None:
+        x = x_reshape.input[0]
+    nodes = [
+        onnx.helper.make_node("Unsqueeze", [style, f"{name}_axes"], [f"{name}_s4"]),
+        onnx.helper.make_node("Mul", [x, f"{name}_s4"], [f"{name}_x"]),
+        onnx.helper.make_node("Conv", [f"{name}_x", weight, *conv.input[2:]],
+                              [f"{name}_y" if demodulated else conv.output[0]],
+                              **{a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}),
+    ]
+    new_inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}_axes"))
+    if demodulated:
+        new_inits.append(numpy_helper.from_array(np.array(1e-8, np.float32), f"{name}_eps"))
+        nodes += [
+            onnx.helper.make_node("Mul", [weight, weight], [f"{name}_w2"]),
+            onnx.helper.make_node("ReduceSum", [f"{name}_w2", f"{name}_axes"], [f"{name}_energy_w"], keepdims=0),
+            onnx.helper.make_node("Transpose", [f"{name}_energy_w"], [f"{name}_energy_t"], perm=[1, 0]),
+            onnx.helper.make_node("Mul", [style, style], [f"{name}_s2"]),
+            onnx.helper.make_node("MatMul", [f"{name}_s2", f"{name}_energy_t"], [f"{name}_energy"]),
+            onnx.helper.make_node("Add", [f"{name}_energy", f"{name}_eps"], [f"{name}_energy_eps"]),
+            onnx.helper.make_node("Sqrt", [f"{name}_energy_eps"], [f"{name}_norm"]),
+            onnx.helper.make_node("Reciprocal", [f"{name}_norm"], [f"{name}_demod"]),
+            onnx.helper.make_node("Unsqueeze", [f"{name}_demod", f"{name}_axes"], [f"{name}_demod4"]),
+            onnx.helper.make_node("Mul", [f"{name}_y", f"{name}_demod4"], [conv.output[0]]),
         ]
-        new_inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), f"{name}_axes"))
-        if demodulated:
-            new_inits.append(numpy_helper.from_array(np.array(1e-8, np.float32), f"{name}_eps"))
-            nodes += [
-                onnx.helper.make_node("Mul", [weight, weight], [f"{name}_w2"]),
-                onnx.helper.make_node("ReduceSum", [f"{name}_w2", f"{name}_axes"], [f"{name}_energy_w"], keepdims=0),
-                onnx.helper.make_node("Transpose", [f"{name}_energy_w"], [f"{name}_energy_t"], perm=[1, 0]),
-                onnx.helper.make_node("Mul", [style, style], [f"{name}_s2"]),
-                onnx.helper.make_node("MatMul", [f"{name}_s2", f"{name}_energy_t"], [f"{name}_energy"]),
-                onnx.helper.make_node("Add", [f"{name}_energy", f"{name}_eps"], [f"{name}_energy_eps"]),
-                onnx.helper.make_node("Sqrt", [f"{name}_energy_eps"], [f"{name}_norm"]),
-                onnx.helper.make_node("Reciprocal", [f"{name}_norm"], [f"{name}_demod"]),
-                onnx.helper.make_node("Unsqueeze", [f"{name}_demod", f"{name}_axes"], [f"{name}_demod4"]),
-                onnx.helper.make_node("Mul", [f"{name}_y", f"{name}_demod4"], [conv.output[0]]),
-            ]
-        rewritten[id(conv)] = nodes
-    ordered = []
-    for node in graph.node:
-        ordered.extend(rewritten.get(id(node), [node]))
-    del graph.node[:]
-    graph.node.extend(ordered)
-    graph.initializer.extend(new_inits)
-    _remove_dead(graph)
-    return True
+    return nodes
 
 
 def _remove_dead(graph: onnx.GraphProto) -> None:

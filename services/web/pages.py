@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"/": "jobs.html", "/analyze": "analyze.html", "/swap-photo": "swap-photo.html", "/live": "live.html"}
+HOME = "jobs.html"  # served at /; every other static/<name>.html at /<name> (the nav lists them in common.js)
 # blob: holds the results and photos the pages show (object URLs of fetched bodies), data: the empty icon; 'self'
 # covers ws(s):// too.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -35,16 +35,15 @@ class _Static(StaticFiles):
 
 def mount_pages(app: FastAPI) -> None:
     app.mount("/static", _Static(directory=STATIC), name="static")
-    for route, name in PAGES.items():
-        app.add_api_route(route, _page(name), methods=["GET"], include_in_schema=False)
+    for path in sorted(STATIC.glob("*.html")):
+        route = "/" if path.name == HOME else f"/{path.stem}"
+        app.add_api_route(route, _page(path.name), methods=["GET"], include_in_schema=False)
 
 
 def _page(name: str):
     path = STATIC / name
 
     def page() -> FileResponse:
-        if not path.is_file():  # /live until the live page lands
-            raise HTTPException(404, f"this service has no page {name}")
         return FileResponse(path, media_type="text/html", headers=HEADERS)
 
     return page

@@ -1,6 +1,7 @@
 """The pluggable face swappers (``base.Swapper``): ``simswap`` (Triton ``identity`` + ``swap``)."""
 from __future__ import annotations
 
+from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swappers.base import Swapper
 from swapstream.services.engine.swappers.simswap import SimSwap
 from swapstream.services.triton.client import SwapstreamClient
@@ -10,5 +11,5 @@ SWAPPERS = {"simswap": SimSwap}  # name -> class built with the Triton client
 
 def create_swapper(name: str, client: SwapstreamClient) -> Swapper:
     if name not in SWAPPERS:
-        raise ValueError(f"no swapper {name!r}; choose one of {', '.join(SWAPPERS)}")
+        raise SwapInputError(f"no swapper {name!r} here yet; choose one of {', '.join(SWAPPERS)}")
     return SWAPPERS[name](client)

@@ -1,5 +1,5 @@
 // The analyse page: a photo or a camera selfie -> POST /v1/analyze -> boxes, landmarks and head pose drawn over it.
-import { apiJson, clearError, dropZones, el, showError } from "/static/common.js";
+import { apiJson, appendOptions, applyOptions, clearError, dropZones, el, showError } from "/static/common.js";
 
 export const BOX_COLOUR = "#00e5ff";
 const LANDMARK_COLOUR = "#ffd600";
@@ -19,6 +19,7 @@ form.addEventListener("submit", (event) => {
 });
 
 dropZones((input) => input.files[0] && analyse(input.files[0]));
+applyOptions().catch(showError);
 
 document.getElementById("camera").addEventListener("click", async () => {
   clearError();
@@ -49,7 +50,7 @@ async function analyse(photo) {
   status.textContent = "analysing…";
   const data = new FormData();
   data.append("photo", photo);
-  data.append("score_threshold", form.score_threshold.value);
+  appendOptions(form, data);
   try {
     const [result, image] = await Promise.all([
       apiJson("/v1/analyze", { method: "POST", body: data }),

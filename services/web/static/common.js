@@ -6,6 +6,7 @@
 // it); importing this module draws both and shows any uncaught error in the box.
 
 const TOKEN_KEY = "swapstream-token";
+// The nav; a page is static/<name>.html (served at /<name>) with its script, plus its line here.
 const PAGES = [["/", "Jobs"], ["/analyze", "Analyse"], ["/swap-photo", "Swap a photo"], ["/live", "Live"]];
 
 export class ApiError extends Error {
@@ -140,6 +141,53 @@ export async function api(path, options = {}) {
 /** api() and its JSON body. */
 export async function apiJson(path, options = {}) {
   return (await api(path, options)).json();
+}
+
+// ------------------------------------------------------------------------------------------------- the options
+
+let optionTable = null; // GET /v1/options, fetched once per page
+
+/**
+ * Fills every control marked `data-option="table.name"` (e.g. `swap.faces`) from the service's options table: a
+ * select gets the choices (less those in `data-except`), a number input its bounds, step and default, a checkbox
+ * its default. The pages write no choice, default or bound themselves.
+ */
+export async function applyOptions(root = document) {
+  optionTable ??= apiJson("/v1/options");
+  const table = await optionTable;
+  for (const control of root.querySelectorAll("[data-option]")) {
+    const [group, name] = control.dataset.option.split(".");
+    const option = (table[group] || []).find((entry) => entry.name === name);
+    if (!option) throw new Error(`this page needs the option ${control.dataset.option}, which the service lacks`);
+    fillControl(control, option);
+  }
+}
+
+function fillControl(control, option) {
+  control.title = option.help;
+  if (control.tagName === "SELECT") {
+    const except = (control.dataset.except || "").split(" ");
+    control.replaceChildren(...option.choices.filter((choice) => !except.includes(choice.value)).map((choice) =>
+      el("option", { value: choice.value, selected: choice.value === option.default }, choice.label)));
+  } else if (control.type === "checkbox") {
+    control.checked = Boolean(option.default);
+  } else {
+    const step = option.step ?? (option.type === "integer" ? 1 : 0.01);
+    control.step = step;
+    // An open bound is excluded: the nearest allowed step inside it.
+    if (option.low != null) control.min = option.low_open ? +(option.low + step).toFixed(6) : option.low;
+    if (option.high != null) control.max = option.high_open ? +(option.high - step).toFixed(6) : option.high;
+    control.value = option.default;
+  }
+  control.dispatchEvent(new Event("change"));
+}
+
+/** The values of a form's option controls (`data-option`), appended to `data` by name (checkboxes: true/false). */
+export function appendOptions(form, data) {
+  for (const control of form.querySelectorAll("[data-option]")) {
+    data.append(control.name, control.type === "checkbox" ? control.checked : control.value);
+  }
+  return data;
 }
 
 /**

@@ -1,6 +1,7 @@
 // The jobs page: submit (with upload progress), the job list kept current by the service's pushed events
 // (GET /v1/jobs/events, read with fetch so that the bearer header goes with it), and the result view.
-import { api, clearError, dropZones, el, seconds, showError, token, upload } from "/static/common.js";
+import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, showError, token, upload }
+  from "/static/common.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
 const list = document.getElementById("jobs");
@@ -14,6 +15,7 @@ form.faces.addEventListener("change", () => {
 });
 
 dropZones();
+applyOptions().catch(showError);
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -22,8 +24,7 @@ form.addEventListener("submit", async (event) => {
   data.append("target", form.target.files[0]);
   for (const file of form.source.files) data.append("source", file);
   if (form.faces.value === "reference") data.append("reference", form.reference.files[0]);
-  for (const name of ["faces", "crf", "preset", "score_threshold"]) data.append(name, form[name].value);
-  for (const name of ["smoothing", "audio"]) data.append(name, form[name].checked);
+  appendOptions(form, data);
   const bar = document.getElementById("upload-progress");
   const text = document.getElementById("upload-text");
   const button = document.getElementById("submit");

@@ -1,5 +1,5 @@
 // The /live page: the camera streams JPEG frames to WS /v1/live and the swapped frames come back onto a canvas.
-import { apiJson, clearError, showError, upload } from "/static/common.js";
+import { apiJson, applyOptions, clearError, showError, upload } from "/static/common.js";
 
 // The WS /v1/live protocol is defined in services/live/protocol.py; tests/web/test_live_page.py checks that these
 // constants are the same.
@@ -15,6 +15,7 @@ const STOP_GRACE_MS = 10000;         // after `stop`, how long the service may t
 
 const $ = (id) => document.getElementById(id);
 const form = $("live-form");
+applyOptions().catch(showError);
 const camera = $("camera");
 const swapped = $("swapped");
 const swappedContext = swapped.getContext("2d");
@@ -205,8 +206,8 @@ async function start() {
     return;
   }
   const quality = Number($("quality").value);
-  if (!Number.isInteger(quality) || quality < 1 || quality > 100) {
-    showError("Quality is a whole number from 1 to 100.");
+  if (!$("quality").checkValidity()) {
+    showError(`Quality is a whole number from ${$("quality").min} to ${$("quality").max}.`);
     $("quality").focus();
     return;
   }

@@ -1,11 +1,12 @@
 // Swap a photo: source + target -> POST /v1/swap-image -> the swapped photo beside the target.
-import { api, dropZones, clearError, showError } from "/static/common.js";
+import { api, appendOptions, applyOptions, dropZones, clearError, showError } from "/static/common.js";
 
 const form = document.getElementById("swap-form");
 const status = document.getElementById("status");
 let urls = [];
 
 dropZones();
+applyOptions().catch(showError);
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -14,8 +15,7 @@ form.addEventListener("submit", async (event) => {
   const target = form.target.files[0];
   data.append("target", target);
   for (const file of form.source.files) data.append("source", file);
-  data.append("faces", form.faces.value);
-  data.append("score_threshold", form.score_threshold.value);
+  appendOptions(form, data);
   const button = document.getElementById("swap");
   button.disabled = true;
   status.textContent = "swapping…";

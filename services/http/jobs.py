@@ -1,0 +1,155 @@
+"""``/v1/jobs``: queue a swap of a video (or photo), list jobs, follow them (Server-Sent Events), fetch the result
+or the uploaded target, cancel or delete."""
+from __future__ import annotations
+
+import mimetypes
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
+from swapstream.services.http.deps import ServiceDep, StoreDep
+from swapstream.services.http.forms import swap_form
+from swapstream.services.http.inputs import check_sources, require_face
+from swapstream.services.jobs.service import Busy, Service
+from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
+from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, check_photo, check_video, new_folder,
+                                              remove_folder, save_upload)
+
+router = APIRouter()
+
+
+def job_view(job) -> dict:
+    """A job as the API shows it."""
+    view = job.to_dict()
+    total = view["frames_total"] = job.frames_total or job.inputs.get("frames")
+    view["progress"] = 1.0 if job.state == "done" else (min(job.frames_done / total, 1.0) if total else 0.0)
+    view["result_url"] = f"/v1/jobs/{job.id}/result" if job.state == "done" else None
+    view.pop("inputs", None)
+    view.pop("worker", None)
+    return view
+
+
+def result_suffix(photo_suffix: str) -> str:
+    """The swapped photo's file type: the target's own when it can be written (jpg, png, webp), else PNG."""
+    return photo_suffix if photo_suffix in IMAGE_EXTENSIONS else ".png"
+
+
+def _queue_full(max_queued: int) -> Busy:
+    return Busy(f"the queue is full ({max_queued} jobs waiting); retry later", 30)
+
+
+@router.post("/jobs", status_code=201, summary="Queue a face swap of a video (or photo)")
+def submit_job(
+    service: ServiceDep,
+    target: Annotated[UploadFile, File(description="the video (or photo) whose faces are replaced")],
+    source: Annotated[list[UploadFile], File(description="one or more photos of the source face")],
+    options: Annotated[dict, Depends(swap_form)],
+    reference: Annotated[UploadFile | None, File(description="with faces=reference")] = None,
+):
+    config = service.config
+    if service.store.counts().get("queued", 0) >= config.max_queued:
+        raise _queue_full(config.max_queued)
+    folder = new_folder(service.data_dir / "uploads")
+    try:
+        inputs = _save_inputs(service, folder, target, source, reference, options)
+        job = service.store.create(options, inputs, max_attempts=config.max_attempts, max_queued=config.max_queued)
+    except QueueFull:
+        remove_folder(folder)
+        raise _queue_full(config.max_queued) from None
+    except BaseException:
+        remove_folder(folder)
+        raise
+    service.pool.notify()
+    return JSONResponse(job_view(job), status_code=201, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _save_inputs(service: Service, folder, target: UploadFile, source: list[UploadFile],
+                 reference: UploadFile | None, options: dict) -> dict:
+    """The job's files saved and checked in ``folder``; the job's ``inputs``."""
+    limits: UploadLimits = service.config.limits
+    kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
+    frames = 1
+    if kind == "video":
+        frames = check_video(target_path, "target", limits).frame_count
+    else:
+        check_photo(target_path, "target", limits)
+    sources = check_sources(service, folder, source, options["score_threshold"], unless_triton_down=True)
+    inputs = {"folder": service.relative(folder), "target": service.relative(target_path),
+              "sources": [service.relative(p) for p in sources], "frames": frames,
+              "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}
+    if options["faces"] == "reference":
+        if reference is None:
+            raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap")
+        _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
+        require_face(service, check_photo(reference_path, "reference", limits), "reference photo",
+                     options["score_threshold"], unless_triton_down=True)
+        inputs["reference"] = service.relative(reference_path)
+    return inputs
+
+
+@router.get("/jobs", summary="List jobs, newest first")
+def list_jobs(store: StoreDep,
+              state: Annotated[Literal[STATES] | None, Query()] = None,  # type: ignore[valid-type]
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0):
+    jobs, total = store.list(state, limit, offset)
+    return {"jobs": [job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/jobs/events", summary="The newest jobs and then their changes, pushed (Server-Sent Events)",
+            response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(request: Request):
+    return StreamingResponse(request.app.state.job_feed.stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def find(store: JobStore, job_id: str):
+    job = store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}; list jobs with GET /v1/jobs")
+    return job
+
+
+@router.get("/jobs/{job_id}", summary="A job's state and progress")
+def get_job(job_id: str, store: StoreDep):
+    return job_view(find(store, job_id))
+
+
+@router.get("/jobs/{job_id}/result", summary="The swapped file (supports range requests)")
+def get_result(job_id: str, service: ServiceDep):
+    job = find(service.store, job_id)
+    if job.state != "done":
+        raise HTTPException(409, f"job {job_id} is {job.state}, it has no result"
+                            + ("" if job.state in FINAL else f"; poll GET /v1/jobs/{job_id} until state is done"))
+    path = service.data_dir / job.result
+    media_type = "video/mp4" if path.suffix == ".mp4" else f"image/{path.suffix.lstrip('.').replace('jpg', 'jpeg')}"
+    return FileResponse(path, media_type=media_type, filename=f"swapped-{job_id}{path.suffix}")
+
+
+@router.get("/jobs/{job_id}/target", summary="The uploaded target, to show beside the result (range requests)")
+def get_target(job_id: str, service: ServiceDep):
+    path = service.data_dir / find(service.store, job_id).inputs["target"]
+    if not path.is_file():
+        raise HTTPException(410, f"job {job_id} no longer keeps its target (cancelled jobs drop their uploads)")
+    return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a queued or running job; delete a finished one and its files",
+               responses={204: {"description": "deleted"}, 202: {"description": "cancellation requested"}})
+def delete_job(job_id: str, service: ServiceDep):
+    job = find(service.store, job_id)
+    if job.state in FINAL:
+        # Files first: on a full disk, freeing them is what lets the store write the deletion.
+        remove_folder(service.data_dir / job.inputs["folder"])
+        if job.result:
+            (service.data_dir / job.result).unlink(missing_ok=True)
+        service.store.delete(job_id)
+        return Response(status_code=204)
+    job = service.store.cancel(job_id)
+    if job.state == "cancelled":
+        service.metrics.jobs_finished.labels("cancelled").inc()
+        remove_folder(service.data_dir / job.inputs["folder"])
+        return JSONResponse(job_view(job), status_code=200)
+    return JSONResponse(job_view(job), status_code=202)
