@@ -1,12 +1,14 @@
-"""The pluggable face swappers (``base.Swapper``): ``simswap`` (Triton ``identity`` + ``swap``)."""
+"""The pluggable face swappers (``base.Swapper``): ``simswap`` (Triton ``identity`` + ``swap``) and ``mesh``
+(Triton ``facemesh`` + a geometric warp); ``choice.choose_swapper`` says which one a run uses and why."""
 from __future__ import annotations
 
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swappers.base import Swapper
+from swapstream.services.engine.swappers.mesh import MeshSwapper
 from swapstream.services.engine.swappers.simswap import SimSwap
 from swapstream.services.triton.client import SwapstreamClient
 
-SWAPPERS = {"simswap": SimSwap}  # name -> class built with the Triton client
+SWAPPERS = {"mesh": MeshSwapper, "simswap": SimSwap}  # name -> class built with the Triton client
 
 
 def create_swapper(name: str, client: SwapstreamClient) -> Swapper:
