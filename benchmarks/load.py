@@ -1,7 +1,9 @@
 """Triton-level load, as perf_analyzer measures it: N concurrent gRPC clients calling one model for a while.
 
-Each client is its own thread with its own gRPC channel and sends the same request again as soon as the
-previous one answered (closed loop). ``swap`` gets K aligned faces per request, ``detect`` K frames.
+Each client is its own thread and sends the same request again as soon as the previous one answered (closed loop);
+the clients share the process's connection to each server (``services/triton/balancer.py``), and with several
+servers (``--triton a:8001,b:8001``) their calls are spread over them. ``swap`` gets K aligned faces per request,
+``detect`` K frames.
 """
 from __future__ import annotations
 

@@ -30,19 +30,23 @@ def percentile_ms(seconds: list[float], q: float) -> float:
 
 
 def triton_statistics(url: str) -> dict[str, dict[str, int]]:
-    """Per model: requests, executions and the nanoseconds Triton spent queueing and computing."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
-    finally:
-        client.close()
-    out = {}
-    for model in stats:
-        infer = model.get("inference_stats", {})
-        row = {"requests": int(infer.get("success", {}).get("count", 0)),
-               "executions": int(model.get("execution_count", 0))}
-        row.update({f"{name}_ns": int(infer.get(name, {}).get("ns", 0)) for name in STAT_FIELDS})
-        out[model["name"]] = row
+    """Per model: requests, executions and the nanoseconds Triton spent queueing and computing (summed over the
+    servers of a ``host:port,host:port`` list)."""
+    out: dict[str, dict[str, int]] = {}
+    for address in url.split(","):
+        client = grpcclient.InferenceServerClient(address.strip())
+        try:
+            stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+        finally:
+            client.close()
+        for model in stats:
+            infer = model.get("inference_stats", {})
+            row = {"requests": int(infer.get("success", {}).get("count", 0)),
+                   "executions": int(model.get("execution_count", 0))}
+            row.update({f"{name}_ns": int(infer.get(name, {}).get("ns", 0)) for name in STAT_FIELDS})
+            total = out.setdefault(model["name"], dict.fromkeys(row, 0))
+            for key, value in row.items():
+                total[key] += value
     return out
 
 

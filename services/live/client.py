@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,6 +32,10 @@ LIVE_PATH = "/v1/live"
 DEFAULT_URL = "ws://127.0.0.1:8080"     # `swapstream serve`'s default address
 MAX_ANSWER_BYTES = 32 * 2**20
 STOP_GRACE_SECONDS = 30.0               # after `stop`, how long the server may take to answer what is in flight
+RECONNECT_SECONDS = 30.0                # how long a stream closed by a leaving replica tries to come back
+# Closes after which the client comes back with a new ticket (through another replica): the service is restarting
+# or draining (1012), going away (1001), or the connection was lost without a close (a replica died).
+RECONNECT_CODES = {protocol.CLOSE_SERVICE_RESTART, 1001, None}
 TIMING_KEYS = ("queue", "detect", "swap", "blend", "encode", "total")
 
 
@@ -96,11 +100,18 @@ def live_ticket(http: httpx.Client) -> str:
 def open_stream(ws_url: str, source_id: str, ticket: str | None = None, *, faces: str = "all",
                 smoothing: bool = True, quality: int = 80) -> Iterator[tuple[ClientConnection, dict]]:
     """The socket open, ``start`` sent and ``ready`` received: yields the connection and the ``ready`` message."""
+    ws, ready = start_stream(ws_url, source_id, ticket, faces=faces, smoothing=smoothing, quality=quality)
+    with ws:
+        yield ws, ready
+
+
+def start_stream(ws_url: str, source_id: str, ticket: str | None = None, *, faces: str = "all",
+                 smoothing: bool = True, quality: int = 80) -> tuple[ClientConnection, dict]:
+    """``open_stream`` without the ``with``: the caller closes the connection."""
     subprotocols = [protocol.SUBPROTOCOL] + ([protocol.TICKET_PREFIX + ticket] if ticket else [])
-    stack = ExitStack()
     try:
-        ws = stack.enter_context(connect(ws_url, subprotocols=subprotocols, compression=None,
-                                         max_size=MAX_ANSWER_BYTES, open_timeout=15, legacy=False))
+        ws = connect(ws_url, subprotocols=subprotocols, compression=None, max_size=MAX_ANSWER_BYTES,
+                     open_timeout=15, legacy=True)
     except InvalidStatus as error:
         body = error.response.body.decode(errors="replace").strip() if error.response.body else ""
         raise LiveError(f"the service refused the live socket at {ws_url}: HTTP {error.response.status_code} "
@@ -108,9 +119,12 @@ def open_stream(ws_url: str, source_id: str, ticket: str | None = None, *, faces
     except (OSError, InvalidHandshake, TimeoutError) as error:
         raise LiveError(f"cannot open the live socket at {ws_url} ({error}): is `swapstream serve` running there? "
                         "Check --url") from None
-    with stack:
-        yield ws, _start(ws, {"type": "start", "source_id": source_id, "faces": faces, "smoothing": smoothing,
-                              "quality": quality})
+    try:
+        return ws, _start(ws, {"type": "start", "source_id": source_id, "faces": faces, "smoothing": smoothing,
+                               "quality": quality})
+    except BaseException:
+        ws.close()
+        raise
 
 
 def _start(ws: ClientConnection, start: dict) -> dict:
@@ -128,6 +142,11 @@ def _start(ws: ClientConnection, start: dict) -> dict:
         raise LiveError(f"the service closed the stream: {_close_text(closed)}") from None
     except TimeoutError:
         raise LiveError("the service did not answer `start` within 60 s") from None
+
+
+def _close_code(closed: ConnectionClosed) -> int | None:
+    frame = closed.rcvd or closed.sent
+    return frame.code if frame else None
 
 
 def _close_text(closed: ConnectionClosed) -> str:
@@ -229,6 +248,8 @@ class LiveStats:
     received: int = 0
     dropped: int = 0                      # reported dropped by the server
     refused: int = 0                      # refused by the server with an ``error`` message
+    lost: int = 0                         # in flight when a replica closed the stream (it reconnected)
+    reconnects: list[dict] = field(default_factory=list)   # each: why, and the ms until ``ready`` again
     faces: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: dict[str, float] = field(default_factory=dict)   # summed per timing key
@@ -241,14 +262,15 @@ class LiveStats:
     @property
     def unaccounted(self) -> int:
         """Frames neither answered, dropped nor refused (the stream ended before the server said)."""
-        return self.sent - self.received - self.dropped - self.refused
+        return self.sent - self.received - self.dropped - self.refused - self.lost
 
     def figures(self) -> dict:
         span = (self.last_received - self.first_sent) if self.last_received and self.first_sent else None
         send_span = (self.last_sent - self.first_sent) if self.sent > 1 else None
         return {
             "frames_sent": self.sent, "frames_received": self.received, "frames_dropped": self.dropped,
-            "frames_refused": self.refused, "frames_unaccounted": self.unaccounted, "faces": self.faces,
+            "frames_refused": self.refused, "frames_lost_reconnecting": self.lost,
+            "frames_unaccounted": self.unaccounted, "faces": self.faces, "reconnects": self.reconnects,
             "dropped_percent": 100.0 * self.dropped / self.sent if self.sent else 0.0,
             "latency_ms": {f"p{q}": percentile(self.latencies_ms, q) for q in (50, 95, 99)}
                           | {"mean": float(np.mean(self.latencies_ms)) if self.latencies_ms else None},
@@ -266,12 +288,15 @@ def summary_text(figures: dict) -> str:
     server = ", ".join(f"{k} {v:.0f}" for k, v in figures["server_ms_mean"].items())
     lines = [f"frames sent {figures['frames_sent']}, received {figures['frames_received']}, dropped "
              f"{figures['frames_dropped']} ({figures['dropped_percent']:.1f}%), refused {figures['frames_refused']}"
+             + (f", lost reconnecting {figures['frames_lost_reconnecting']}" if figures["reconnects"] else "")
              + (f", unaccounted {figures['frames_unaccounted']}" if figures["frames_unaccounted"] else ""),
              f"round-trip latency ms: {ms}",
              f"frames/s: sent {_f(figures['sent_fps'])}, received {_f(figures['received_fps'])}; faces "
              f"{figures['faces']}"]
     if server:
         lines.append(f"server ms per answered frame: {server}")
+    for again in figures["reconnects"]:
+        lines.append(f"reconnected after {again['why']}: ready again in {again['ms']:.0f} ms")
     return "\n".join(lines)
 
 
@@ -282,15 +307,23 @@ def _f(value: float | None) -> str:
 class LiveStream:
     """One open stream: sends frames (paced to their ``due`` times) from a thread while this thread reads the
     answers, until the frames end (then ``stop``: the server answers what is in flight and closes), the server
-    closes, or ``interrupt()``."""
+    closes, or ``interrupt()``.
 
-    def __init__(self, ws: ClientConnection, on_answer: Callable[[dict, bytes], None] | None = None):
+    With ``reconnect`` (a function that opens a new stream, up to ``ready``), a close by a leaving replica
+    (``RECONNECT_CODES``) is not the end: the frames in flight are counted ``lost``, a new stream is opened and
+    the frames go on from where they were."""
+
+    def __init__(self, ws: ClientConnection, on_answer: Callable[[dict, bytes], None] | None = None,
+                 reconnect: Callable[[], tuple[ClientConnection, dict]] | None = None):
         self.ws = ws
         self.on_answer = on_answer
+        self.reconnect = reconnect
         self.stats = LiveStats()
         self._sent_at: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._connected.set()
         self._send_error: BaseException | None = None
 
     def interrupt(self) -> None:
@@ -324,13 +357,34 @@ class LiveStream:
                     if self._stop.wait(max(0.0, start + frame.due - now)):
                         break
                     now = time.monotonic()
+                if not self._wait_connected():
+                    break
                 with self._lock:
                     self._sent_at[frame.seq] = now
                     self.stats.sent += 1
                     self.stats.first_sent = self.stats.first_sent or now
                     self.stats.last_sent = now
-                self.ws.send(protocol.pack_frame({"seq": frame.seq, "ts": time.time() * 1000.0}, frame.data))
-            self.ws.send(json.dumps({"type": "stop"}))
+                ws = self.ws
+                try:
+                    ws.send(protocol.pack_frame({"seq": frame.seq, "ts": time.time() * 1000.0}, frame.data))
+                except ConnectionClosed:
+                    with self._lock:  # never reached the server: lost, unless the receiver counted it already
+                        if self._sent_at.pop(frame.seq, None) is not None:
+                            self.stats.lost += 1
+                    if self.reconnect is None:
+                        return  # the receiver reports why
+                    while self.ws is ws and not self._stop.wait(0.05):
+                        pass  # until the receiver has a new stream (or gives up)
+            while self._wait_connected():
+                ws = self.ws
+                try:
+                    ws.send(json.dumps({"type": "stop"}))
+                    return
+                except ConnectionClosed:
+                    if self.reconnect is None:
+                        return
+                    while self.ws is ws and not self._stop.wait(0.05):
+                        pass
         except ConnectionClosed:
             pass  # the receiver reports why
         except BaseException as error:  # a decode error of the input: end the stream, report it
@@ -354,11 +408,42 @@ class LiveStream:
                 continue
             except ConnectionClosed as closed:
                 self.stats.close = _close_text(closed)
-                return
+                if self.reconnect is None or _close_code(closed) not in RECONNECT_CODES or not sender.is_alive():
+                    return
+                if not self._reconnect(self.stats.close):
+                    return
+                continue
             if isinstance(message, str):
                 self._text(json.loads(message))
             else:
                 self._answer(*protocol.unpack_frame(message))
+
+    def _wait_connected(self) -> bool:
+        """Waits while a reconnect is under way; False when the stream is stopping."""
+        while not self._connected.wait(0.05):
+            if self._stop.is_set():
+                return False
+        return not self._stop.is_set()
+
+    def _reconnect(self, why: str) -> bool:
+        """A new stream in place of the closed one; False (the close stays the stream's end) when none opens."""
+        self._connected.clear()
+        began = time.monotonic()
+        with self._lock:
+            self.stats.lost += len(self._sent_at)
+            self._sent_at.clear()
+        try:
+            self.ws.close()
+            self.ws, _ready = self.reconnect()
+        except LiveError as error:
+            self.stats.close = f"{why}; reconnecting failed: {error}"
+            self._stop.set()
+            self._connected.set()
+            return False
+        self.stats.reconnects.append({"why": why, "ms": (time.monotonic() - began) * 1000.0})
+        self.stats.close = ""
+        self._connected.set()
+        return True
 
     def _text(self, message: dict) -> None:
         if message.get("type") == "error":
@@ -447,17 +532,71 @@ class LiveRequest:
     frames: int | None = None
 
 
+class Connector:
+    """Opens streams for one request: the source uploaded once (stored identities are shared by the replicas),
+    then for each stream a new ticket and socket. ``request.url`` may list several service addresses
+    (``ws://a:8080,ws://b:8080``): each new stream tries the next address in turn, so that a stream closed by a
+    leaving replica comes back through another one (behind one load-balanced address, list just that)."""
+
+    def __init__(self, request: LiveRequest, retry_seconds: float = RECONNECT_SECONDS):
+        self.request = request
+        self.addresses = [endpoints(url) for url in request.url.split(",") if url.strip()]
+        if not self.addresses:
+            raise LiveError(f"--url {request.url!r} names no service address")
+        self.retry_seconds = retry_seconds
+        self._next = 0
+        self.source_id = self._first_reachable(lambda http: upload_source(http, request.sources))
+
+    def _http(self, http_url: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.request.token}"} if self.request.token else {}
+        return httpx.Client(base_url=http_url, headers=headers, timeout=120)
+
+    def _first_reachable(self, call):
+        """``call(http)`` on the addresses in turn until one is reachable; its error if none is."""
+        error = None
+        for _ in self.addresses:
+            http_url, _ws = self.addresses[self._next % len(self.addresses)]
+            try:
+                with self._http(http_url) as http:
+                    return call(http)
+            except LiveError as failed:
+                if not str(failed).startswith("cannot reach"):
+                    raise  # the service answered: a refusal is not a reason to try another address
+                error = failed
+                self._next += 1
+        raise error
+
+    def open(self) -> tuple[ClientConnection, dict]:
+        """A new stream (ticket, socket, ``ready``), from the next address that opens one."""
+        request = self.request
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            http_url, ws_url = self.addresses[self._next % len(self.addresses)]
+            self._next += 1
+            try:
+                ticket = None
+                if request.token:
+                    with self._http(http_url) as http:
+                        ticket = live_ticket(http)
+                return start_stream(ws_url, self.source_id, ticket, faces=request.faces,
+                                    smoothing=request.smoothing, quality=request.quality)
+            except LiveError as error:
+                # A replica on its way out refuses (1012) or is gone; another may take the stream.
+                if time.monotonic() > deadline or not _worth_retrying(str(error)):
+                    raise
+                time.sleep(0.2)
+
+
+def _worth_retrying(message: str) -> bool:
+    return message.startswith(("cannot reach", "cannot open")) or f"code {protocol.CLOSE_SERVICE_RESTART}" in message
+
+
 @contextmanager
 def connect_stream(request: LiveRequest) -> Iterator[tuple[ClientConnection, dict]]:
     """Source uploaded, ticket taken (with a token), socket open and ``ready``."""
-    http_url, ws_url = endpoints(request.url)
-    headers = {"Authorization": f"Bearer {request.token}"} if request.token else {}
-    with httpx.Client(base_url=http_url, headers=headers, timeout=120) as http:
-        source_id = upload_source(http, request.sources)
-        ticket = live_ticket(http) if request.token else None
-    with open_stream(ws_url, source_id, ticket, faces=request.faces, smoothing=request.smoothing,
-                     quality=request.quality) as opened:
-        yield opened
+    ws, ready = Connector(request).open()
+    with ws:
+        yield ws, ready
 
 
 def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
@@ -471,10 +610,12 @@ def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
     video, frames = read_input(request.input, request.quality, request.frames)
     answers = AnswerVideo(request.output, video, request.quality) if request.output else None
     try:
-        with connect_stream(request) as (ws, ready):
+        connector = Connector(request)
+        ws, ready = connector.open()
+        with ws:
             say(f"streaming {request.input} ({video.width}x{video.height}, {video.fps:.3g} frames/s"
                 f"{', camera: Ctrl-C stops' if video.camera else ''}) as stream {ready.get('stream')}")
-            stats = LiveStream(ws, answers.answer if answers else None).run(frames)
+            stats = LiveStream(ws, answers.answer if answers else None, reconnect=connector.open).run(frames)
         if answers:
             answers.close(stats.sent)
     except BaseException:

@@ -45,8 +45,13 @@ def free_port() -> int:
 class PostgresServer:
     """``with PostgresServer() as server:`` runs initdb and postgres; ``server.url(db)`` connects as superuser."""
 
-    def __init__(self, bin_dir: Path):
+    def __init__(self, bin_dir: Path, *, address: str = "127.0.0.1", wrap: list[str] = (), allow: str | None = None):
+        """``wrap``: a command prefix that runs postgres elsewhere (another network namespace: ``ip netns exec``);
+        ``allow``: a network (CIDR) whose clients may connect, besides loopback."""
         self.bin_dir = bin_dir
+        self.address = address
+        self.wrap = list(wrap)
+        self.allow = allow
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="swapstream-pg-"))
         self.data = self.folder / "data"
@@ -60,17 +65,25 @@ class PostgresServer:
             self._as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}@{self.address}:{self.port}/{database}"
 
     def __enter__(self) -> "PostgresServer":
         try:
             self._run(["initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                        "--locale=C", "--no-sync"])
+            if self.allow:
+                with open(self.data / "pg_hba.conf", "a") as hba:
+                    hba.write(f"host all all {self.allow} trust\n")
+            command = [str(self.bin_dir / "postgres"), "-D", str(self.data), "-h", self.address, "-p", str(self.port),
+                       "-k", str(self.folder), "-F", "-c", "max_connections=60", "-c", "shared_buffers=16MB"]
+            user = self._as
+            if self.wrap and self._as:  # the wrapper needs root: it drops to nobody itself
+                command = ["setpriv", f"--reuid={self._as['user']}", f"--regid={self._as['group']}",
+                           "--clear-groups", *command]
+                user = {}
             with open(self.log, "wb") as log:
-                self._process = subprocess.Popen(
-                    [str(self.bin_dir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port),
-                     "-k", str(self.folder), "-F", "-c", "max_connections=60", "-c", "shared_buffers=16MB"],
-                    stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **self._as)
+                self._process = subprocess.Popen(self.wrap + command, stdout=log, stderr=subprocess.STDOUT,
+                                                 cwd=self.folder, **user)
             self._wait_ready(timeout=30)
         except BaseException:
             self.__exit__()

@@ -5,6 +5,7 @@ session's one Triton, to see what the clients do when a server stops answering o
         proxy.freeze()     # bytes stop moving both ways, connections stay open (a SIGSTOPped server)
         proxy.thaw()
         proxy.kill()       # every connection reset, the port closed (a SIGKILLed server)
+        proxy.retarget("127.0.0.1:8002")   # new connections go there, open ones stay (a load balancer's switch)
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class TcpProxy:
 
     def thaw(self) -> None:
         self._frozen.clear()
+
+    def retarget(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
 
     def kill(self) -> None:
         """Resets every connection (RST, as the kernel does for a killed process) and closes the port."""

@@ -6,6 +6,12 @@ import { apiJson, applyOptions, clearError, showError, upload } from "/static/co
 const SUBPROTOCOL = "swapstream.live.v1";
 const TICKET_PREFIX = "ticket.";
 const CLOSE_NORMAL = 1000;
+const CLOSE_SERVICE_RESTART = 1012;
+// Closes after which the page comes back by itself with a new ticket (through another replica): the service is
+// restarting or draining (1012), going away (1001), or the connection was lost without a close (1006).
+const RECONNECT_CODES = [CLOSE_SERVICE_RESTART, 1001, 1006];
+const RECONNECT_MS = 30000;          // how long the page tries to come back before it gives up
+const RECONNECT_PAUSE_MS = 500;      // between two tries
 
 const MAX_WIDTH = 640;               // frames are sent at most this wide (the camera's own size when smaller)
 const MAX_BUFFERED = 1 << 20;        // bytes unsent in the socket past which a camera frame is skipped, not queued
@@ -212,7 +218,8 @@ async function start() {
     return;
   }
   const options = { faces: $("faces").value, quality, smoothing: $("smoothing").checked };
-  const current = { stats: newStats(), seq: 0, drawn: 0, quality, encoding: false, stopping: false };
+  const current = { stats: newStats(), seq: 0, drawn: 0, quality, encoding: false, stopping: false, options,
+                    reconnects: 0 };
   session = current;
   setRunning(true);
   try {
@@ -227,6 +234,7 @@ async function start() {
     camera.srcObject = current.stream;
     await camera.play();
     status("Connecting…");
+    current.sourceId = source.id;
     const { ticket } = await apiJson("/v1/live/tickets", { method: "POST" });
     current.ws = await openSocket(source.id, ticket, options);
   } catch (error) {
@@ -236,12 +244,21 @@ async function start() {
     showError(error);
     return;
   }
-  const ws = current.ws;
+  attach(current, current.ws);
+  status("Streaming.");
+  watchCamera(current);
+}
+
+function attach(current, ws) {
   ws.onmessage = (event) => {
     if (typeof event.data === "string") onText(current, JSON.parse(event.data));
     else onAnswer(current, event.data).catch(showError);
   };
   ws.onclose = (event) => {
+    if (session === current && !current.stopping && RECONNECT_CODES.includes(event.code)) {
+      reconnect(current, event);
+      return;
+    }
     release(current);
     if (event.code === CLOSE_NORMAL) {
       status("Stopped.");
@@ -250,8 +267,37 @@ async function start() {
       showError(`The service closed the stream: ${closeText(event)}`);
     }
   };
-  status("Streaming.");
-  watchCamera(current);
+}
+
+// A replica leaving (draining, restarting) closes the stream with 1012: the camera stays on, and a new ticket opens
+// a new stream (the stored source is shared by every replica); the frame numbers go on.
+async function reconnect(current, closed) {
+  current.reconnects += 1;
+  const began = performance.now();
+  status(`The service is restarting (${closed.reason || `close code ${closed.code}`}): reconnecting…`);
+  let lastError = null;
+  while (session === current && !current.stopping && performance.now() - began < RECONNECT_MS) {
+    try {
+      const { ticket } = await apiJson("/v1/live/tickets", { method: "POST" });
+      const ws = await openSocket(current.sourceId, ticket, current.options);
+      if (session !== current || current.stopping) {
+        ws.close(CLOSE_NORMAL, "stopped by the page");
+        return;
+      }
+      current.ws = ws;
+      attach(current, ws);
+      status(`Streaming (reconnected${current.reconnects > 1 ? ` ${current.reconnects} times` : ""}, after `
+        + `${Math.round(performance.now() - began)} ms).`);
+      return;
+    } catch (error) {
+      lastError = error;
+      await new Promise((resolve) => setTimeout(resolve, RECONNECT_PAUSE_MS));
+    }
+  }
+  if (session !== current) return;
+  release(current);
+  status("Not streaming.");
+  showError(`The stream could not reconnect within ${RECONNECT_MS / 1000} s: ${lastError?.message || closeText(closed)}`);
 }
 
 function stop() {
