@@ -243,7 +243,7 @@ def embedded_triton(weight_dirs: list[Path] | None = None, *, announce: bool = T
         standin_models = [s.model for s in sources if s.kind == "stand-in"]
         if announce and standin_models:
             print(f"note: stand-ins serve {', '.join(standin_models)} (real weights absent: "
-                  "`swapstream models fetch`); faces are changed by the stand-ins' known colour shift",
+                  "`swapstream models fetch`); --swapper simswap on them only tints faces by a known colour shift",
                   file=sys.stderr)
         cost_true = [s.model for s in sources if s.kind == "cost-true"]
         if announce and cost_true:
