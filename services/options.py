@@ -169,7 +169,8 @@ SWAP = _table(
     Option("audio", bool, True, "copy the target's audio", form=True),
     DEVICE,
     Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else mesh "
-           "(only simswap is wired so far: the mesh swapper is being added)", choices=("mesh", "simswap")),
+           "(swap says which and why; the service and live streams use simswap so far)",
+           choices=("mesh", "simswap")),
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.
