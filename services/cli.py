@@ -129,7 +129,8 @@ def cmd_serve(args) -> int:
                            min_free_bytes=int(args.min_free_mb * MB), triton_timeout=args.triton_timeout)
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None,
-              triton_unresponsive_after=args.triton_unresponsive, create_app=create_app)
+              triton_unresponsive_after=args.triton_unresponsive, drain_timeout=args.drain_timeout,
+              create_app=create_app)
     except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

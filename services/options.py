@@ -197,6 +197,9 @@ SERVE = _table(
     Option("triton_timeout", float, 120.0, "deadline of every Triton call, seconds", low=0, low_open=True),
     Option("triton_unresponsive", float, 30.0, "seconds without an answer before the embedded Triton is restarted",
            low=0, low_open=True),
+    Option("drain_timeout", float, 0.0, "on SIGTERM, drain first: readiness 503, no new job or stream, live streams "
+           "closed with 1012 (reconnect), and running jobs get this many seconds to finish before they go back to "
+           "the queue without spending an attempt; 0: stop at once", low=0),
     DEVICE,
     Option("max_streams", int, 8, "live streams open at once; one more is closed with 1013, try later", low=0,
            low_open=True),

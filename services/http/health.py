@@ -22,7 +22,9 @@ async def healthz():
 
 
 def readiness(service: Service) -> dict:
-    checks = {"triton": service.client.is_ready(), "workers": bool(service.pool and service.pool.alive()),
+    servers = service.client.servers()
+    checks = {"triton": servers["up"] > 0, "triton_servers": f"{servers['up']} of {servers['servers']} up",
+              "draining": service.draining, "workers": bool(service.pool and service.pool.alive()),
               "disk": not service.disk.low()}
     if not checks["disk"]:
         checks["disk_error"] = service.disk.describe()
@@ -38,7 +40,8 @@ def readiness(service: Service) -> dict:
 @router.get("/readyz", summary="Triton ready, store writable, workers alive, free space on the data disk")
 async def readyz(service: ServiceDep):
     checks = await asyncio.get_running_loop().run_in_executor(service.health_executor, readiness, service)
-    ready = checks["triton"] and checks["workers"] and checks["store"] and checks["disk"]
+    ready = (checks["triton"] and checks["workers"] and checks["store"] and checks["disk"]
+             and not checks["draining"])
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 

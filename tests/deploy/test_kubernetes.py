@@ -143,6 +143,10 @@ def test_the_commands_are_ones_the_cli_accepts(variant):
     assert (args.func, args.host, args.port, args.data) == (cmd_serve, "0.0.0.0", 8080, "/data")
     assert args.store.startswith("postgresql://") and args.triton == "triton.swapstream.svc.cluster.local:8001"
     assert args.device == ("gpu" if variant == "gpu" else "cpu")
+    # The grace period covers the preStop pause, the drain and the shutdown after it (the kubelet kills at its end).
+    spec = pod_spec(find(objs, "Deployment", "swapstream"))
+    pause = service["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert args.drain_timeout >= 30 and spec["terminationGracePeriodSeconds"] >= pause + args.drain_timeout + 15
     triton = find(objs, "Deployment", "triton")
     server = container(triton, "triton")
     if variant == "cpu":
