@@ -144,6 +144,9 @@ class LiveSession:
         await self.ws.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
         sender = None
         try:
+            if self.live.draining:  # the replica is leaving: the client comes back through another one
+                raise LiveClosed(protocol.CLOSE_SERVICE_RESTART, "this replica is stopping; reconnect with a new "
+                                                                 "ticket to reach another")
             self._check_ticket(offered)
             if self.live.scheduler.count() >= self.limits.max_streams:
                 raise self._too_many()
