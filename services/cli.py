@@ -67,7 +67,6 @@ def cmd_swap(args) -> int:
     from swapstream.services.engine.photos import IMAGE_SUFFIXES
     from swapstream.services.engine.swapper import FaceSwapper
     from swapstream.services.engine.swappers import create_swapper
-    from swapstream.services.engine.swappers.choice import choose_swapper
     from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
     output = Path(args.output)
@@ -87,8 +86,7 @@ def cmd_swap(args) -> int:
         total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
         with triton_url(args) as url:
             client = SwapstreamClient(url)
-            choice = choose_swapper(args.swapper, repository.real_networks(_weight_dirs(args)))
-            swapper = FaceSwapper(client, create_swapper(choice.name, client), chosen.device)
+            swapper = FaceSwapper(client, create_swapper(args.swapper or "simswap", client), chosen.device)
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
                 summary = run_swap(swapper, [Path(p) for p in args.source], target, output, chosen,
                                    progress=lambda frames, _summary: bar.update(frames))
@@ -96,7 +94,6 @@ def cmd_swap(args) -> int:
             TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary.notes.insert(0, choice.reason)
     print(f"{output}: {summary}")
     return 0
 
@@ -126,11 +123,11 @@ def cmd_serve(args) -> int:
                            workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
                            token=args.token or None, device=args.device,
                            limits=limits, live=live, stale_after=args.stale_after,
-                           min_free_bytes=int(args.min_free_mb * MB), triton_timeout=args.triton_timeout)
+                           min_free_bytes=int(args.min_free_mb * MB), triton_timeout=args.triton_timeout,
+                           allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins)
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None,
-              triton_unresponsive_after=args.triton_unresponsive, drain_timeout=args.drain_timeout,
-              create_app=create_app)
+              triton_unresponsive_after=args.triton_unresponsive, create_app=create_app)
     except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,11 @@ MB = 1 << 20
 
 
 
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated list -> its items, stripped (empty: none)."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def pixels(text: str) -> int:
     """WIDTHxHEIGHT -> the pixel count."""
     width, _, height = str(text).lower().partition("x")
@@ -169,8 +174,7 @@ SWAP = _table(
     Option("audio", bool, True, "copy the target's audio", form=True),
     DEVICE,
     Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else mesh "
-           "(swap says which and why; the service and live streams use simswap so far)",
-           choices=("mesh", "simswap")),
+           "(only simswap is wired so far: the mesh swapper is being added)", choices=("mesh", "simswap")),
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.
@@ -197,9 +201,6 @@ SERVE = _table(
     Option("triton_timeout", float, 120.0, "deadline of every Triton call, seconds", low=0, low_open=True),
     Option("triton_unresponsive", float, 30.0, "seconds without an answer before the embedded Triton is restarted",
            low=0, low_open=True),
-    Option("drain_timeout", float, 0.0, "on SIGTERM, drain first: readiness 503, no new job or stream, live streams "
-           "closed with 1012 (reconnect), and running jobs get this many seconds to finish before they go back to "
-           "the queue without spending an attempt; 0: stop at once", low=0),
     DEVICE,
     Option("max_streams", int, 8, "live streams open at once; one more is closed with 1013, try later", low=0,
            low_open=True),
@@ -207,8 +208,12 @@ SERVE = _table(
            "batch, ms", low=0),
     Option("live_max_batch", int, 16, "live frames per detect/swap batch; 1 = frame by frame, batch-1 calls", low=0,
            low_open=True),
-    Option("live_idle_timeout", float, 30.0, "seconds without a message before a live stream is closed", low=0,
+    Option("live_idle_timeout", float, 30.0, "seconds without a frame before a live stream is closed", low=0,
            low_open=True),
+    Option("allowed_hosts", str, "", "comma-separated Host names the API answers besides IP addresses and "
+           "localhost (e.g. the name behind a proxy); * accepts any", parse=names),
+    Option("allowed_origins", str, "", "comma-separated page origins allowed to call the API besides the "
+           "service's own pages (e.g. https://app.example.com); * accepts any", parse=names),
 )
 
 # A live stream: the ``start`` message of ``WS /v1/live``, ``swapstream live``, the live page.

@@ -47,14 +47,16 @@ def create_app(service: Service) -> FastAPI:
     # Before any body is read: the token, the size limit, the disk (see guard.py). require_token stays on the
     # routes, so that the OpenAPI docs show the scheme and a route mounted elsewhere keeps it.
     app.add_middleware(V1Guard, token=config.token, body_limit=config.limits.request_limit,
-                       refuse=_refuse_on_low_disk(service), public=PUBLIC)
+                       refuse=_refuse_on_low_disk(service), public=PUBLIC, allowed_hosts=config.allowed_hosts,
+                       allowed_origins=config.allowed_origins)
     add_error_handlers(app)
     auth = [Depends(require_token)]
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=auth)
     app.include_router(options.router, prefix="/v1")
     app.state.live = mount_live(app, service.client, service.data_dir, config.device, config.live,
-                                service.metrics.live, config.token, auth, config.limits.max_photo_bytes, service.store)
+                                service.metrics.live, config.token, auth, config.limits.max_photo_bytes, service.store,
+                                service.photo_work)
     app.include_router(health.router)
     mount_pages(app)
     return app

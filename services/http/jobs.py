@@ -108,7 +108,7 @@ async def job_events(request: Request):
 def find(store: JobStore, job_id: str):
     job = store.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r}; list jobs with GET /v1/jobs")
+        raise HTTPException(404, f"no job {job_id[:40]!r}; list jobs with GET /v1/jobs")
     return job
 
 

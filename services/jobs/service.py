@@ -49,7 +49,9 @@ class ServiceConfig:
     live: LiveLimits = field(default_factory=LiveLimits)
     min_free_bytes: int = int(_serve("min_free_mb") * MB)  # below it: not ready, no job started, 507
     triton_timeout: float = _serve("triton_timeout")       # deadline of one Triton call, seconds
-    photo_workers: int = 1              # photo requests (swap-image, analyze) worked on at once ...
+    allowed_hosts: tuple[str, ...] = ()    # Host names the /v1 gate accepts besides addresses and localhost
+    allowed_origins: tuple[str, ...] = ()  # page origins the /v1 gate accepts besides the service's own
+    photo_workers: int = 1              # photo requests (swap-image, analyze, sources) worked on at once ...
     photo_queue: int = 4                # ... and waiting; more get 429
 
 
@@ -99,7 +101,6 @@ class Service:
         self.store = JobStore(config.store_url) if config.store_url else JobStore.in_folder(self.data_dir)
         self.base_options = SwapOptions(device=config.device)
         self.pool: WorkerPool | None = None
-        self.draining = False  # set by the drain on SIGTERM (serve.py): readiness answers 503
         self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
         self.client = SwapstreamClient(config.triton_url, timeout=config.triton_timeout)
         self.check_client = SwapstreamClient(config.triton_url, timeout=SUBMIT_CHECK_SECONDS)

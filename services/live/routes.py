@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Sequence
+from typing import Annotated, Callable, Iterable, Sequence
 
 from fastapi import APIRouter, FastAPI, File, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
@@ -19,17 +20,19 @@ from swapstream.services.live.frames import FrameRejected, decode_frame
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.scheduler import Scheduler
-from swapstream.services.live.sources import IdentityMaker, SourceStore
+from swapstream.services.live.sources import IdentityMaker, SourceQuota, SourceStore
 from swapstream.services.live.stream import Frame, LiveStream, StreamOptions
 from swapstream.services.live.tickets import TicketBackend, TicketStore
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
-from swapstream.services.options import LIVE, check
+from swapstream.services.options import LIVE
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
 MAX_SOURCES = 8
+SOURCE_SIDE = 2048    # source photos are decoded at 1/2, 1/4 or 1/8 of their size down to this longest side
 STOP_SECONDS = 10.0   # a stopping stream's frames in flight are answered within this, or dropped
+RESTART_REASON = "the service is restarting; reconnect in a few seconds"
 
 
 class LiveClosed(Exception):
@@ -43,6 +46,19 @@ def _reason(text: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
+def _short(text: str, limit: int = 40) -> str:
+    """A client's string quoted in a message, cut to ``limit`` characters."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+class SourceRefused(SwapInputError):
+    """A source photo refused before any face is looked for; ``code``: the WebSocket close code for a start."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 class LiveServer:
     """The scheduler thread, the ticket and source stores, and the identities of one service process."""
 
@@ -54,64 +70,94 @@ class LiveServer:
         self.metrics = metrics
         self.tickets = TicketStore(ticket_backend, limits.ticket_seconds)  # shared by the replicas (job store)
         self.draining = False  # set when the service drains: new sockets are closed with 1012
-        self.sources = SourceStore(data_dir / "sources")
+        self.sources = SourceStore(data_dir / "sources", limits.max_sources, limits.source_days * 86400.0)
         swapper = create_swapper("simswap", client)
         self.identities = IdentityMaker(FaceSwapper(client, swapper, device))
         self.scheduler = Scheduler(FaceSwapper(client, swapper, device), limits, self.metrics)
         self.scheduler.start()
+        self.photo_work = None                   # the service's photo worker, set by mount_live
+        self.sessions: set[LiveSession] = set()  # event loop only
+        self.starting = 0                        # sockets accepted that have no stream yet (event loop only)
 
     def stop(self) -> None:
         self.scheduler.stop()
 
-    def identity_of(self, photos: list[tuple[str, bytes]]) -> tuple:
-        """(identity, faces per photo, notes) from encoded photos; ``SwapInputError`` says what is wrong."""
-        decoded = []
-        for name, data in photos:
-            if len(data) > self.max_photo_bytes:
-                raise SwapInputError(f"source photo {name}: {len(data)} bytes is more than the "
-                                     f"{self.max_photo_bytes} bytes allowed; send a smaller photo")
-            try:
-                rgb, _ = decode_frame(data, self.limits.max_source_pixels, formats=("JPEG", "WEBP", "PNG"))
-            except FrameRejected as error:
-                raise SwapInputError(f"source photo {name}: {error}") from None
-            decoded.append((name, rgb))
-        return self.identities(decoded)
+
+    def close_all(self) -> None:
+        """Closes every socket with 1012 and a reason (the server's own 1012 on shutdown has none). Called from
+        the service's exit handler, on the event loop, before the server closes the connections."""
+        loop = asyncio.get_running_loop()
+        for session in list(self.sessions):
+            loop.create_task(session.close(protocol.CLOSE_SERVICE_RESTART, RESTART_REASON))
+
+    def identity_of(self, photos: Iterable[tuple[str, Callable[[int], bytes]]]) -> tuple:
+        """(identity, faces per photo, notes) from encoded photos, each [(name, read(limit))] read and decoded only
+        when its turn comes (one at a time, at the size the identity needs); ``SwapInputError`` says what is
+        wrong."""
+        def decoded():
+            for name, read in photos:
+                data = read(self.max_photo_bytes + 1)
+                if len(data) > self.max_photo_bytes:
+                    raise SourceRefused(f"source photo {name}: more than the {self.max_photo_bytes} bytes "
+                                        "allowed; send a smaller photo", protocol.CLOSE_TOO_BIG)
+                try:
+                    rgb, _ = decode_frame(data, self.limits.max_source_pixels, None, ("JPEG", "WEBP", "PNG"),
+                                          longest=SOURCE_SIDE)
+                except FrameRejected as error:
+                    raise SourceRefused(f"source photo {name}: {error}", protocol.CLOSE_BAD_START) from None
+                yield name, rgb
+        try:
+            return self.identities(decoded())
+        except SourceRefused:
+            raise
+        except SwapInputError as error:  # no face: said without the CLI's options, which a live client has not
+            first = str(error).split(". ")[0]
+            raise SwapInputError(f"{first}. Use a photo where the face is large, visible and frontal") from None
 
 
 def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
                metrics: LiveMetrics, token: str | None, auth: Sequence, max_photo_bytes: int,
-               ticket_backend: TicketBackend) -> LiveServer:
+               ticket_backend: TicketBackend, photo_work) -> LiveServer:
     """Adds the live routes to ``app``; ``auth`` are the dependencies of the ``/v1`` HTTP routes (the bearer
-    token). The caller stops the returned server when the app stops."""
+    token); ``photo_work``: the service's bounded photo worker (``await run(function, *args)``; when it is full it
+    raises an error with ``retry_after``, which the service answers with 429), which computes the sources'
+    identities. The caller stops the returned server when the app stops."""
     live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes, ticket_backend)
+    live.photo_work = photo_work
+    app.state.live = live  # the service's exit handler closes its sockets (close_all)
     v1 = APIRouter(prefix="/v1", dependencies=list(auth))
 
     @v1.post("/sources", status_code=201, summary="Store a source identity (computed once) for live streams")
-    def create_source(source: Annotated[list[UploadFile], File(description="one or more photos of the face")]):
+    async def create_source(source: Annotated[list[UploadFile], File(description="one or more photos of the face")]):
         if not source:
             raise HTTPException(422, "source: give at least one photo of the face to put in")
         if len(source) > MAX_SOURCES:
             raise HTTPException(422, f"source: at most {MAX_SOURCES} photos")
-        photos = [(upload.filename or f"#{i + 1}", upload.file.read(live.max_photo_bytes + 1))
-                  for i, upload in enumerate(source)]
         try:
-            identity, faces, notes = live.identity_of(photos)
+            live.sources.check_room()
+        except SourceQuota as error:
+            raise HTTPException(507, str(error)) from None
+        photos = [(upload.filename or f"#{i + 1}", upload.file.read) for i, upload in enumerate(source)]
+        try:
+            identity, faces, notes = await live.photo_work.run(live.identity_of, photos)
+            info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "notes": notes})
         except SwapInputError as error:
             raise HTTPException(422, str(error)) from None
-        info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "notes": notes})
+        except SourceQuota as error:
+            raise HTTPException(507, str(error)) from None
         return JSONResponse(info, status_code=201, headers={"Location": f"/v1/sources/{info['id']}"})
 
     @v1.get("/sources/{source_id}", summary="A stored source identity")
     def get_source(source_id: str):
         info = live.sources.info(source_id)
         if info is None:
-            raise HTTPException(404, f"no source {source_id!r}; create one with POST /v1/sources")
+            raise HTTPException(404, f"no source {_short(source_id)}; create one with POST /v1/sources")
         return info
 
     @v1.delete("/sources/{source_id}", status_code=204, summary="Delete a stored source identity")
     def delete_source(source_id: str):
         if not live.sources.delete(source_id):
-            raise HTTPException(404, f"no source {source_id!r}")
+            raise HTTPException(404, f"no source {_short(source_id)}")
         return Response(status_code=204)
 
     @v1.post("/live/tickets", status_code=201, summary="A single-use ticket that opens WS /v1/live")
@@ -142,25 +188,38 @@ class LiveSession:
     async def run(self) -> None:
         offered = self.ws.scope.get("subprotocols") or []
         await self.ws.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
+        self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
+        self.live.sessions.add(self)
         sender = None
+        starting = False
         try:
-            if self.live.draining:  # the replica is leaving: the client comes back through another one
-                raise LiveClosed(protocol.CLOSE_SERVICE_RESTART, "this replica is stopping; reconnect with a new "
-                                                                 "ticket to reach another")
+            if self.live.draining:
+                raise LiveClosed(protocol.CLOSE_SERVICE_RESTART, RESTART_REASON)
             self._check_ticket(offered)
             if self.live.scheduler.count() >= self.limits.max_streams:
                 raise self._too_many()
+            # Sockets still starting hold a start message and its photo: as many as there may be streams.
+            if self.live.starting >= self.limits.max_streams:
+                raise LiveClosed(protocol.CLOSE_TRY_LATER, f"{self.live.starting} live streams are starting; "
+                                                           "try again in a few seconds")
+            self.live.starting += 1
+            starting = True
             self.stream = await self._start()
+            self.live.starting -= 1
+            starting = False
             sender = asyncio.create_task(self._send())
             self.stream.send_text({"type": "ready", "stream": self.stream.id, "limits": self.limits.as_dict()})
             await self._receive()
             await self._finish(sender)
             await self.ws.close(protocol.CLOSE_NORMAL, "stopped")
         except LiveClosed as closed:
-            await self._close(closed.code, closed.reason)
+            await self.close(closed.code, closed.reason)
         except WebSocketDisconnect:
             pass
         finally:
+            self.live.sessions.discard(self)
+            if starting:
+                self.live.starting -= 1
             if sender is not None:
                 sender.cancel()
             if self.stream is not None:
@@ -182,12 +241,27 @@ class LiveSession:
         if problem:
             raise LiveClosed(protocol.CLOSE_POLICY, problem)
 
+    def _idle_deadline(self) -> float:
+        """Idle is ``idle_timeout`` after the last frame (or the start) and the last answer, with nothing of the
+        stream's being worked on: other messages do not count."""
+        stream = self.stream
+        if stream is None:
+            return self.idle_until
+        if not stream.idle.is_set():  # a frame waits or is in the scheduler: the client waits for its answer
+            return asyncio.get_running_loop().time() + self.limits.idle_timeout
+        return max(self.idle_until, stream.answered_at + self.limits.idle_timeout)
+
     async def _message(self) -> dict:
-        try:
-            message = await asyncio.wait_for(self.ws.receive(), self.limits.idle_timeout)
-        except asyncio.TimeoutError:
-            raise LiveClosed(protocol.CLOSE_IDLE, f"idle: no message for {self.limits.idle_timeout:.0f} s; "
-                                                  "reconnect when you have frames to send") from None
+        """The next message, or LiveClosed when the stream is idle (``_idle_deadline``)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), max(0.0, self._idle_deadline() - loop.time()))
+                break
+            except asyncio.TimeoutError:
+                if self._idle_deadline() <= loop.time():
+                    raise LiveClosed(protocol.CLOSE_IDLE, f"idle: no frame for {self.limits.idle_timeout:.0f} s; "
+                                                          "reconnect when you have frames to send") from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         return message
@@ -196,14 +270,15 @@ class LiveSession:
         message = await self._message()
         if message.get("text") is None:
             raise LiveClosed(protocol.CLOSE_BAD_START, "a frame before start: send the JSON start message first")
+        text = message["text"]
         try:
-            start = json.loads(message["text"])
-        except json.JSONDecodeError:
-            start = None
-        if not isinstance(start, dict) or start.get("type") != "start":
-            raise LiveClosed(protocol.CLOSE_BAD_START, 'the first message must be {"type": "start", ...}')
-        options = _options(start)
+            start = protocol.parse_start(text)
+        except protocol.ProtocolError as error:
+            code = protocol.CLOSE_TOO_BIG if len(text) > protocol.MAX_START_BYTES else protocol.CLOSE_BAD_START
+            raise LiveClosed(code, str(error)) from None
+        options = StreamOptions(**{name: start.get(name, o.default) for name, o in LIVE.items() if o.form})
         identity = await self._source_identity(start)
+        self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
         stream = LiveStream(uuid.uuid4().hex[:12], identity, options, self.limits.send_queue, self.live.metrics,
                             asyncio.get_running_loop())
         if not self.live.scheduler.add(stream):
@@ -215,22 +290,27 @@ class LiveSession:
         if start.get("source_id") is not None:
             identity = self.live.sources.identity(str(start["source_id"]))
             if identity is None:
-                raise LiveClosed(protocol.CLOSE_UNKNOWN_SOURCE, f"no source {str(start['source_id'])[:40]!r}; "
+                raise LiveClosed(protocol.CLOSE_UNKNOWN_SOURCE, f"no source {_short(start['source_id'])}; "
                                                                 "create one with POST /v1/sources")
             return identity
-        if not isinstance(start.get("source_image"), str):
-            raise LiveClosed(protocol.CLOSE_BAD_START, "start needs source_id or source_image (base64 photo)")
         try:
             photo = base64.b64decode(start["source_image"], validate=True)
         except (binascii.Error, ValueError):
             raise LiveClosed(protocol.CLOSE_BAD_START, "source_image is not valid base64") from None
         try:
-            identity, _, _ = await asyncio.to_thread(self.live.identity_of, [("source_image", photo)])
+            identity, _, _ = await self.live.photo_work.run(self.live.identity_of,
+                                                            [("source_image", io.BytesIO(photo).read)])
+        except SourceRefused as error:
+            raise LiveClosed(error.code, _reason(str(error))) from None
         except SwapInputError as error:
             raise LiveClosed(protocol.CLOSE_NO_FACE, _reason(str(error))) from None
         except TritonCallError as error:
             raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(f"the inference server failed ({error.model}); "
                                                                "try again shortly")) from None
+        except Exception as error:  # the photo worker is full (the service's Busy, with retry_after)
+            if getattr(error, "retry_after", None) is None:
+                raise
+            raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(str(error))) from None
         return identity
 
     async def _receive(self) -> None:
@@ -241,8 +321,8 @@ class LiveSession:
                 await self._frame(message["bytes"])
             elif message.get("text") is not None:
                 try:
-                    text = json.loads(message["text"])
-                except json.JSONDecodeError:
+                    text = protocol.parse_json(message["text"], "text message")
+                except protocol.ProtocolError:
                     text = None
                 kind = text.get("type") if isinstance(text, dict) else None
                 if kind == "stop":
@@ -259,21 +339,22 @@ class LiveSession:
         self.live.metrics.frames_received.inc()
         seq = None
         try:
-            header, image = protocol.unpack_frame(data)
-            seq = header.get("seq")
-            if not isinstance(seq, int) or isinstance(seq, bool):
-                seq = None
-                raise FrameRejected('the frame header needs an integer "seq"')
+            try:
+                header, image = protocol.unpack_frame(data, protocol.MAX_HEADER_BYTES)
+            except protocol.ProtocolError as error:
+                seq = error.seq
+                raise
+            seq = header["seq"]
             if self.last_seq is not None and seq <= self.last_seq:
                 raise FrameRejected(f"sequence number {seq} is not after {self.last_seq}: seq must increase")
             self.last_seq = seq
-            ts = header.get("ts", 0)
-            rgb, kind = await asyncio.to_thread(decode_frame, image, self.limits.max_pixels)
+            rgb, kind = await asyncio.to_thread(decode_frame, image, self.limits.max_pixels, self.limits.max_side)
         except (protocol.ProtocolError, FrameRejected) as error:
             self.live.metrics.frames_refused.inc()
             stream.send_text({"type": "error", "seq": seq, "detail": str(error)})
             return
-        stream.offer(Frame(seq, ts if isinstance(ts, (int, float)) else 0, rgb, kind, time.perf_counter()))
+        self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
+        stream.offer(Frame(seq, float(header.get("ts", 0)), rgb, kind, time.perf_counter()))
         self.live.scheduler.wake()
 
     async def _send(self) -> None:
@@ -301,16 +382,10 @@ class LiveSession:
         await self.ws.send_text(json.dumps({"type": "end", "answered": stream.answered,
                                             "dropped": stream.take_dropped()}))
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str) -> None:
         try:
             await self.ws.close(code, _reason(reason))
-        except RuntimeError:
+        except (RuntimeError, OSError):
             pass  # already closed
 
 
-def _options(start: dict) -> StreamOptions:
-    """The stream's options (the options table's ``LIVE``: types, choices, bounds, defaults)."""
-    try:
-        return StreamOptions(**check("live", {name: start[name] for name in LIVE if name in start}))
-    except ValueError as error:
-        raise LiveClosed(protocol.CLOSE_BAD_START, f"start: {error}") from None

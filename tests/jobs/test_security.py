@@ -1,11 +1,17 @@
 """Issue 18 on a default instance (no token, loopback), a real ``swapstream serve`` and real clients: requests from
-other sites' pages and to rebound names (item 1), the pages' security headers (item 9), and the small ones of
-item 10 over HTTP. The token instance's share of item 1 is in ``tests/live/test_live_server.py``."""
+other sites' pages and to rebound names, and the names and origins a deployment allows (item 1), concurrent
+source photos (item 4), progressive-JPEG scan bombs on the photo routes (item 6), the pages' security headers
+(item 9), and the small ones of item 10 over HTTP. The token instance's share of item 1 is in ``tests/live/test_live_server.py``."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import threading
+import time
+from pathlib import Path
 
+import cv2
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -13,15 +19,19 @@ from websockets.sync.client import connect
 
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
+from tests.helpers.hostile import scan_bomb
 from tests.helpers.service import OBAMA, submit
 
 EVIL = "http://evil.example"
+PROXIED = "swap.example"           # the name a proxy gives the service (--allowed-hosts)
+APP = "https://app.example"        # pages served from elsewhere that may call it (--allowed-origins)
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, triton):
     data = tmp_path_factory.mktemp("security") / "data"
-    with ServiceProcess(data, "--triton", triton.grpc_url, "--workers", "0", "--min-free-mb", "0") as running:
+    with ServiceProcess(data, "--triton", triton.grpc_url, "--workers", "0", "--min-free-mb", "0",
+                        "--allowed-hosts", f"{PROXIED}, other.example", "--allowed-origins", APP) as running:
         yield running
 
 
@@ -70,6 +80,18 @@ def test_a_rebound_host_is_refused(service, http):
     assert httpx.get(f"{service.url}/healthz", headers={"Host": "evil.example"}).status_code == 200  # probes
 
 
+def test_the_names_and_origins_a_deployment_lists_are_served(service, http):
+    assert http.get("/v1/jobs", headers={"Host": PROXIED}).status_code == 200
+    assert http.get("/v1/jobs", headers={"Host": f"OTHER.example.:{service.port}"}).status_code == 200
+    assert http.get("/v1/jobs", headers={"Origin": APP}).status_code == 200
+    assert http.get("/v1/jobs", headers={"Origin": APP + ".evil.example"}).status_code == 403
+    with _socket(service, APP, PROXIED) as ws:
+        ws.send(json.dumps({"type": "start", "source_id": "0" * 32}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == protocol.CLOSE_UNKNOWN_SOURCE
+
+
 def _socket(service, origin: str | None = None, host: str = "127.0.0.1"):
     sock = socket.create_connection(("127.0.0.1", service.port))
     return connect(f"ws://{host}:{service.port}/v1/live", sock=sock, origin=origin,
@@ -88,6 +110,22 @@ def test_a_cross_site_websocket_is_refused_at_the_handshake(service):
         assert closed.value.rcvd.code == protocol.CLOSE_UNKNOWN_SOURCE
 
 
+# ---------------------------------------------------------------------------------------- 6. scan bombs
+
+@pytest.mark.parametrize("route", ["analyze", "swap-image target", "swap-image source", "jobs target", "jobs source",
+                                   "sources"])
+def test_a_scan_bomb_is_refused_before_it_is_decoded(http, route):
+    bomb = ("bomb.jpg", scan_bomb(), "image/jpeg")
+    photo = (OBAMA.name, OBAMA.read_bytes(), "image/jpeg")
+    files = {"analyze": [("photo", bomb)], "swap-image target": [("target", bomb), ("source", photo)],
+             "swap-image source": [("target", photo), ("source", bomb)], "jobs target": [("target", bomb),
+             ("source", photo)], "jobs source": [("target", photo), ("source", bomb)], "sources": [("source", bomb)]}
+    path = {"analyze": "/v1/analyze", "sources": "/v1/sources"}.get(route, f"/v1/{route.split()[0]}")
+    answer = http.post(path, files=files[route])
+    assert answer.status_code == 422, answer.text
+    assert "scans" in answer.json()["detail"], answer.text
+
+
 # ------------------------------------------------------------------------------------------- 9. the pages
 
 @pytest.mark.parametrize("path", ["/", "/live", "/analyze", "/swap-photo", "/static/live.js", "/static/style.css"])
@@ -100,3 +138,61 @@ def test_pages_carry_security_headers(http, path):
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.headers["x-frame-options"] == "DENY"
     assert answer.headers["referrer-policy"] == "same-origin"
+
+
+# -------------------------------------------------------------------------------------------- 10. small ones
+
+def test_not_found_does_not_echo_a_long_id(http):
+    long_id = "a" * 8000
+    for path in (f"/v1/sources/{long_id}", f"/v1/jobs/{long_id}"):
+        answer = http.get(path)
+        assert answer.status_code == 404, answer.text
+        assert len(answer.json()["detail"]) < 200, path[:20]
+    assert http.delete(f"/v1/sources/{long_id}").status_code == 404
+    assert len(http.delete(f"/v1/sources/{long_id}").json()["detail"]) < 200
+
+
+def test_an_expired_source_is_gone(service, http):
+    made = http.post("/v1/sources", files=[("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))]).json()
+    info = service.data / "sources" / f"{made['id']}.json"
+    month_ago = time.time() - 31 * 86400
+    os.utime(info, (month_ago, month_ago))  # made 31 days ago: past the 30 days a source is kept
+    assert http.get(f"/v1/sources/{made['id']}").status_code == 404
+    assert not info.exists() and not info.with_suffix(".npy").exists()
+
+
+# ----------------------------------------------------------------------------------- 4. concurrent sources
+
+def _peak_growth_mb(pid: int, work) -> float:
+    status = Path(f"/proc/{pid}/status")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _kb(status, "VmRSS")
+    work()
+    return (_kb(status, "VmHWM") - before) / 1024
+
+
+def _kb(status: Path, field: str) -> int:
+    return int(next(line for line in status.read_text().splitlines() if line.startswith(field)).split()[1])
+
+
+def test_concurrent_sources_share_the_bounded_photo_worker(service, tmp_path):
+    """8 requests at once, each with 8 photos of 4096x4096 (410 MB a request, 3.8 GB in all, before)."""
+    big = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(OBAMA)), (4096, 4096)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+    photos = [("source", (f"{i}.jpg", big.tobytes(), "image/jpeg")) for i in range(8)]
+    codes: list[int] = []
+
+    def post():
+        with service.client() as client:
+            codes.append(client.post("/v1/sources", files=photos, timeout=600).status_code)
+
+    def all_at_once():
+        threads = [threading.Thread(target=post) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(900)
+
+    grown = _peak_growth_mb(service.process.pid, all_at_once)
+    print(f"peak RSS growth, 8 x POST /v1/sources of 8 photos of 4096x4096 at once: {grown:.0f} MB {sorted(codes)}")
+    assert sorted(set(codes)) == [201, 429], codes  # the worker and its queue took 5, the others were refused
+    assert grown < 600, f"the service's memory rose by {grown:.0f} MB"

@@ -14,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from swapstream.benchmarks.media import cut
@@ -337,7 +337,7 @@ def test_limits_close_the_socket_with_a_code_and_a_reason(service, http, sources
     with open_socket(service, http) as ws:  # idle (the service's idle timeout is 2 s)
         ws.send(json.dumps({"type": "start", "source_id": sources["obama"]}))
         ws.recv(timeout=30)
-        cases.append((closed_with(ws), protocol.CLOSE_IDLE, "no message for 2 s"))
+        cases.append((closed_with(ws), protocol.CLOSE_IDLE, "no frame for 2 s"))
     with open_socket(service, http, ticket="made-up") as ws:
         cases.append((closed_with(ws), protocol.CLOSE_POLICY, "unknown or already used ticket"))
     with open_socket(service, http, ticket=None) as ws:
@@ -376,3 +376,20 @@ def test_a_client_that_never_reads_gets_frames_dropped_not_buffered(service, htt
     assert sorted(answered + run.dropped) == run.sent
     slow = metric_values(http)['swapstream_live_frames_dropped_total{reason="slow_client"}']
     assert slow > 0, "the server buffered every answer for a client that did not read"
+
+
+def test_a_token_instance_refuses_other_sites_and_rebound_names_too(service, http, sources):
+    """Issue 18, item 1: the token does not replace the Origin and Host checks (a page could hold a ticket)."""
+    ticket = http.post("/v1/live/tickets").json()["ticket"]
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(service), subprotocols=[protocol.SUBPROTOCOL, protocol.TICKET_PREFIX + ticket],
+                origin="http://evil.example", open_timeout=10)
+    assert refused.value.response.status_code == 403
+    assert http.post("/v1/live/tickets", headers={"Origin": "http://evil.example"}).status_code == 403
+    rebound = http.get(f"/v1/sources/{sources['obama']}", headers={"Host": f"evil.example:{service.port}"})
+    assert rebound.status_code == 403 and "Host" in rebound.json()["detail"]
+    assert http.get(f"/v1/sources/{sources['obama']}", headers={"Origin": service.url}).status_code == 200
+    with connect(ws_url(service), subprotocols=[protocol.SUBPROTOCOL, protocol.TICKET_PREFIX + ticket],
+                 origin=service.url, open_timeout=10) as ws:  # the page's own origin, with the same ticket
+        ws.send(json.dumps({"type": "start", "source_id": sources["obama"]}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
