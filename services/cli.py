@@ -67,6 +67,7 @@ def cmd_swap(args) -> int:
     from swapstream.services.engine.photos import IMAGE_SUFFIXES
     from swapstream.services.engine.swapper import FaceSwapper
     from swapstream.services.engine.swappers import create_swapper
+    from swapstream.services.engine.swappers.choice import choose_swapper
     from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
     output = Path(args.output)
@@ -86,7 +87,8 @@ def cmd_swap(args) -> int:
         total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
         with triton_url(args) as url:
             client = SwapstreamClient(url)
-            swapper = FaceSwapper(client, create_swapper(args.swapper or "simswap", client), chosen.device)
+            choice = choose_swapper(args.swapper, repository.real_networks(_weight_dirs(args)))
+            swapper = FaceSwapper(client, create_swapper(choice.name, client), chosen.device)
             with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
                 summary = run_swap(swapper, [Path(p) for p in args.source], target, output, chosen,
                                    progress=lambda frames, _summary: bar.update(frames))
@@ -94,6 +96,7 @@ def cmd_swap(args) -> int:
             TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    summary.notes.insert(0, choice.reason)
     print(f"{output}: {summary}")
     return 0
 
@@ -127,7 +130,8 @@ def cmd_serve(args) -> int:
                            allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins)
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None,
-              triton_unresponsive_after=args.triton_unresponsive, create_app=create_app)
+              triton_unresponsive_after=args.triton_unresponsive, drain_timeout=args.drain_timeout,
+              create_app=create_app)
     except (ServeError, repository.RepositoryError, TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

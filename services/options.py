@@ -174,7 +174,8 @@ SWAP = _table(
     Option("audio", bool, True, "copy the target's audio", form=True),
     DEVICE,
     Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else mesh "
-           "(only simswap is wired so far: the mesh swapper is being added)", choices=("mesh", "simswap")),
+           "(swap says which and why; the service and live streams use simswap so far)",
+           choices=("mesh", "simswap")),
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.
@@ -201,6 +202,9 @@ SERVE = _table(
     Option("triton_timeout", float, 120.0, "deadline of every Triton call, seconds", low=0, low_open=True),
     Option("triton_unresponsive", float, 30.0, "seconds without an answer before the embedded Triton is restarted",
            low=0, low_open=True),
+    Option("drain_timeout", float, 0.0, "on SIGTERM, drain first: readiness 503, no new job or stream, live streams "
+           "closed with 1012 (reconnect), and running jobs get this many seconds to finish before they go back to "
+           "the queue without spending an attempt; 0: stop at once", low=0),
     DEVICE,
     Option("max_streams", int, 8, "live streams open at once; one more is closed with 1013, try later", low=0,
            low_open=True),

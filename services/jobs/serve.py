@@ -1,6 +1,7 @@
 """``swapstream serve``: the ingestion service with its embedded Triton (or a running one)."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -76,14 +77,33 @@ class TritonSupervisor(threading.Thread):
                 log.exception("restarting tritonserver failed; trying again")
 
 
+def drain(service: Service, live, loop: asyncio.AbstractEventLoop, timeout: float) -> int:
+    """A replica leaving (SIGTERM: a rolling update, a scale-down): readiness answers 503 first, no job is claimed
+    and no stream accepted any more, the open live streams are closed with 1012 and a reason that says to reconnect
+    (the clients come back through another replica with a new ticket), and the running jobs get ``timeout`` seconds
+    to finish before they go back to the queue without spending an attempt. Returns the jobs re-queued."""
+    started = time.monotonic()
+    service.draining = True
+    live.draining = True
+    streams = len(live.sessions)
+    loop.call_soon_threadsafe(live.close_all)
+    running = service.pool.busy() if service.pool else 0
+    requeued = service.pool.drain(timeout) if service.pool else 0
+    log.warning("drained in %.1f s: %d live streams closed (1012, reconnect), %d running jobs, %d finished, "
+                "%d re-queued", time.monotonic() - started, streams, running, running - requeued, requeued)
+    return requeued
+
+
 def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] | None = None,
-          triton_unresponsive_after: float = 30.0, *,
+          triton_unresponsive_after: float = 30.0, drain_timeout: float = 0.0, *,
           create_app: Callable) -> None:
     """Runs until SIGINT/SIGTERM. ``config.triton_url`` empty: an embedded Triton is started and supervised.
 
     Both signals stop it cleanly: uvicorn shuts down, then re-raises the signal it caught; SIGTERM is mapped to
     KeyboardInterrupt like SIGINT, so that it unwinds through the clean-up here (Triton stopped with its
-    stubs and shared memory, temporary folders removed) instead of killing the process on the spot."""
+    stubs and shared memory, temporary folders removed) instead of killing the process on the spot.
+    ``create_app(service)``: the HTTP app (``swapstream.services.http.app``, a room above this one).
+    With ``drain_timeout`` > 0, SIGTERM first drains the replica (``drain``); a second signal stops it at once."""
     import uvicorn
 
     require_device(config.device)  # before anything starts: no GPU is a clear error, not a failed start-up
@@ -97,15 +117,32 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
             supervisor.start()
             stack.callback(supervisor.stopping.set)  # runs before the server is stopped
             config.triton_url = server.grpc_url
-        app = create_app(Service(config))
+        service = Service(config)
+        app = create_app(service)
         print(f"swapstream serving on http://{host}:{port} (API docs at /docs; Triton at {config.triton_url})",
               flush=True)
 
         class Server(uvicorn.Server):
+            draining = False
+
             def handle_exit(self, sig, frame) -> None:
+                if sig == signal.SIGTERM and drain_timeout > 0 and not self.draining:
+                    self.draining = True
+                    loop = asyncio.get_running_loop()
+                    threading.Thread(target=self._drain_then_exit, args=(sig, frame, loop), name="drain",
+                                     daemon=True).start()
+                    return
                 app.state.job_feed.close()  # uvicorn waits for open responses: the event streams end first
                 app.state.live.close_all()  # 1012 with a reason that says to reconnect (uvicorn's has none)
                 super().handle_exit(sig, frame)
+
+            def _drain_then_exit(self, sig, frame, loop) -> None:
+                try:
+                    drain(service, app.state.live, loop, drain_timeout)
+                except Exception:  # noqa: BLE001 - stop anyway
+                    log.exception("draining failed; stopping now")
+                finally:
+                    loop.call_soon_threadsafe(self.handle_exit, sig, frame)
 
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

@@ -101,6 +101,7 @@ class Service:
         self.store = JobStore(config.store_url) if config.store_url else JobStore.in_folder(self.data_dir)
         self.base_options = SwapOptions(device=config.device)
         self.pool: WorkerPool | None = None
+        self.draining = False  # set by the drain on SIGTERM (serve.py): readiness answers 503
         self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
         self.client = SwapstreamClient(config.triton_url, timeout=config.triton_timeout)
         self.check_client = SwapstreamClient(config.triton_url, timeout=SUBMIT_CHECK_SECONDS)

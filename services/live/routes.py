@@ -193,8 +193,9 @@ class LiveSession:
         sender = None
         starting = False
         try:
-            if self.live.draining:
-                raise LiveClosed(protocol.CLOSE_SERVICE_RESTART, RESTART_REASON)
+            if self.live.draining:  # the replica is leaving: the client comes back through another one
+                raise LiveClosed(protocol.CLOSE_SERVICE_RESTART, "this replica is stopping; reconnect with a new "
+                                                                 "ticket to reach another")
             self._check_ticket(offered)
             if self.live.scheduler.count() >= self.limits.max_streams:
                 raise self._too_many()
