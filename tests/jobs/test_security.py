@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
+from tests.helpers.disk import small_tmpfs
 from tests.helpers.hostile import scan_bomb
 from tests.helpers.service import OBAMA, submit
 
@@ -196,3 +197,19 @@ def test_concurrent_sources_share_the_bounded_photo_worker(service, tmp_path):
     print(f"peak RSS growth, 8 x POST /v1/sources of 8 photos of 4096x4096 at once: {grown:.0f} MB {sorted(codes)}")
     assert sorted(set(codes)) == [201, 429], codes  # the worker and its queue took 5, the others were refused
     assert grown < 600, f"the service's memory rose by {grown:.0f} MB"
+
+
+def test_a_new_source_is_refused_when_the_disk_is_nearly_full(tmp_path, triton):
+    with small_tmpfs(tmp_path, "48m") as disk, \
+            ServiceProcess(disk / "data", "--triton", triton.grpc_url, "--workers", "0",
+                           "--min-free-mb", "16") as service, service.client() as http:
+        ballast = disk / "ballast"
+        ballast.write_bytes(b"\1" * (disk_free(disk) - (8 << 20)))  # 8 MB left: under the 16 MB kept free
+        answer = http.post("/v1/sources", files=[("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))])
+        assert answer.status_code == 507 and "nothing was read or stored" in answer.json()["detail"], answer.text
+        assert not any((service.data / "sources").glob("*.npy"))
+
+
+def disk_free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
