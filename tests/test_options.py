@@ -10,6 +10,7 @@ import pytest
 from swapstream.services import options
 from swapstream.services.cli import build_parser
 from swapstream.services.http.forms import swap_form
+from swapstream.services.live import protocol
 
 ALL = [(table, option) for table, entries in options.TABLES.items() for option in entries.values()]
 
@@ -42,6 +43,15 @@ def test_the_api_form_has_the_swap_form_options_with_their_defaults():
     fields = inspect.signature(swap_form).parameters
     expected = {name: o.default for name, o in options.SWAP.items() if o.form}
     assert {name: p.default for name, p in fields.items()} == expected
+
+
+def test_the_live_start_schema_follows_the_live_table():
+    for name, option in options.LIVE.items():
+        field = protocol.START[name]
+        assert (field.kind, field.choices, field.low, field.high) == (option.kind, option.choices, option.low,
+                                                                       option.high)
+    with pytest.raises(protocol.ProtocolError, match="quality"):
+        protocol.validate({"type": "start", "quality": options.LIVE["quality"].high + 1}, protocol.START, "start")
 
 
 def test_the_published_table_is_json_with_choices_and_bounds():
