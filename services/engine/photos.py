@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from swapstream.services.engine.errors import PhotoError
+from swapstream.services.engine.errors import ErrorCode, PhotoError
 from swapstream.services.engine.jpeg_scans import MAX_SCANS, count_scans
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -35,16 +35,16 @@ def check_header(source: Path | bytes, max_pixels: int = MAX_PIXELS, formats: tu
     except Image.DecompressionBombError as error:  # Pillow's own limit, far above ours: its message has the count
         claimed = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{claimed.group(1)} pixels" if claimed else "its size"
-        raise PhotoError(f"{size} is {_over(max_pixels)}; downscale it") from None
+        raise PhotoError(f"{size} is {_over(max_pixels)}; downscale it", code=ErrorCode.TOO_MANY_PIXELS) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise PhotoError(f"not a {names} image; send a still photo encoded as {names}") from None
     if kind not in formats:
         raise PhotoError(f"not a {names} image ({kind}); send a still photo encoded as {names}")
     if width * height > max_pixels:
-        raise PhotoError(f"{width}x{height} is {_over(max_pixels)}; downscale it")
+        raise PhotoError(f"{width}x{height} is {_over(max_pixels)}; downscale it", code=ErrorCode.TOO_MANY_PIXELS)
     if max_side is not None and max(width, height) > max_side:
         raise PhotoError(f"{width}x{height} is more than {max_side} pixels a side; send the usual shape of a camera "
-                         "or photo (e.g. 1280x720)")
+                         "or photo (e.g. 1280x720)", code=ErrorCode.TOO_MANY_PIXELS)
     if frames != 1:
         raise PhotoError(f"an animated image ({frames} frames); send a still photo")
     if kind == "JPEG":
@@ -84,7 +84,7 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         kind = check_header(Path(path), max_pixels)
     except PhotoError as error:
-        raise PhotoError(error.reason, path) from None
+        raise PhotoError(error.reason, path, error.code) from None
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise PhotoError(f"not a readable {kind} image (truncated or corrupt); send the whole file", path)

@@ -6,19 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import Upload, UploadRejected, check_photo, save_upload
 
 
+_NO_FACE = {"source": ErrorCode.NO_FACE_IN_SOURCE, "target": ErrorCode.NO_FACE_IN_TARGET,
+            "reference": ErrorCode.NO_FACE_IN_REFERENCE}
+
+
 def require_face(service: Service, rgb: np.ndarray, what: str, score_threshold: float, *,
                  unless_triton_down: bool = False):
-    """The faces found, or a 422; None when a submission's check was left to its worker (Triton not answering)."""
+    """The faces found, or a 422; None when a submission's check was left to its worker (Triton not answering).
+    ``what`` names the photo by its role first ("source photo 2")."""
     found = service.faces_in(rgb, score_threshold, unless_triton_down=unless_triton_down)
     if found is None:
         return None
     if len(found) == 0:
         raise UploadRejected(422, f"{what}: no face found (score >= {score_threshold}); use a photo where "
-                                  "the face is visible and frontal, or lower score_threshold")
+                                  "the face is visible and frontal, or lower score_threshold",
+                             _NO_FACE[what.split()[0]])
     return found
 
 
@@ -27,9 +34,9 @@ def check_sources(service: Service, folder: Path, sources: list[Upload], score_t
     """The source photos saved in ``folder``, each checked (limits, header, a face)."""
     limits = service.config.limits
     if not sources:
-        raise UploadRejected(422, "source: give at least one photo of the face to put in")
+        raise UploadRejected(422, "source: give at least one photo of the face to put in", ErrorCode.MISSING_SOURCE)
     if len(sources) > limits.max_sources:
-        raise UploadRejected(422, f"source: at most {limits.max_sources} photos")
+        raise UploadRejected(422, f"source: at most {limits.max_sources} photos", ErrorCode.TOO_MANY_SOURCES)
     paths = []
     for index, upload in enumerate(sources):
         _, path = save_upload(upload, folder, f"source-{index}", "source", {"photo"}, limits)

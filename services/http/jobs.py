@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.http.deps import ServiceDep, StoreDep
+from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
 from swapstream.services.http.inputs import check_sources, require_face
 from swapstream.services.jobs.service import Busy, Service
@@ -17,7 +19,7 @@ from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
 from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, check_photo, check_video, new_folder,
                                               remove_folder, save_upload)
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def job_view(job) -> dict:
@@ -81,7 +83,8 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
               "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}
     if options["faces"] == "reference":
         if reference is None:
-            raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap")
+            raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap",
+                                 ErrorCode.MISSING_REFERENCE)
         _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
         require_face(service, check_photo(reference_path, "reference", limits), "reference photo",
                      options["score_threshold"], unless_triton_down=True)

@@ -21,7 +21,7 @@ So a request is refused when:
   unless that origin is in ``allowed_origins``. Clients that are not browsers send neither header.
 
 It also turns a plain-text error that a framework component answers by itself (a bad Range: 416) into the API's
-JSON ``{"detail": "..."}``. Pages, /healthz, /readyz and /metrics pass through untouched; the WebSocket
+JSON ``{"detail": "...", "code": "..."}``. Pages, /healthz, /readyz and /metrics pass through untouched; the WebSocket
 ``/v1/live`` checks its own ticket after this gate.
 """
 from __future__ import annotations
@@ -33,6 +33,8 @@ from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+
+from swapstream.services.engine.errors import ErrorCode, code_for_status
 
 PREFIX = "/v1"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -46,8 +48,8 @@ class BodyTooLarge(HTTPException):
 
 
 def _json_response(status: int, detail: str, headers: list[tuple[bytes, bytes]] = (),
-                   kind: str = "http.response") -> list[dict]:
-    body = json.dumps({"detail": detail}).encode()
+                   kind: str = "http.response", code: ErrorCode | None = None) -> list[dict]:
+    body = json.dumps({"detail": detail, "code": code or code_for_status(status)}).encode()
     return [{"type": f"{kind}.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                          *headers]},
@@ -93,7 +95,7 @@ class V1Guard:
         if scope["type"] == "websocket":
             refusal = self._check_site(headers)
             if refusal:
-                await self._refuse_handshake(scope, send, refusal[1])
+                await self._refuse_handshake(scope, send, refusal[1], refusal[3])
                 return
             await self.app(scope, receive, send)
             return
@@ -145,11 +147,11 @@ class V1Guard:
         """403 for a Host that could be a rebound name, or a request from another site's page."""
         host = _split_host(headers.get("host", ""))
         if host is None or not host[0]:
-            return 403, "the request has no valid Host header", []
+            return 403, "the request has no valid Host header", [], ErrorCode.BAD_HOST
         name, port = host
         if not (name == "localhost" or _is_address(name) or name in self.allowed_hosts or "*" in self.allowed_hosts):
             return 403, (f"Host {name[:100]!r} is not a name of this service: call it by its address or localhost, "
-                         "or list the name with the service's --allowed-hosts"), []
+                         "or list the name with the service's --allowed-hosts"), [], ErrorCode.BAD_HOST
         origin = headers.get("origin")
         if origin is not None:
             if self._same_origin(origin, name, port) or origin.lower().rstrip("/") in self.allowed_origins \
@@ -157,10 +159,10 @@ class V1Guard:
                 return None
             return 403, (f"a request from the page origin {origin[:100]!r} (another site) is refused: only this "
                          "service's own pages, clients that are not browsers, and origins listed with the "
-                         "service's --allowed-origins may call the API"), []
+                         "service's --allowed-origins may call the API"), [], ErrorCode.FORBIDDEN_ORIGIN
         if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
             return 403, ("a request from another site's page is refused: only this service's own pages and "
-                         "clients that are not browsers may call the API"), []
+                         "clients that are not browsers may call the API"), [], ErrorCode.FORBIDDEN_ORIGIN
         return None
 
     @staticmethod
@@ -200,15 +202,15 @@ class V1Guard:
 
     @staticmethod
     async def _answer(send: Callable[[dict], Awaitable[None]], status: int, detail: str,
-                      headers: list = ()) -> None:
-        for message in _json_response(status, detail, list(headers)):
+                      headers: list = (), code: ErrorCode | None = None) -> None:
+        for message in _json_response(status, detail, list(headers), code=code):
             await send(message)
 
     @staticmethod
-    async def _refuse_handshake(scope, send, detail: str) -> None:
+    async def _refuse_handshake(scope, send, detail: str, code: ErrorCode) -> None:
         """The handshake answered 403 (with the JSON detail where the server supports it), never accepted."""
         if "websocket.http.response" in scope.get("extensions", {}):
-            for message in _json_response(403, detail, kind="websocket.http.response"):
+            for message in _json_response(403, detail, kind="websocket.http.response", code=code):
                 await send(message)
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": detail[:123]})

@@ -20,7 +20,7 @@ import numpy as np
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, probe_video
 from swapstream.services.jobs.store import local_worker_is_dead, worker_id
 from swapstream.services.options import MB, default, pixels
-from swapstream.services.engine.errors import PhotoError
+from swapstream.services.engine.errors import ErrorCode, PhotoError, code_for_status
 from swapstream.services.engine.photos import IMAGE_SUFFIXES, read_photo
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".flv", ".ogv"}  # DEMUXERS read them
@@ -37,10 +37,13 @@ class Upload(Protocol):
 
 
 class UploadRejected(Exception):
-    def __init__(self, status: int, message: str):
+    """An upload refused: the answer's status, its ``detail`` and its ``code`` (``ErrorCode``)."""
+
+    def __init__(self, status: int, message: str, code: ErrorCode | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code or code_for_status(status)
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,12 @@ def _kind(upload: Upload, field: str, allowed: set[str]) -> tuple[str, str]:
         kind = "video" if suffix in VIDEO_SUFFIXES else "photo" if suffix in IMAGE_SUFFIXES else ""
     else:
         raise UploadRejected(415, f"{field}: content type {content_type!r} is not accepted; send a video "
-                                  f"(video/*) or a photo (image/*)")
+                                  f"(video/*) or a photo (image/*)", ErrorCode.WRONG_FILE_TYPE)
     if kind not in allowed:
         wanted = " or ".join(sorted(allowed))
         raise UploadRejected(415, f"{field}: expected a {wanted}; send the file with its content type "
-                                  f"(e.g. curl -F '{field}=@face.jpg;type=image/jpeg') or a known extension")
+                                  f"(e.g. curl -F '{field}=@face.jpg;type=image/jpeg') or a known extension",
+                             ErrorCode.NOT_A_PHOTO if allowed == {"photo"} else ErrorCode.WRONG_FILE_TYPE)
     known = VIDEO_SUFFIXES if kind == "video" else IMAGE_SUFFIXES
     return kind, suffix if suffix in known else (".mp4" if kind == "video" else ".png")
 
@@ -102,15 +106,15 @@ def save_upload(upload: Upload, folder: Path, role: str, field: str, allowed: se
                 written += len(chunk)
                 if written > limit:
                     raise UploadRejected(413, f"{field}: larger than the {limit / MB:g} MB limit for a {kind}; "
-                                              "send a shorter or more compressed file")
+                                              "send a shorter or more compressed file", ErrorCode.TOO_LARGE)
                 out.write(chunk)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise UploadRejected(507, "the server's disk is full; nothing was stored. Try again later "
-                                      "or ask the operator to free space") from error
+                                      "or ask the operator to free space", ErrorCode.DISK_FULL) from error
         raise
     if written == 0:
-        raise UploadRejected(422, f"{field}: the file is empty")
+        raise UploadRejected(422, f"{field}: the file is empty", ErrorCode.EMPTY_FILE)
     return kind, path
 
 
@@ -121,25 +125,27 @@ def check_photo(path: Path, field: str, limits: UploadLimits) -> np.ndarray:
     try:
         return read_photo(path, limits.max_pixels)
     except PhotoError as error:
-        raise UploadRejected(422, f"{field}: {error.reason}") from None
+        raise UploadRejected(422, f"{field}: {error.reason}", error.code) from None
 
 
 def check_video(path: Path, field: str, limits: UploadLimits) -> VideoInfo:
     try:
         info = probe_video(path)
     except VideoDecodeError as error:
-        raise UploadRejected(422, f"{field}: not a usable video: {without_path(str(error), path)}") from error
+        raise UploadRejected(422, f"{field}: not a usable video: {without_path(str(error), path)}",
+                             ErrorCode.NOT_A_VIDEO) from error
     _check_pixels(field, info.width, info.height, limits)
     if info.duration > limits.max_duration:
         raise UploadRejected(422, f"{field}: {info.duration:.0f} s is longer than the {limits.max_duration:g} s "
-                                  "limit; cut it into parts (ffmpeg -ss START -t SECONDS)")
+                                  "limit; cut it into parts (ffmpeg -ss START -t SECONDS)", ErrorCode.TOO_LONG)
     if info.frame_count > limits.max_frames:
         raise UploadRejected(422, f"{field}: {info.frame_count} frames are more than the {limits.max_frames} "
-                                  "allowed; cut it into parts (ffmpeg -ss START -t SECONDS)")
+                                  "allowed; cut it into parts (ffmpeg -ss START -t SECONDS)", ErrorCode.TOO_LONG)
     rate = max(float(info.fps), info.frame_count / info.duration if info.duration > 0 else 0.0)
     if rate > limits.max_fps:
         raise UploadRejected(422, f"{field}: {rate:.0f} frames per second is more than the {limits.max_fps:g} "
-                                  f"allowed; re-encode it at a normal rate (ffmpeg -i in -r 30 out.mp4)")
+                                  f"allowed; re-encode it at a normal rate (ffmpeg -i in -r 30 out.mp4)",
+                             ErrorCode.FRAME_RATE_TOO_HIGH)
     return info
 
 
@@ -158,7 +164,8 @@ def without_path(message: str, path: Path) -> str:
 def _check_pixels(field: str, width: int, height: int, limits: UploadLimits) -> None:
     if width * height > limits.max_pixels:
         raise UploadRejected(422, f"{field}: {width}x{height} is more than the {limits.max_pixels} pixels "
-                                  "allowed per frame; downscale it (ffmpeg -vf scale=1920:-2)")
+                                  "allowed per frame; downscale it (ffmpeg -vf scale=1920:-2)",
+                             ErrorCode.TOO_MANY_PIXELS)
 
 
 def remove_folder(folder: Path) -> None:

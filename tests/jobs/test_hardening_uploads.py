@@ -283,3 +283,42 @@ def test_health_answers_while_photo_requests_pile_up(service, http):
     swapped_after = [kind for kind, code in finished[order.index("healthz"):] if kind == "swap" and code == 200]
     assert swapped_after, "/healthz waited for every photo request to finish"
     assert sum(code == 200 for _, code in finished if _ == "swap") >= 1
+
+
+# ------------------------------------------------------------------------------------- error codes (issue 21)
+
+def _faceless_jpeg() -> bytes:
+    """A real photo's background: the top-left corner of the group photo, where nobody is."""
+    import cv2
+
+    corner = cv2.imread(str(MEDIA / "img07_group6_t1.jpg"))[:150, :200]
+    return cv2.imencode(".jpg", corner)[1].tobytes()
+
+
+def test_errors_carry_a_code_beside_the_detail(service, http, tmp_path):
+    obama = ("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))
+    clip = cut(MEDIA / "vid03_square_480_expressions.mp4", tmp_path / "clip.mp4", 8)
+    video = ("target", (clip.name, clip.read_bytes(), "video/mp4"))
+    before = _stored(service)
+    answers = {
+        "no_face_in_source": http.post("/v1/jobs", files=[video, ("source", ("wall.jpg", _faceless_jpeg(),
+                                                                              "image/jpeg"))]),
+        "no_face_in_target": http.post("/v1/swap-image", files=[("target", ("wall.jpg", _faceless_jpeg(),
+                                                                             "image/jpeg")), obama]),
+        "not_a_video": http.post("/v1/jobs", files=[("target", ("a.mp4", b"not a video\n" * 100, "video/mp4")),
+                                                     obama]),
+        "not_a_photo": http.post("/v1/swap-image", files=[video, obama]),
+        "too_large": http.post("/v1/jobs", files=[("target", ("big.mp4", os.urandom((VIDEO_MB << 20) + 10),
+                                                               "video/mp4")), obama]),
+        "bad_option": http.post("/v1/jobs", files=[video, obama], data={"batch_size": "0"}),
+        "not_found": http.get("/v1/jobs/nope"),
+    }
+    with service.client() as anonymous:
+        answers["unauthorized"] = anonymous.get("/v1/jobs")
+        answers["forbidden_origin"] = anonymous.get("/v1/options", headers={"Origin": "https://evil.example"})
+    for code, answer in answers.items():
+        assert answer.status_code >= 400 and answer.json()["code"] == code, (code, answer.status_code, answer.text)
+        assert answer.json()["detail"]
+    assert _stored(service) == before
+    documented = http.get("/openapi.json").json()["components"]["schemas"]["ErrorCode"]["enum"]
+    assert set(answers) <= set(documented)
