@@ -66,7 +66,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--models", help="folder with model weights (default: the models cache, then ../shared/models); "
                                         "cost-true: the real networks' architectures with generated weights")
     bench.add_argument("--swapper", choices=["mesh", "simswap"],
-                       help="quality: the swapper judged (default: as a swap run chooses)")
+                       help="quality: the swapper judged; live: the streams' swapper (default: as a swap run, or "
+                            "the service, chooses)")
     bench.add_argument("--targets", nargs="+", metavar="NAME",
                        help="quality: shared clips and photos (names in ../shared/media) or paths (default: all)")
     bench.add_argument("--judge-every", type=int, default=6, help="quality: judge every Nth frame of a clip (6)")
@@ -103,7 +104,7 @@ def cmd_bench(args) -> int:
         elif args.mode == "live":
             from swapstream.benchmarks.live import live_summary_text, run_live_bench, write_live_results
 
-            results = run_live_bench(config, args.streams or [1, 2, 4, 8])
+            results = run_live_bench(config, args.streams or [1, 2, 4, 8], swapper=args.swapper)
             written = write_live_results(results, config.out)
             print(live_summary_text(results))
         elif args.mode == "load":

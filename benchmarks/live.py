@@ -45,6 +45,7 @@ RATIO_FIELDS = ["streams", "batched_fps_total", "frame_by_frame_fps_total", "bat
 class Service:
     process: ServiceProcess
     source_ids: list[str]
+    swapper: str        # the one the sources were stored for, so the streams use
 
 
 def histogram(metrics_text: str, name: str) -> dict[str, float]:
@@ -76,12 +77,15 @@ def _scrape(process: ServiceProcess) -> dict[str, float]:
     return histogram(httpx.get(f"{process.url}/metrics", timeout=30).text, BATCH_METRIC)
 
 
-def start_service(stack: ExitStack, work: Path, triton_url: str, mode: str, sources: list[Path]) -> Service:
+def start_service(stack: ExitStack, work: Path, triton_url: str, mode: str, sources: list[Path],
+                  swapper: str | None = None) -> Service:
+    """A service with the sources stored for ``swapper`` (None: the service's default)."""
     process = stack.enter_context(ServiceProcess(work / f"data-{mode}", "--triton", triton_url, "--max-streams",
                                                  "64", *MODES[mode]))
     with process.client() as http:
-        ids = [upload_source(http, [source]) for source in sources]
-    return Service(process, ids)
+        ids = [upload_source(http, [source], swapper) for source in sources]
+        used = {http.get(f"/v1/sources/{source_id}").json()["swapper"] for source_id in ids}
+    return Service(process, ids, used.pop())
 
 
 def run_streams(service: Service, frames: list[Frame], streams: int, seed: int = 0) -> list[LiveStats]:
@@ -152,8 +156,9 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run_live_bench(config: BenchConfig, streams: list[int], say=print) -> dict:
-    """Every stream count in both modes; returns what ``write_live_results`` writes."""
+def run_live_bench(config: BenchConfig, streams: list[int], say=print, swapper: str | None = None) -> dict:
+    """Every stream count in both modes, on ``swapper`` (None: the service's default); returns what
+    ``write_live_results`` writes."""
     if config.clip is None:
         config.clip = shared_dir() / "media" / DEFAULT_CLIP
     frames_wanted, config.frames = config.frames, None  # the clip is looped or cut here, not by bench_setup
@@ -172,7 +177,8 @@ def run_live_bench(config: BenchConfig, streams: list[int], say=print) -> dict:
         services = {}
         for mode in MODES:
             say(f"starting `swapstream serve` ({mode}) ...")
-            services[mode] = start_service(stack, setup.work, setup.url, mode, sources)
+            services[mode] = start_service(stack, setup.work, setup.url, mode, sources, swapper)
+            results["config"]["swapper"] = services[mode].swapper
             run_streams(services[mode], frames[:WARMUP_FRAMES], 1)  # first calls load and allocate
         for count in streams:
             for mode, service in services.items():
@@ -196,7 +202,7 @@ def live_summary_text(results: dict) -> str:
     clip = results["clip"]
     head = (f"clip {Path(clip['path']).name}: {clip['frames']} frames, {clip['size'][0]}x{clip['size'][1]} at "
             f"{clip['fps']:.3g} frames/s, JPEG q{results['config']['quality']} ~{clip['mean_jpeg_kb']:.0f} KB; "
-            f"{results['environment']['cpus']} CPUs")
+            f"{results['environment']['cpus']} CPUs; swapper {results['config'].get('swapper')}")
     rows = [[r["mode"], r["streams"], r["fps_total"], r["fps_per_stream"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
              r["dropped_percent"], r["mean_batch"], r["max_batch"]] for r in results["runs"]]
     table = report._table(["mode", "streams", "fps total", "fps/stream", "p50 ms", "p95 ms", "p99 ms", "dropped %",

@@ -56,7 +56,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(options.router, prefix="/v1")
     app.state.live = mount_live(app, service.client, service.data_dir, config.device, config.live,
                                 service.metrics.live, config.token, auth, config.limits.max_photo_bytes, service.store,
-                                service.photo_work)
+                                service.photo_work, service.choose_swapper)
     app.include_router(health.router)
     mount_pages(app)
     return app

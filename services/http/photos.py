@@ -43,7 +43,8 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
         sources = check_sources(service, folder, source, options["score_threshold"])
         suffix = ".png" if target_path.suffix == ".png" else ".jpg"
         output = folder / f"swapped{suffix}"
-        with service.photo_swapper() as swapper:
+        choice = service.choose_swapper(options.pop("swapper"))
+        with service.photo_swapper(choice.name) as swapper:
             summary = run_swap(swapper, sources, target_path, output, replace(service.base_options, **options))
         body = output.read_bytes()
     except SwapInputError as error:
@@ -51,7 +52,7 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
     finally:
         remove_folder(folder)
     return Response(body, media_type="image/png" if suffix == ".png" else "image/jpeg",
-                    headers={"X-Faces-Swapped": str(summary.faces_swapped)})
+                    headers={"X-Faces-Swapped": str(summary.faces_swapped), "X-Swapper": choice.name})
 
 
 @router.post("/analyze", summary="Faces in a photo: boxes, scores, 5 landmarks and head pose")

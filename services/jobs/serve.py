@@ -119,8 +119,8 @@ def serve(config: ServiceConfig, host: str, port: int, weight_dirs: list[Path] |
             config.triton_url = server.grpc_url
         service = Service(config)
         app = create_app(service)
-        print(f"swapstream serving on http://{host}:{port} (API docs at /docs; Triton at {config.triton_url})",
-              flush=True)
+        print(f"swapstream serving on http://{host}:{port} (API docs at /docs; Triton at {config.triton_url})\n"
+              f"default {service.swapper.reason}", flush=True)
 
         class Server(uvicorn.Server):
             draining = False

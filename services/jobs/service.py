@@ -17,6 +17,7 @@ import numpy as np
 from swapstream.services.engine.offline import SwapOptions
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.engine.swappers.choice import SwapperChoice, choose_swapper
 from swapstream.services.jobs.disk import MB, DiskSpace
 from swapstream.services.jobs.metrics import ServiceMetrics
 from swapstream.services.jobs.store import FINAL, JobStore, local_worker_is_dead
@@ -53,6 +54,8 @@ class ServiceConfig:
     allowed_origins: tuple[str, ...] = ()  # page origins the /v1 gate accepts besides the service's own
     photo_workers: int = 1              # photo requests (swap-image, analyze, sources) worked on at once ...
     photo_queue: int = 4                # ... and waiting; more get 429
+    swapper: str | None = None          # the service's default swapper (None: the best available)
+    real_networks: frozenset[str] = frozenset()  # Triton models served with real weights (repository.real_networks)
 
 
 class Busy(Exception):
@@ -105,7 +108,9 @@ class Service:
         self.metrics = ServiceMetrics(self.store.counts, lambda: self.pool.busy() if self.pool else 0)
         self.client = SwapstreamClient(config.triton_url, timeout=config.triton_timeout)
         self.check_client = SwapstreamClient(config.triton_url, timeout=SUBMIT_CHECK_SECONDS)
-        self._photo_swappers: dict[str, FaceSwapper] = {}  # "request" and "check" (their own Triton deadline)
+        self.swapper = choose_swapper(config.swapper, config.real_networks)  # the default of jobs, photos, streams
+        log.info("default %s", self.swapper.reason)
+        self._photo_swappers: dict[tuple[str, str], FaceSwapper] = {}  # ("request" | "check", swapper name)
         self._photo_lock = threading.Lock()
         self.photo_work = PhotoWork(config.photo_workers, config.photo_queue)
         self.health_executor = ThreadPoolExecutor(2, thread_name_prefix="swapstream-health")
@@ -120,7 +125,8 @@ class Service:
             for name in sweep_orphans(self.data_dir / parent, used, self.config.stale_after):
                 log.warning("removed %s/%s, left by a process that stopped during a request", parent, name)
         self.pool = WorkerPool(self.config.workers, self.store, self.data_dir, self.config.triton_url,
-                               self.base_options, self.metrics, self.disk, self.config.triton_timeout)
+                               self.base_options, self.metrics, self.disk, self.config.triton_timeout,
+                               self.choose_swapper)
         self.pool.start()
         threading.Thread(target=self._recover_periodically, name="swapstream-recovery", daemon=True).start()
 
@@ -156,19 +162,26 @@ class Service:
         """A path under the data folder as the store keeps it."""
         return str(path.relative_to(self.data_dir))
 
+    def choose_swapper(self, asked: str | None) -> SwapperChoice:
+        """The swapper a job, photo or stream uses: the one it asked for, else the service's default."""
+        if asked is None:
+            return self.swapper
+        return choose_swapper(asked, self.config.real_networks)
+
     @contextmanager
-    def photo_swapper(self, *, check: bool = False, wait: float | None = None):
+    def photo_swapper(self, name: str | None = None, *, check: bool = False, wait: float | None = None):
         """A swapper of the synchronous requests, one request at a time (their DALI pipelines are not shared).
 
-        ``check``: the one whose Triton client gives up after ``SUBMIT_CHECK_SECONDS`` (a submission's face check);
-        ``wait``: seconds to wait for the swapper, after which TimeoutError."""
+        ``name``: the swapper (default: the service's); ``check``: the one whose Triton client gives up after
+        ``SUBMIT_CHECK_SECONDS`` (a submission's face check); ``wait``: seconds to wait for the swapper, after which
+        TimeoutError."""
         if not self._photo_lock.acquire(timeout=-1 if wait is None else wait):
             raise TimeoutError("the photo swapper is busy")
         try:
-            use = "check" if check else "request"
-            if use not in self._photo_swappers:
+            use = ("check" if check else "request", name or self.swapper.name)
+            if use not in self._photo_swappers:  # built when first used: FaceSwapper is immutable, so it is kept
                 client = self.check_client if check else self.client
-                self._photo_swappers[use] = FaceSwapper(client, create_swapper("simswap", client), self.config.device)
+                self._photo_swappers[use] = FaceSwapper(client, create_swapper(use[1], client), self.config.device)
             yield self._photo_swappers[use]
         finally:
             self._photo_lock.release()

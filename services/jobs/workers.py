@@ -1,6 +1,7 @@
 """Worker threads: claim a job from the store, run the swap, record the outcome.
 
-Each worker owns its ``FaceSwapper`` (its DALI pipelines and gRPC client) and runs one job at a time.
+Each worker owns its ``FaceSwapper`` per swapper (its DALI pipelines and gRPC client; built when a job first asks
+for that swapper) and runs one job at a time.
 The result file is written under a temporary name and renamed when complete (``swapstream.services.engine.encoder``),
 and the store points at it only once the job is done, so a killed worker never leaves a partial
 result that could be served.
@@ -12,6 +13,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from swapstream.pipelines.decode import VideoDecodeError
 from swapstream.services.jobs.disk import DiskSpace, is_disk_full
@@ -23,6 +25,7 @@ from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.offline import SwapOptions, run_swap
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.engine.swappers.choice import SwapperChoice, choose_swapper
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
 log = logging.getLogger("swapstream.workers")
@@ -46,21 +49,25 @@ DRAIN_REQUEUE_REASON = ("re-queued: the service replica running it stopped befor
 
 
 def job_options(base: SwapOptions, options: dict, data_dir: Path, inputs: dict) -> SwapOptions:
+    """The job's swap options (its ``swapper`` is chosen apart: ``Worker.face_swapper``)."""
     reference = inputs.get("reference")
-    return replace(base, **options, reference=data_dir / reference if reference else None)
+    return replace(base, **{k: v for k, v in options.items() if k != "swapper"},
+                   reference=data_dir / reference if reference else None)
 
 
 class Worker(threading.Thread):
     def __init__(self, index: int, store: JobStore, data_dir: Path, triton_url: str, base_options: SwapOptions,
                  metrics: ServiceMetrics, wake: threading.Event, stop: threading.Event, disk: DiskSpace,
                  triton_timeout: float | None = None, draining: threading.Event | None = None,
-                 interrupt: threading.Event | None = None):
+                 interrupt: threading.Event | None = None,
+                 choose: Callable[[str | None], SwapperChoice] | None = None):
         super().__init__(name=f"swapstream-worker-{index}", daemon=True)
         self.id = worker_id(index)
         self.store = store
         self.data_dir = data_dir
         self.client = SwapstreamClient(triton_url, timeout=triton_timeout)
-        self.swapper = FaceSwapper(self.client, create_swapper("simswap", self.client), base_options.device)
+        self.choose = choose or (lambda asked: choose_swapper(asked, ()))  # asked -> the swapper and why
+        self.swappers: dict[str, FaceSwapper] = {}
         self.base_options = base_options
         self.metrics = metrics
         self.wake = wake
@@ -70,6 +77,11 @@ class Worker(threading.Thread):
         self.disk = disk
         self.busy = False
         self.current: _Progress | None = None
+
+    def face_swapper(self, name: str) -> FaceSwapper:
+        if name not in self.swappers:
+            self.swappers[name] = FaceSwapper(self.client, create_swapper(name, self.client), self.base_options.device)
+        return self.swappers[name]
 
     def _heartbeat(self) -> None:
         """Every HEARTBEAT_SECONDS while a job runs, whether or not a batch finished: the first batch of a job can
@@ -109,7 +121,8 @@ class Worker(threading.Thread):
         output = self.data_dir / "results" / f"{job.id}-{job.attempts}{inputs['result_suffix']}"
         progress = self.current = _Progress(self, job)
         try:
-            summary = run_swap(self.swapper, [self.data_dir / s for s in inputs["sources"]],
+            choice = self.choose(job.options.get("swapper"))
+            summary = run_swap(self.face_swapper(choice.name), [self.data_dir / s for s in inputs["sources"]],
                                self.data_dir / inputs["target"], output,
                                job_options(self.base_options, job.options, self.data_dir, inputs),
                                progress=progress, stage_observer=self._observe_stage)
@@ -130,8 +143,8 @@ class Worker(threading.Thread):
                 return
             self._record_failure(job, error)
             return
-        stats = {"stage_seconds": summary.stage_seconds, "notes": summary.notes,
-                 "frames_without_face": summary.frames_without_face}
+        stats = {"swapper": choice.name, "stage_seconds": summary.stage_seconds,
+                 "notes": [choice.reason] + summary.notes, "frames_without_face": summary.frames_without_face}
         relative = str(output.relative_to(self.data_dir))
         try:
             completed = self.store.complete(job.id, self.id, relative, frames=summary.frames,
@@ -234,13 +247,14 @@ class _Progress:
 
 class WorkerPool:
     def __init__(self, count: int, store: JobStore, data_dir: Path, triton_url: str, base_options: SwapOptions,
-                 metrics: ServiceMetrics, disk: DiskSpace, triton_timeout: float | None = None):
+                 metrics: ServiceMetrics, disk: DiskSpace, triton_timeout: float | None = None,
+                 choose: Callable[[str | None], SwapperChoice] | None = None):
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.draining = threading.Event()
         self.interrupt = threading.Event()
         self.workers = [Worker(i, store, data_dir, triton_url, base_options, metrics, self.wake, self.stop_event,
-                               disk, triton_timeout, self.draining, self.interrupt) for i in range(count)]
+                               disk, triton_timeout, self.draining, self.interrupt, choose) for i in range(count)]
 
     def start(self) -> None:
         for worker in self.workers:

@@ -82,13 +82,15 @@ def _call(http: httpx.Client, what: str, method: str, path: str, **kwargs) -> di
     return response.json()
 
 
-def upload_source(http: httpx.Client, photos: list[Path]) -> str:
-    """``POST /v1/sources``: the identity of the source photos, computed once by the service; returns its id."""
+def upload_source(http: httpx.Client, photos: list[Path], swapper: str | None = None) -> str:
+    """``POST /v1/sources``: the identity of the source photos, computed once by the service for ``swapper`` (None:
+    the service's default; streams of this source use that swapper); returns its id."""
     for photo in photos:
         if not photo.is_file():
             raise LiveError(f"source photo {photo} does not exist")
     files = [("source", (p.name, p.read_bytes(), "application/octet-stream")) for p in photos]
-    return _call(http, "uploading the source", "POST", "/v1/sources", files=files)["id"]
+    data = {"swapper": swapper} if swapper else {}
+    return _call(http, "uploading the source", "POST", "/v1/sources", files=files, data=data)["id"]
 
 
 def live_ticket(http: httpx.Client) -> str:
@@ -530,6 +532,7 @@ class LiveRequest:
     smoothing: bool = True
     quality: int = 80
     frames: int | None = None
+    swapper: str | None = None  # None: the service's default
 
 
 class Connector:
@@ -545,7 +548,7 @@ class Connector:
             raise LiveError(f"--url {request.url!r} names no service address")
         self.retry_seconds = retry_seconds
         self._next = 0
-        self.source_id = self._first_reachable(lambda http: upload_source(http, request.sources))
+        self.source_id = self._first_reachable(lambda http: upload_source(http, request.sources, request.swapper))
 
     def _http(self, http_url: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.request.token}"} if self.request.token else {}
@@ -614,7 +617,8 @@ def run_live(request: LiveRequest, say: Callable[[str], None] = print) -> dict:
         ws, ready = connector.open()
         with ws:
             say(f"streaming {request.input} ({video.width}x{video.height}, {video.fps:.3g} frames/s"
-                f"{', camera: Ctrl-C stops' if video.camera else ''}) as stream {ready.get('stream')}")
+                f"{', camera: Ctrl-C stops' if video.camera else ''}) as stream {ready.get('stream')}, swapper "
+                f"{ready.get('swapper')}")
             stats = LiveStream(ws, answers.answer if answers else None, reconnect=connector.open).run(frames)
         if answers:
             answers.close(stats.sent)

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Callable, Iterable, Sequence
 
-from fastapi import APIRouter, FastAPI, File, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from swapstream.services.live import protocol
@@ -26,6 +26,7 @@ from swapstream.services.live.tickets import TicketBackend, TicketStore
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.engine.swappers.choice import SwapperChoice
 from swapstream.services.options import LIVE
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
@@ -63,7 +64,8 @@ class LiveServer:
     """The scheduler thread, the ticket and source stores, and the identities of one service process."""
 
     def __init__(self, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
-                 metrics: LiveMetrics, token: str | None, max_photo_bytes: int, ticket_backend: TicketBackend):
+                 metrics: LiveMetrics, token: str | None, max_photo_bytes: int, ticket_backend: TicketBackend,
+                 choose_swapper: Callable[[str | None], SwapperChoice]):
         self.limits = limits
         self.token = token
         self.max_photo_bytes = max_photo_bytes
@@ -71,13 +73,21 @@ class LiveServer:
         self.tickets = TicketStore(ticket_backend, limits.ticket_seconds)  # shared by the replicas (job store)
         self.draining = False  # set when the service drains: new sockets are closed with 1012
         self.sources = SourceStore(data_dir / "sources", limits.max_sources, limits.source_days * 86400.0)
-        swapper = create_swapper("simswap", client)
-        self.identities = IdentityMaker(FaceSwapper(client, swapper, device))
-        self.scheduler = Scheduler(FaceSwapper(client, swapper, device), limits, self.metrics)
+        self.choose_swapper = choose_swapper  # the swapper asked for (None: the service's default) -> name and why
+        self._client, self._device = client, device
+        self._swappers: dict[tuple[str, str], FaceSwapper] = {}  # (user, swapper name): built when first needed
+        self.identities = IdentityMaker(lambda name: self._face_swapper("identities", name))
+        self.scheduler = Scheduler(lambda name: self._face_swapper("scheduler", name), limits, self.metrics)
         self.scheduler.start()
         self.photo_work = None                   # the service's photo worker, set by mount_live
         self.sessions: set[LiveSession] = set()  # event loop only
         self.starting = 0                        # sockets accepted that have no stream yet (event loop only)
+
+    def _face_swapper(self, user: str, name: str) -> FaceSwapper:
+        """One FaceSwapper per swapper for each thread that uses them (their DALI pipelines are not shared)."""
+        if (user, name) not in self._swappers:
+            self._swappers[user, name] = FaceSwapper(self._client, create_swapper(name, self._client), self._device)
+        return self._swappers[user, name]
 
     def stop(self) -> None:
         self.scheduler.stop()
@@ -90,10 +100,10 @@ class LiveServer:
         for session in list(self.sessions):
             loop.create_task(session.close(protocol.CLOSE_SERVICE_RESTART, RESTART_REASON))
 
-    def identity_of(self, photos: Iterable[tuple[str, Callable[[int], bytes]]]) -> tuple:
-        """(identity, faces per photo, notes) from encoded photos, each [(name, read(limit))] read and decoded only
-        when its turn comes (one at a time, at the size the identity needs); ``SwapInputError`` says what is
-        wrong."""
+    def identity_of(self, photos: Iterable[tuple[str, Callable[[int], bytes]]], swapper: str) -> tuple:
+        """(``swapper``'s identity, faces per photo, notes) from encoded photos, each [(name, read(limit))] read and
+        decoded only when its turn comes (one at a time, at the size the identity needs); ``SwapInputError`` says
+        what is wrong."""
         def decoded():
             for name, read in photos:
                 data = read(self.max_photo_bytes + 1)
@@ -107,7 +117,7 @@ class LiveServer:
                     raise SourceRefused(f"source photo {name}: {error}", protocol.CLOSE_BAD_START) from None
                 yield name, rgb
         try:
-            return self.identities(decoded())
+            return self.identities(decoded(), swapper)
         except SourceRefused:
             raise
         except SwapInputError as error:  # no face: said without the CLI's options, which a live client has not
@@ -117,18 +127,28 @@ class LiveServer:
 
 def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
                metrics: LiveMetrics, token: str | None, auth: Sequence, max_photo_bytes: int,
-               ticket_backend: TicketBackend, photo_work) -> LiveServer:
+               ticket_backend: TicketBackend, photo_work,
+               choose_swapper: Callable[[str | None], SwapperChoice]) -> LiveServer:
     """Adds the live routes to ``app``; ``auth`` are the dependencies of the ``/v1`` HTTP routes (the bearer
     token); ``photo_work``: the service's bounded photo worker (``await run(function, *args)``; when it is full it
     raises an error with ``retry_after``, which the service answers with 429), which computes the sources'
-    identities. The caller stops the returned server when the app stops."""
-    live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes, ticket_backend)
+    identities; ``choose_swapper``: the swapper asked for (None: the service's default) -> its name and why. The
+    caller stops the returned server when the app stops."""
+    live = LiveServer(client, data_dir, device, limits, metrics, token, max_photo_bytes, ticket_backend,
+                      choose_swapper)
     live.photo_work = photo_work
     app.state.live = live  # the service's exit handler closes its sockets (close_all)
     v1 = APIRouter(prefix="/v1", dependencies=list(auth))
 
     @v1.post("/sources", status_code=201, summary="Store a source identity (computed once) for live streams")
-    async def create_source(source: Annotated[list[UploadFile], File(description="one or more photos of the face")]):
+    async def create_source(source: Annotated[list[UploadFile], File(description="one or more photos of the face")],
+                            swapper: Annotated[str | None, Form(description="the swapper this identity is made for "
+                                                                "(streams using it swap with it); default: the "
+                                                                "service's")] = None):
+        try:
+            choice = live.choose_swapper(LIVE["swapper"].check(swapper))
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
         if not source:
             raise HTTPException(422, "source: give at least one photo of the face to put in")
         if len(source) > MAX_SOURCES:
@@ -139,8 +159,9 @@ def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: s
             raise HTTPException(507, str(error)) from None
         photos = [(upload.filename or f"#{i + 1}", upload.file.read) for i, upload in enumerate(source)]
         try:
-            identity, faces, notes = await live.photo_work.run(live.identity_of, photos)
-            info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "notes": notes})
+            identity, faces, notes = await live.photo_work.run(live.identity_of, photos, choice.name)
+            info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "swapper": choice.name,
+                                                "notes": [choice.reason] + notes})
         except SwapInputError as error:
             raise HTTPException(422, str(error)) from None
         except SourceQuota as error:
@@ -209,7 +230,8 @@ class LiveSession:
             self.live.starting -= 1
             starting = False
             sender = asyncio.create_task(self._send())
-            self.stream.send_text({"type": "ready", "stream": self.stream.id, "limits": self.limits.as_dict()})
+            self.stream.send_text({"type": "ready", "stream": self.stream.id, "limits": self.limits.as_dict(),
+                                   "swapper": self.stream.options.swapper})
             await self._receive()
             await self._finish(sender)
             await self.ws.close(protocol.CLOSE_NORMAL, "stopped")
@@ -278,7 +300,7 @@ class LiveSession:
             code = protocol.CLOSE_TOO_BIG if len(text) > protocol.MAX_START_BYTES else protocol.CLOSE_BAD_START
             raise LiveClosed(code, str(error)) from None
         options = StreamOptions(**{name: start.get(name, o.default) for name, o in LIVE.items() if o.form})
-        identity = await self._source_identity(start)
+        identity, options.swapper = await self._source_identity(start, options.swapper)
         self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
         stream = LiveStream(uuid.uuid4().hex[:12], identity, options, self.limits.send_queue, self.live.metrics,
                             asyncio.get_running_loop())
@@ -287,20 +309,29 @@ class LiveSession:
         self.live.metrics.streams.inc()
         return stream
 
-    async def _source_identity(self, start: dict):
+    async def _source_identity(self, start: dict, asked: str | None) -> tuple[dict, str]:
+        """(identity, the swapper's name): a stored source's swapper is the one it was made for (asking for another
+        is refused), a start's photo is made into an identity of the swapper asked for, else the service's."""
         if start.get("source_id") is not None:
-            identity = self.live.sources.identity(str(start["source_id"]))
+            info = self.live.sources.info(str(start["source_id"]))
+            identity = None if info is None else self.live.sources.identity(str(start["source_id"]))
             if identity is None:
                 raise LiveClosed(protocol.CLOSE_UNKNOWN_SOURCE, f"no source {_short(start['source_id'])}; "
                                                                 "create one with POST /v1/sources")
-            return identity
+            made_for = info["swapper"]
+            if asked is not None and asked != made_for:
+                raise LiveClosed(protocol.CLOSE_BAD_START, f"this source was made for swapper {made_for}, not "
+                                                           f"{asked}: start without swapper, or POST /v1/sources "
+                                                           f"with swapper={asked}")
+            return identity, made_for
+        swapper = self.live.choose_swapper(asked).name
         try:
             photo = base64.b64decode(start["source_image"], validate=True)
         except (binascii.Error, ValueError):
             raise LiveClosed(protocol.CLOSE_BAD_START, "source_image is not valid base64") from None
         try:
             identity, _, _ = await self.live.photo_work.run(self.live.identity_of,
-                                                            [("source_image", io.BytesIO(photo).read)])
+                                                            [("source_image", io.BytesIO(photo).read)], swapper)
         except SourceRefused as error:
             raise LiveClosed(error.code, _reason(str(error))) from None
         except SwapInputError as error:
@@ -312,7 +343,7 @@ class LiveSession:
             if getattr(error, "retry_after", None) is None:
                 raise
             raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(str(error))) from None
-        return identity
+        return identity, swapper
 
     async def _receive(self) -> None:
         stream = self.stream

@@ -1,12 +1,12 @@
 """The live scheduler: one thread that batches the ready frames of all streams.
 
-Each round takes the newest waiting frame of up to ``max_batch`` streams (round robin, so every stream gets its
-turn), waiting up to ``window_ms`` for streams that have no frame yet, only when there are such streams. The
-frames are grouped by size (``size_groups``: padding a group to one size may at most double its pixels, so a
-batch never costs much more memory than its frames' own pixels), and each group goes through: one Triton
-``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``) -> causal tracking per stream -> one
-batched DALI alignment -> one Triton ``swap`` call with each face's own identity -> one batched DALI blend ->
-JPEG/WebP encode -> each stream's answer, in order.
+Each round takes the newest waiting frame of up to ``max_batch`` streams (round robin, so every stream gets its turn),
+waiting up to ``window_ms`` for streams that have no frame yet, only when there are such streams. The frames are grouped
+by their stream's swapper (an identity drives only the swapper that made it), then by size (``size_groups``: padding a
+group to one size may at most double its pixels, so a batch never costs much more memory than its frames' own pixels),
+and each group goes through: one Triton ``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``) ->
+causal tracking per stream -> one batched DALI alignment -> the swapper's one batched call (Triton ``swap`` or
+``facemesh``) with each face's own identity -> one batched DALI blend -> JPEG/WebP encode -> each stream's answer, in order.
 
 A failure of one stream's frame fails that frame only: its own steps (tracking, encoding) are caught one by one,
 and a shared step that fails for another reason than the inference server is retried frame by frame.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -64,9 +65,10 @@ def pad_to_one_size(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | 
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, swapper: FaceSwapper, limits: LiveLimits, metrics: LiveMetrics):
+    def __init__(self, swappers: Callable[[str], FaceSwapper], limits: LiveLimits, metrics: LiveMetrics):
+        """``swappers``: a swapper's name -> the FaceSwapper this thread uses for it (kept by the caller)."""
         super().__init__(name="live-scheduler", daemon=True)
-        self.swapper = swapper
+        self.swappers = swappers
         self.limits = limits
         self.metrics = metrics
         self._streams: list[LiveStream] = []
@@ -112,8 +114,10 @@ class Scheduler(threading.Thread):
             if batch is None:
                 return
             self.metrics.batch_frames.observe(len(batch))
-            for group in size_groups([frame.rgb.shape[:2] for _, frame in batch]):
-                self._process_apart([batch[i] for i in group], len(batch))
+            for name in dict.fromkeys(stream.options.swapper for stream, _ in batch):
+                same = [item for item in batch if item[0].options.swapper == name]
+                for group in size_groups([frame.rgb.shape[:2] for _, frame in same]):
+                    self._process_apart([same[i] for i in group], len(batch))
 
     def _process_apart(self, batch: list, batch_size: int) -> None:
         """``_process``; when a shared step fails (not the inference server), again frame by frame, so that only
@@ -164,7 +168,7 @@ class Scheduler(threading.Thread):
     def _process(self, batch: list, batch_size: int) -> None:
         """One group of frames (``batch_size``: the frames of the whole batch, as the answers report it)."""
         started = time.perf_counter()
-        swapper = self.swapper
+        swapper = self.swappers(batch[0][0].options.swapper)  # one swapper per group (``run``)
         clock = StageClock()
         frames, sizes = pad_to_one_size([frame.rgb for _, frame in batch])
         found = swapper.detect(frames, image_sizes=sizes, clock=clock)

@@ -1,7 +1,8 @@
-"""Source identities computed once and stored (``POST /v1/sources``): ``<data>/sources/<id>.npy`` holds the
-identity's L2-normalised embedding [512] (SimSwap's identity, ``{"embedding": ...}``), ``<id>.json`` what it was
-made from. At most ``max_count`` are kept, each for ``max_age`` seconds after it was made (then it is removed, at
-the next save or look-up)."""
+"""Source identities computed once and stored (``POST /v1/sources``): ``<data>/sources/<id>.npz`` holds the
+identity's arrays (what its swapper needs: SimSwap's embedding, the mesh swapper's texture and mesh), ``<id>.json``
+what it was made from and for which swapper (``"swapper"``: an identity drives only that one). At most
+``max_count`` are kept, each for ``max_age`` seconds after it was made (then it is removed, at the next save or
+look-up)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -33,19 +34,19 @@ class SourceStore:
         self.expire()
 
     def expire(self) -> int:
-        """Removes the sources made more than ``max_age`` seconds ago, and what a killed save left (older than a
-        minute); returns how many sources are left."""
+        """Removes the sources made more than ``max_age`` seconds ago, what a killed save left and the ``.npy``
+        identities of before swappers were named (older than a minute); returns how many sources are left."""
         left = 0
         now = time.time()
-        for path in list(self.folder.glob("*.json")) + list(self.folder.glob("*.tmp.npy")):
+        for path in [*self.folder.glob("*.json"), *self.folder.glob("*.tmp.npz"), *self.folder.glob("*.npy")]:
             try:
                 age = now - path.stat().st_mtime
             except FileNotFoundError:
                 continue
-            complete = path.suffix == ".json" and path.with_suffix(".npy").exists()
+            complete = path.suffix == ".json" and path.with_suffix(".npz").exists()
             if age > self.max_age or (not complete and age > 60):
                 path.unlink(missing_ok=True)
-                path.with_suffix(".npy").unlink(missing_ok=True)
+                path.with_suffix(".npz").unlink(missing_ok=True)
                 continue
             left += complete
         return left
@@ -53,7 +54,7 @@ class SourceStore:
     def _paths(self, source_id: str) -> tuple[Path, Path] | None:
         if not _ID.match(source_id):  # never a client's string in a path
             return None
-        return self.folder / f"{source_id}.npy", self.folder / f"{source_id}.json"
+        return self.folder / f"{source_id}.npz", self.folder / f"{source_id}.json"
 
     def check_room(self) -> None:
         """SourceQuota when ``max_count`` sources are stored (checked before a new one is computed, and on save)."""
@@ -70,8 +71,8 @@ class SourceStore:
         source_id = uuid.uuid4().hex
         array_path, info_path = self._paths(source_id)
         info = {"id": source_id, **info, "created": time.time()}
-        temporary = array_path.with_suffix(".tmp.npy")
-        np.save(temporary, np.asarray(identity["embedding"], np.float32))
+        temporary = array_path.with_suffix(".tmp.npz")
+        np.savez(temporary, **identity)
         info_path.write_text(json.dumps(info))
         temporary.rename(array_path)  # the identity exists once both files are complete
         return info
@@ -95,7 +96,10 @@ class SourceStore:
 
     def identity(self, source_id: str) -> dict[str, np.ndarray] | None:
         paths = self._live_paths(source_id)
-        return None if paths is None else {"embedding": np.load(paths[0])}
+        if paths is None:
+            return None
+        with np.load(paths[0]) as arrays:
+            return {name: arrays[name] for name in arrays.files}
 
     def delete(self, source_id: str) -> bool:
         paths = self._paths(source_id)
@@ -107,18 +111,19 @@ class SourceStore:
 
 
 class IdentityMaker:
-    """Photos -> one identity, through Triton ``detect`` and the swapper (a ``SwapInputError`` when a photo has
-    no face). One request at a time: the swapper's DALI pipelines are its own."""
+    """Photos -> one identity of a swapper, through Triton ``detect`` and that swapper (a ``SwapInputError`` when a
+    photo has no face). One request at a time: the swappers' DALI pipelines are their own."""
 
-    def __init__(self, swapper: FaceSwapper):
-        self.swapper = swapper
+    def __init__(self, swappers: Callable[[str], FaceSwapper]):
+        self.swappers = swappers  # a swapper's name -> the FaceSwapper used here for it
         self._lock = threading.Lock()
 
-    def __call__(self, photos: Iterable[tuple[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
-        """[(name, rgb)] -> (identity, faces found per photo, notes). ``photos`` may decode each photo as it is
-        taken: one at a time, inside the lock."""
+    def __call__(self, photos: Iterable[tuple[str, np.ndarray]],
+                 swapper: str) -> tuple[dict[str, np.ndarray], list[int], list[str]]:
+        """[(name, rgb)] -> (``swapper``'s identity, faces found per photo, notes). ``photos`` may decode each photo
+        as it is taken: one at a time, inside the lock."""
         notes = []
         with self._lock:
-            identity, faces = self.swapper.identity_of(((f"source photo {name}", name, rgb) for name, rgb in photos),
-                                                       notes)
+            named = ((f"source photo {name}", name, rgb) for name, rgb in photos)
+            identity, faces = self.swappers(swapper).identity_of(named, notes)
         return identity, faces, notes

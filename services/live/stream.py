@@ -26,6 +26,7 @@ class StreamOptions:
     faces: str = "all"      # all | largest
     smoothing: bool = True
     quality: int = 80       # of the returned JPEG / WebP frames
+    swapper: str | None = None  # the swapper's name (set at start: the one asked for, the source's or the service's)
 
 
 @dataclass

@@ -35,6 +35,7 @@ def test_both_modes_are_measured_and_written(bench):
     with (out / "live-ratios.csv").open() as f:
         assert [row["streams"] for row in csv.DictReader(f)] == ["1"]
     assert "batched" in printed and "frame_by_frame" in printed and "ratio" in printed
+    assert results["config"]["swapper"] == "mesh" and "swapper mesh" in printed  # the service's default here
 
 
 def test_frames_add_up_and_batches_are_counted(bench):

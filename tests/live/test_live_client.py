@@ -47,8 +47,9 @@ def live(service, *args: str, token: str | None = TOKEN) -> subprocess.Completed
 def test_live_output_keeps_the_frame_count_and_the_face_carries_the_shift(service, clip, tmp_path, client):
     out, stats_path = tmp_path / "out.mp4", tmp_path / "stats.json"
     done = live(service, "--source", str(OBAMA), "--input", str(clip), "--output", str(out), "--stats",
-                str(stats_path))
+                str(stats_path), "--swapper", "simswap")  # the stand-ins' known colour shift
     assert done.returncode == 0, done.stderr
+    assert "swapper simswap" in done.stdout
     stats = json.loads(stats_path.read_text())
     assert stats["frames_sent"] == FRAMES
     assert stats["frames_sent"] == stats["frames_received"] + stats["frames_dropped"] + stats["frames_refused"]

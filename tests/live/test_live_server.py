@@ -1,5 +1,6 @@
-"""WS /v1/live on a real ``swapstream serve`` process (the session's Triton, stand-in swap models), spoken to by real
-WebSocket clients that stream real clips at their own frame rate."""
+"""WS /v1/live on a real ``swapstream serve`` process (the session's Triton: the default swapper is mesh; the tests of
+the stand-ins' known colour shift ask for swapper simswap), spoken to by real WebSocket clients that stream real
+clips at their own frame rate."""
 from __future__ import annotations
 
 import base64
@@ -23,6 +24,7 @@ from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
 from swapstream.services.triton import standins
 from tests.helpers.engine import simswap_face_swapper, source_embedding
+from tests.helpers.judge import SAME_PERSON, distances_to, judge
 from tests.helpers.media import MEDIA, frames_of
 from tests.helpers.service import OBAMA, metric_values
 
@@ -63,23 +65,30 @@ def swapper(client):
 
 @pytest.fixture(scope="module")
 def sources(http):
+    """Stored sources: "obama" on the service's default swapper (mesh), "obama_simswap" and "rose_simswap" for the
+    stand-ins' colour shift."""
     ids = {}
-    for name, photo in (("obama", OBAMA), ("rose", ROSE)):
-        response = http.post("/v1/sources", files=[("source", (photo.name, photo.read_bytes(), "image/jpeg"))])
+    for name, photo, form in (("obama", OBAMA, {}), ("obama_simswap", OBAMA, {"swapper": "simswap"}),
+                              ("rose_simswap", ROSE, {"swapper": "simswap"})):
+        response = http.post("/v1/sources", files=[("source", (photo.name, photo.read_bytes(), "image/jpeg"))],
+                             data=form)
         assert response.status_code == 201, response.text
+        assert response.json()["swapper"] == form.get("swapper", "mesh")
         ids[name] = response.json()["id"]
     return ids
 
 
 @pytest.fixture(scope="module")
 def warm(service, http, clips, sources):
-    """One frame of each size through the server first: Triton's and DALI's first run of a shape is slow."""
-    with open_socket(service, http) as ws:
-        ws.send(json.dumps({"type": "start", "source_id": sources["obama"]}))
-        ws.recv(timeout=30)
-        for seq, frame in enumerate((clips["square"][0], clips["wide"][0])):
-            ws.send(protocol.pack_frame({"seq": seq, "ts": 0}, frame))
-            assert protocol.unpack_frame(ws.recv(timeout=120))[0]["seq"] == seq
+    """One frame of each size through the server first, with each swapper: Triton's and DALI's first run of a shape
+    is slow."""
+    for source in ("obama", "obama_simswap"):
+        with open_socket(service, http) as ws:
+            ws.send(json.dumps({"type": "start", "source_id": sources[source]}))
+            ws.recv(timeout=30)
+            for seq, frame in enumerate((clips["square"][0], clips["wide"][0])):
+                ws.send(protocol.pack_frame({"seq": seq, "ts": 0}, frame))
+                assert protocol.unpack_frame(ws.recv(timeout=120))[0]["seq"] == seq
 
 
 def jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
@@ -217,8 +226,8 @@ def check_answers(run: Run, frames: list[bytes], swapper, embedding: np.ndarray)
 
 def test_one_stream_answers_in_order_with_the_swap_inside_the_faces_only(service, http, clips, sources, swapper,
                                                                         warm):
-    run = stream(service, http, clips["square"], {"source_id": sources["obama"]})
-    assert not run.errors
+    run = stream(service, http, clips["square"], {"source_id": sources["obama_simswap"]})
+    assert not run.errors and run.ready["swapper"] == "simswap"
     check_answers(run, clips["square"], swapper, source_embedding(swapper, [OBAMA]))
     assert run.end["answered"] == len(run.answers)
 
@@ -234,8 +243,9 @@ def test_two_streams_with_different_sources_share_calls(service, http, clips, so
     runs = {}
     threads = [threading.Thread(target=lambda name=name, clip=clip, start=start: runs.__setitem__(
         name, stream(service, http, clips[clip], start)))
-        for name, clip, start in (("obama", "square", {"source_id": sources["obama"]}),
-                                  ("rose", "wide", {"source_image": base64.b64encode(ROSE.read_bytes()).decode()}))]
+        for name, clip, start in (("obama", "square", {"source_id": sources["obama_simswap"]}),
+                                  ("rose", "wide", {"source_image": base64.b64encode(ROSE.read_bytes()).decode(),
+                                                    "swapper": "simswap"}))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -255,6 +265,50 @@ def test_two_streams_with_different_sources_share_calls(service, http, clips, so
     assert metrics["swapstream_live_streams"] == 0
 
 
+def outside_boxes(swapper, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the detected faces' boxes, pixels farther than a quarter of a face box from every face box) of a frame."""
+    found = swapper.detect(rgb[None])
+    keep = np.ones(rgb.shape[:2], bool)
+    for x1, y1, x2, y2 in found.boxes:
+        mx, my = (x2 - x1) / 4, (y2 - y1) / 4
+        keep[max(int(y1 - my), 0):int(y2 + my) + 1, max(int(x1 - mx), 0):int(x2 + mx) + 1] = False
+    return found.boxes, keep
+
+
+def test_a_stream_on_the_default_swapper_changes_the_faces_only_into_the_source_person(service, http, clips,
+                                                                                       sources, swapper, warm):
+    run = stream(service, http, clips["square"], {"source_id": sources["obama"]})
+    assert not run.errors and run.ready["swapper"] == "mesh"
+    assert len(run.answers) >= 3
+    rgb = cv2.cvtColor(cv2.imread(str(OBAMA)), cv2.COLOR_BGR2RGB)
+    person = judge().descriptors(rgb, swapper.detect(rgb[None]).boxes[:1])[0]
+    after = []
+    for header, image in run.answers:
+        original = rgb_of(clips["square"][header["seq"] % len(clips["square"])])
+        answer = rgb_of(image)
+        boxes, outside = outside_boxes(swapper, original)
+        assert header["faces"] == len(boxes) == 1 and outside.mean() > 0.2
+        assert np.abs(answer[outside].astype(np.float32) - original[outside]).mean() < 2.0  # JPEG noise only
+        assert np.abs(answer[~outside].astype(np.float32) - original[~outside]).mean() > 3.0  # the face changed
+        after.append(distances_to(person, answer, boxes)[0])
+    assert (np.array(after) < SAME_PERSON).mean() >= 0.5, np.round(after, 2)
+
+
+def test_a_source_drives_only_the_swapper_it_was_made_for(service, http, sources):
+    assert http.get(f"/v1/sources/{sources['obama']}").json()["swapper"] == "mesh"
+    with open_socket(service, http) as ws:
+        ws.send(json.dumps({"type": "start", "source_id": sources["obama"], "swapper": "simswap"}))
+        code, reason = closed_with(ws)
+    assert code == protocol.CLOSE_BAD_START and "made for swapper mesh, not simswap" in reason
+    with open_socket(service, http) as ws:
+        ws.send(json.dumps({"type": "start", "source_id": sources["obama"], "swapper": "faceapp"}))
+        code, reason = closed_with(ws)
+    assert code == protocol.CLOSE_BAD_START and "swapper" in reason
+    response = http.post("/v1/sources", files=[("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))],
+                         data={"swapper": "faceapp"})
+    assert response.status_code == 422 and "swapper" in response.json()["detail"]
+
+
 # ------------------------------------------------------------------------------------------ sources
 
 def test_sources_are_stored_read_and_deleted(http, service):
@@ -263,11 +317,11 @@ def test_sources_are_stored_read_and_deleted(http, service):
     assert response.status_code == 201
     source = response.json()
     assert source["photos"] == 2 and source["faces"] == [1, 1]
-    assert (service.data / "sources" / f"{source['id']}.npy").exists()
+    assert (service.data / "sources" / f"{source['id']}.npz").exists()
     assert http.get(f"/v1/sources/{source['id']}").json()["id"] == source["id"]
     assert http.delete(f"/v1/sources/{source['id']}").status_code == 204
     assert http.get(f"/v1/sources/{source['id']}").status_code == 404
-    assert not (service.data / "sources" / f"{source['id']}.npy").exists()
+    assert not (service.data / "sources" / f"{source['id']}.npz").exists()
 
 
 def test_source_without_a_face_or_not_an_image_is_refused(http, service):

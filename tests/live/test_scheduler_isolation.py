@@ -41,7 +41,7 @@ def test_a_frame_that_fails_fails_alone_and_is_logged_once(client, caplog):
     swapper = FaceSwapper(client, create_swapper("simswap", client), "cpu")
     rgb = cv2.cvtColor(cv2.imread(str(OBAMA)), cv2.COLOR_BGR2RGB)
     identity, _ = swapper.identity_of([("source photo", OBAMA.name, rgb)], [])
-    scheduler = Scheduler(swapper, LiveLimits(window_ms=200), metrics)
+    scheduler = Scheduler(lambda _name: swapper, LiveLimits(window_ms=200), metrics)
     good, bad = (LiveStream(name, identity, StreamOptions(), 2, metrics, loop) for name in ("good0", "bad00"))
     try:
         scheduler.start()

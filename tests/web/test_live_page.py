@@ -59,6 +59,8 @@ def test_live_page_swaps_the_camera_and_shows_latency(service, camera_clip, clie
                                                                 allow_http=(401,)) as watched:
         page = watched.page
         page.set_input_files("#source", str(OBAMA))
+        assert page.input_value("#swapper") == "mesh"  # the service's default
+        page.select_option("#swapper", "simswap")  # the stand-ins' known colour shift is checked below
         page.click("#start")
         page.fill("#token-dialog input[name=token]", TOKEN)  # the service has a token: the page asks for it
         page.click("#token-dialog button[type=submit]")

@@ -226,6 +226,7 @@ async function start() {
     status("Uploading the source photo…");
     const data = new FormData();
     data.append("source", file);
+    data.append("swapper", $("swapper").value);  // the stream then swaps with the swapper its source was made for
     const source = await upload("/v1/sources", data, (sent, total) => {
       if (total) status(`Uploading the source photo… ${Math.round(100 * sent / total)}%`);
     });
