@@ -245,7 +245,8 @@ def _add_live_command(commands) -> None:
     live.add_argument("--source", nargs="+", required=True, help="one or more photos of the source face")
     live.add_argument("--input", required=True, help="a video file (streamed at its own frame rate) or a camera "
                                                      "such as /dev/video0")
-    live.add_argument("--url", help="the service (default ws://127.0.0.1:8080, `swapstream serve`'s own)")
+    live.add_argument("--url", help="the service (default ws://127.0.0.1:8080, `swapstream serve`'s own); several, "
+                      "ws://a:8080,ws://b:8080, to come back through another when a replica leaves")
     live.add_argument("--token", default=os.environ.get("SWAPSTREAM_TOKEN"),
                       help="the service's token (default: $SWAPSTREAM_TOKEN)")
     live.add_argument("--output", help="write the swapped frames as a video with the input's frame count and rate")
