@@ -179,10 +179,10 @@ def test_each_face_uses_the_source_photo_whose_head_pose_is_closest(mesh, engine
 def test_warp_of_a_mesh_onto_itself_is_the_identity(open_mouth):
     crop, target_mesh = open_mouth
     box = mesh_warp.Box(target_mesh, 4)
-    map_x, map_y, covered, away = mesh_warp.warp_map(box, target_mesh, target_mesh,
-                                                     mesh_warp.triangulate(target_mesh))
+    triangles = mesh_warp.triangulate(target_mesh)
+    map_x, map_y, covered = mesh_warp.warp_map(box, target_mesh, target_mesh, triangles)
     ys, xs = np.nonzero(covered)
-    assert away == 0.0 and covered.mean() > 0.5
+    assert mesh_warp.facing_away(target_mesh, target_mesh, triangles) == 0.0 and covered.mean() > 0.5
     assert np.abs(map_x[ys, xs] - (xs + box.x0)).max() < 1e-2
     assert np.abs(map_y[ys, xs] - (ys + box.y0)).max() < 1e-2
     assert (map_x[~covered] == -1).all()
@@ -197,3 +197,21 @@ def test_the_default_swapper_is_simswap_only_with_its_real_weights():
     assert choose_swapper("mesh", {"simswap", "arcface"}).name == "mesh"
     with pytest.raises(ValueError, match="mesh, simswap"):
         choose_swapper("deepfake", set())
+
+
+def test_the_target_mesh_takes_half_the_source_shape_in_the_target_pose(source, open_mouth):
+    _, target_mesh = open_mouth
+    source_mesh = source["mesh"][0].astype(np.float64)
+    # The source face turned 30 degrees, scaled and moved: the same shape, so nothing may move.
+    turn = np.radians(30)
+    rotation = np.array([[np.cos(turn), 0, np.sin(turn)], [0, 1, 0], [-np.sin(turn), 0, np.cos(turn)]])
+    posed = (0.8 * (source_mesh - source_mesh.mean(axis=0)) @ rotation.T + [250, 270, 0]).astype(np.float32)
+    assert np.abs(mesh_warp.with_source_shape(posed, source_mesh) - posed).max() < 1e-2
+    # Another face: the outline, eyes and inner lips stay the target's, the rest moves half way to the source's.
+    shaped = mesh_warp.with_source_shape(target_mesh, source_mesh)
+    kept = list(mesh_warp.FACE_OVAL + mesh_warp.EYE_LEFT + mesh_warp.EYE_RIGHT + mesh_warp.LIPS_INNER)
+    assert np.array_equal(shaped[kept], target_mesh[kept])
+    moved = np.setdiff1d(np.arange(mesh_warp.POINTS), kept)
+    whole = mesh_warp.with_source_shape(target_mesh, source_mesh, share=1.0)
+    assert np.abs(whole[moved] - target_mesh[moved]).max() > 5  # px: the two faces' proportions differ
+    assert np.allclose(shaped[moved], (target_mesh[moved] + whole[moved]) / 2, atol=1e-3)

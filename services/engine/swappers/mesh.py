@@ -7,7 +7,6 @@ head pose is closest is warped onto the face's mesh (``mesh_warp``). Faces the s
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from swapstream.services.engine.clock import StageClock
@@ -22,28 +21,15 @@ MIN_PRESENCE = 0.5  # Face Mesh's face-presence score (a sigmoid) below which a 
 # vid04 0.25-0.38.
 MAX_AWAY = 0.18
 
-# The face mesh is taken from the FFHQ crop zoomed by 4/3 about the face: the square x 64..448, y 96..480 of the
-# crop fills the network's window (the crop's x 0..512, y 48..560; see the facemesh model). Measured with dlib's
-# judge on the shared clips: the swap follows the face closely enough to be judged the source on vid01 in 100 % of
-# the sampled frames with this zoom, 13 % without (mean distance 0.52 against 0.61).
-ZOOM = 4 / 3
-_ZOOM_MATRIX = np.array([[ZOOM, 0, -64 * ZOOM], [0, ZOOM, 48 - 96 * ZOOM]], np.float32)
-
 UNTOUCHED_NO_MESH = "faces left untouched by the mesh swapper: no face mesh found (blurred, tiny or hidden faces)"
 UNTOUCHED_FOLDED = "faces left untouched by the mesh swapper: head turned too far (the face mesh folds over)"
 
 
 def face_meshes(client: SwapstreamClient, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(meshes [K,468,3] in the crops' pixels, presence [K]) of FFHQ-512 ``crops``: one ``facemesh`` call on
-    the zoomed crops."""
-    zoomed = np.stack([cv2.warpAffine(c, _ZOOM_MATRIX, (mesh_warp.SIZE, mesh_warp.SIZE), flags=cv2.INTER_LINEAR)
-                       for c in crops]) if len(crops) else crops
-    meshes, presence = client.facemesh(zoomed)
-    meshes = np.array(meshes, np.float32)
-    meshes[..., 0] = meshes[..., 0] / ZOOM + 64
-    meshes[..., 1] = (meshes[..., 1] - 48) / ZOOM + 96
-    meshes[..., 2] /= ZOOM
-    return meshes, presence
+    """(meshes [K,468,3] in the crops' pixels, presence [K]) of FFHQ-512 ``crops``: one ``facemesh`` call in the
+    model's own window, the one measured closest to MediaPipe's two-pass mesh (see the facemesh model)."""
+    meshes, presence = client.facemesh(np.asarray(crops, np.uint8))
+    return np.asarray(meshes, np.float32), presence
 
 
 class MeshSwapper(Swapper):

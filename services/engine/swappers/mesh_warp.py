@@ -1,13 +1,15 @@
 """The mesh swap's geometry, pure numpy + OpenCV, in FFHQ-512 aligned-crop space.
 
 A source face (its aligned 512 crop, the *texture*, and its 468-point Face Mesh) is drawn onto a target face's mesh:
-every triangle of the source mesh is mapped affinely onto the same triangle of the target mesh. The triangles are
-rasterised into one label image (far triangles first, so the near side of a turned head covers the far side;
-triangles that face away from the camera in the target are dropped), which gives a dense target -> source map for a
-single ``cv2.remap``. The warped face is then colour matched to the target's skin (LAB mean and spread), and the mask
-that blends it in is the target's face oval, feathered, with holes where the target must show through: its mouth
-interior (between the inner lips), its eyes (blinks and gaze are the target's; the mesh does not follow blinks), and
-wherever the source showed hair instead of skin. All per-pixel work is done inside the face's box, not the crop.
+every triangle of the source mesh is mapped affinely onto the same triangle of the target mesh, whose inner points
+first move part of the way to the source's (``with_source_shape``: the face's proportions are much of who it is).
+The triangles are rasterised into one label image (far triangles first, so the near side of a turned head covers the
+far side; triangles that face away from the camera in the target are dropped), which gives a dense target -> source
+map for a single ``cv2.remap``. The warped face is then colour matched to the target's skin (LAB mean and spread),
+and the mask that blends it in is the target's face oval, feathered, with holes where the target must show through:
+its mouth interior (between the inner lips), its eyes (blinks and gaze are the target's; the mesh does not follow
+blinks), and wherever the source showed hair instead of skin. All per-pixel work is done inside the face's box, not
+the crop.
 """
 from __future__ import annotations
 
@@ -46,6 +48,14 @@ CONTRAST_RANGE = (0.8, 1.25)  # the colour match may change the source's spread 
 SKIN_DISTANCE = 3.0     # a source pixel further than this (Mahalanobis, LAB) from its cheeks' skin is not skin
 RIM_WIDTH = 8           # hair is what is not skin and reaches this close to the source's face oval
 _MARGIN = int(3 * FEATHER_SIGMA) + 2
+# How far the target mesh's inner points move towards the source's (fitted onto it in 3-D). dlib's judge, mean
+# distance to the source (0.6 = same person) on vid01, vid03, img03: 0 -> 0.61, 0.49, 0.62 (vid01 judged the source in
+# 10 % of frames); 0.5 -> 0.48, 0.45, 0.53 (100 %); 1 (2-D fit) -> 0.46, 0.46, 0.55 with the lips stretched between
+# the source's outer and the target's inner lip ring.
+SOURCE_SHAPE = 0.5
+# Points that stay the target's: the outline (no seam, the target's jaw and hair edge) and the eye and inner-lip
+# rings, the mask's holes through which the target's eyes and mouth interior show.
+_TARGET_POINTS = np.array(sorted(set(FACE_OVAL + EYE_RIGHT + EYE_LEFT + LIPS_INNER)))
 
 
 class Box:
@@ -119,6 +129,25 @@ def mesh_pose(meshes: np.ndarray) -> np.ndarray:
     return np.stack([yaw, pitch], axis=1).astype(np.float32)
 
 
+def with_source_shape(target_mesh: np.ndarray, source_mesh: np.ndarray, share: float = SOURCE_SHAPE
+                      ) -> np.ndarray:
+    """The target mesh with its inner points moved ``share`` of the way to the source mesh fitted onto it in 3-D
+    (Umeyama's least-squares similarity over all points: the target's position, size and head pose, the source's
+    proportions); its outline, eyes and inner lips stay where they are. In 3-D so that a turned head gets the
+    source's face turned the same way, not a frontal one flattened onto it."""
+    source = np.asarray(source_mesh, np.float64)
+    target = np.asarray(target_mesh, np.float64)
+    s, t = source - source.mean(axis=0), target - target.mean(axis=0)
+    u, spread, vt = np.linalg.svd(t.T @ s)
+    sign = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])  # a rotation, never a mirror
+    rotation = (u * sign) @ vt
+    scale = float((spread * sign).sum() / max(float((s * s).sum()), 1e-9))
+    fitted = scale * s @ rotation.T + target.mean(axis=0)
+    weight = np.full((POINTS, 1), share)
+    weight[_TARGET_POINTS] = 0
+    return (target + weight * (fitted - target)).astype(np.float32)
+
+
 def _features(box: Box, mesh: np.ndarray, grow: int) -> np.ndarray:
     """Eyes, brows, nose and lips of a mesh, filled and grown by ``grow`` px: what is never cheek or forehead."""
     parts = [cv2.convexHull(box.points(mesh, ring))
@@ -160,16 +189,24 @@ def _signed_area(corners: np.ndarray) -> np.ndarray:
     return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
 
 
+def facing_away(source_mesh: np.ndarray, target_mesh: np.ndarray, triangles: np.ndarray) -> float:
+    """The share of the source mesh's area whose triangles face away from the camera in the target."""
+    triangles = triangles[triangles[:, 0] >= 0]
+    src_area = _signed_area(source_mesh[triangles][:, :, :2].astype(np.float64))
+    dst_area = _signed_area(target_mesh[triangles][:, :, :2].astype(np.float64))
+    away = np.sign(src_area) != np.sign(dst_area)
+    return float(np.abs(src_area[away]).sum() / max(np.abs(src_area).sum(), 1e-9))
+
+
 def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangles: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense map from the box's pixels to source-texture pixels for ``cv2.remap``: (map_x, map_y [h,w] float32,
-    -1 where no triangle lands; covered [h,w] bool; the share of the source mesh's area facing away in the target)."""
+    -1 where no triangle lands; covered [h,w] bool)."""
     triangles = triangles[triangles[:, 0] >= 0]
     src = source_mesh[triangles][:, :, :2].astype(np.float64)
     dst = target_mesh[triangles][:, :, :2].astype(np.float64) - [box.x0, box.y0]
     src_area, dst_area = _signed_area(src), _signed_area(dst)
     facing = np.sign(src_area) == np.sign(dst_area)
-    away = float(np.abs(src_area[~facing]).sum() / max(np.abs(src_area).sum(), 1e-9))
     keep = np.abs(dst_area) > 1e-2
     triangles, src, dst, dst_area, facing = triangles[keep], src[keep], dst[keep], dst_area[keep], facing[keep]
     # The affine taking a triangle's target corners to its source corners, by the adjugate of [x y 1] rows.
@@ -191,7 +228,7 @@ def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangl
     ys = np.arange(box.h, dtype=np.float32)[:, None]
     map_x = coefficients[:, 0, 0][labels] * xs + coefficients[:, 1, 0][labels] * ys + coefficients[:, 2, 0][labels]
     map_y = coefficients[:, 0, 1][labels] * xs + coefficients[:, 1, 1][labels] * ys + coefficients[:, 2, 1][labels]
-    return map_x, map_y, labels > 0, away
+    return map_x, map_y, labels > 0
 
 
 def _feather(mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -255,9 +292,9 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
     box = Box(target_mesh, _MARGIN)
     if box.w < 8 or box.h < 8:
         return None
-    map_x, map_y, covered, away = warp_map(box, source_mesh, target_mesh, triangles)
-    if away > max_away:
+    if facing_away(source_mesh, target_mesh, triangles) > max_away:  # the target's own turn, before any reshaping
         return None
+    map_x, map_y, covered = warp_map(box, source_mesh, with_source_shape(target_mesh, source_mesh), triangles)
     warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Outside the texture (no triangle: -1) the skin is 0, so the mask is 0 there.
     warped_skin = cv2.remap(skin, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
