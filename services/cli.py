@@ -52,11 +52,14 @@ def triton_url(args):
     if args.triton:
         yield args.triton
         return
+    if not getattr(args, "quiet", False):
+        print("starting the model server…", file=sys.stderr, flush=True)  # else seconds of silence
     with repository.embedded_triton(_weight_dirs(args)) as (server, _):
         yield server.grpc_url
 
 
 def cmd_swap(args) -> int:
+    started = time.monotonic()
     from tqdm import tqdm
 
     from swapstream.pipelines.align import DeviceError
@@ -70,6 +73,12 @@ def cmd_swap(args) -> int:
     from swapstream.services.engine.swappers.choice import choose_swapper
     from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
+    for role, given in [("--source", path) for path in args.source] + [("--target", args.target),
+                                                                       ("--reference", args.reference)]:
+        if given and not Path(given).is_file():
+            print(f"error: no such file: {given} ({role})" if not Path(given).exists() else
+                  f"error: {given} ({role}) is not a file", file=sys.stderr)
+            return 2
     output = Path(args.output)
     if not output.parent.resolve().is_dir():
         print(f"error: output folder {output.parent} does not exist; create it first", file=sys.stderr)
@@ -97,6 +106,9 @@ def cmd_swap(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary.notes.insert(0, choice.reason)
+    elapsed = time.monotonic() - started
+    summary.notes.insert(0, f"{elapsed:.1f} s in all, {elapsed - summary.seconds:.1f} s of it start-up"
+                            + ("" if args.triton else " (the model server)"))
     print(f"{output}: {summary}")
     return 0
 
@@ -127,7 +139,9 @@ def cmd_serve(args) -> int:
                            token=args.token or None, device=args.device,
                            limits=limits, live=live, stale_after=args.stale_after,
                            min_free_bytes=int(args.min_free_mb * MB), triton_timeout=args.triton_timeout,
-                           allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins)
+                           allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins,
+                           swapper=args.swapper,
+                           real_networks=frozenset(repository.real_networks(_weight_dirs(args))))
     try:
         serve(config, args.host, args.port, [Path(args.models)] if args.models else None,
               triton_unresponsive_after=args.triton_unresponsive, drain_timeout=args.drain_timeout,
@@ -146,7 +160,8 @@ def cmd_live(args) -> int:
                           token=args.token or None,
                           output=Path(args.output) if args.output else None,
                           stats=Path(args.stats) if args.stats else None, faces=args.faces,
-                          smoothing=args.smoothing, quality=args.quality, frames=args.frames)
+                          smoothing=args.smoothing, quality=args.quality, frames=args.frames,
+                          swapper=args.swapper)
     try:
         figures = run_live(request)
     except (LiveError, EncodeError) as error:
@@ -220,9 +235,32 @@ def _add_triton_command(commands) -> None:
     triton.set_defaults(func=cmd_triton)
 
 
+SWAP_EXAMPLES = """examples:
+  swapstream swap --source me.jpg --target clip.mp4 -o swapped.mp4
+      every face of the clip becomes the face of me.jpg (a model server is started for the run)
+  swapstream swap --source me.jpg me2.jpg --target group.jpg -o swapped.jpg --faces largest
+      a photo; several photos of the source person give a steadier identity; only the largest face is swapped
+  swapstream swap --source me.jpg --target clip.mp4 -o swapped.mp4 --faces reference --reference them.jpg
+      only the person shown in them.jpg is swapped
+  swapstream swap --source me.jpg --target clip.mp4 -o swapped.mp4 --triton 127.0.0.1:8001
+      use a running model server (`swapstream triton`) instead of starting one
+"""
+
+
+class _Command(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown argument is reported with this command's usage, not the top one's."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _add_swap_command(commands) -> None:
     """The inputs here; the options from the options table (``swapstream.services.options.SWAP``)."""
-    swap = commands.add_parser("swap", help="swap faces in a video (or photo)")
+    swap = commands.add_parser("swap", help="swap faces in a video (or photo)", epilog=SWAP_EXAMPLES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     swap.add_argument("--source", nargs="+", required=True, help="one or more photos of the source face")
     swap.add_argument("--target", required=True, help="the video (or photo) whose faces are replaced")
     swap.add_argument("-o", "--output", required=True, help="output file (.mp4, .mkv, .mov; .jpg/.png for a photo)")
@@ -286,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     from swapstream.benchmarks.cli import add_bench_command
 
     parser = argparse.ArgumentParser(prog="swapstream", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Command)
     for add in (_add_triton_command, _add_swap_command, _add_serve_command, _add_live_command, _add_other_commands,
                 add_bench_command):
         add(commands)

@@ -80,8 +80,8 @@ def test_sigterm_mid_swap_leaves_no_partial_no_temporary_folder_and_no_server(tm
     out.mkdir()
     env = {**os.environ, "TMPDIR": str(private_tmp)}
     process = subprocess.Popen([sys.executable, "-m", "swapstream.services.cli", "swap", "--source", str(OBAMA),
-                                "--target", str(clip), "-o", str(out / "swapped.mp4"), "--batch-size", "4",
-                                "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--target", str(clip), "-o", str(out / "swapped.mp4"), "--batch-size", "4"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
         while not list(out.glob(".*partial*")) and time.monotonic() < deadline:
@@ -91,6 +91,8 @@ def test_sigterm_mid_swap_leaves_no_partial_no_temporary_folder_and_no_server(tm
         tree = _descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 130, process.stdout.read()
+        # The embedded server's start-up is announced, not seconds of silence (issue 21, item 8).
+        assert process.stdout.read().startswith("starting the model server…")
     finally:
         if process.poll() is None:
             process.kill()
