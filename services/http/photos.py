@@ -9,16 +9,17 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, UploadFile
 from fastapi.responses import Response
 
-from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.head_pose import head_pose
 from swapstream.services.engine.offline import run_swap
 from swapstream.services.http.deps import ServiceDep
+from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import score_threshold_form, swap_form
 from swapstream.services.http.inputs import check_sources, require_face
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import UploadRejected, check_photo, new_folder, remove_folder, save_upload
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.post("/swap-image", summary="Swap the faces of a photo now; returns the photo",
@@ -30,7 +31,8 @@ async def swap_image(
     options: Annotated[dict, Depends(swap_form)],
 ):
     if options["faces"] == "reference":
-        raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here")
+        raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here",
+                             ErrorCode.BAD_OPTION)
     return await service.photo_work.run(swap_photo, service, target, source, options)
 
 
@@ -48,7 +50,7 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
             summary = run_swap(swapper, sources, target_path, output, replace(service.base_options, **options))
         body = output.read_bytes()
     except SwapInputError as error:
-        raise UploadRejected(422, str(error)) from error
+        raise UploadRejected(422, str(error), error.code) from error
     finally:
         remove_folder(folder)
     return Response(body, media_type="image/png" if suffix == ".png" else "image/jpeg",

@@ -1,6 +1,6 @@
 // What every swapstream page shares (an ES module, no build step): the nav, the bearer token (asked once per tab,
-// kept in sessionStorage), `api()` (fetch + token + the API's JSON `detail` as the Error message), `upload()` (the
-// same with upload progress), and the visible error box.
+// kept in sessionStorage), `api()` (fetch + token; a refusal becomes an ApiError worded from the API's `code`),
+// `upload()` (the same with upload progress), and the visible error box.
 //
 // A page needs `<header class="top"></header>` (the nav is drawn into it) and `<main>` (the error box goes first in
 // it); importing this module draws both and shows any uncaught error in the box.
@@ -9,11 +9,45 @@ const TOKEN_KEY = "swapstream-token";
 // The nav; a page is static/<name>.html (served at /<name>) with its script, plus its line here.
 const PAGES = [["/", "Jobs"], ["/analyze", "Analyse"], ["/swap-photo", "Swap a photo"], ["/live", "Live"]];
 
+// The service's error codes in this page's words (never its API names, flags or commands); an unknown code shows
+// the API's `detail`.
+const PLAIN_WORDS = {
+  no_face_in_source: "No face found in the source photo — try a photo where the face is larger and frontal.",
+  no_face_in_target: "No face found in the photo to change — try one where the faces are larger and turned to the camera.",
+  no_face_in_reference: "No face found in the photo of the person to replace — try one where the face is larger and frontal.",
+  missing_source: "Choose a photo of the face to put in first.",
+  too_many_sources: "Too many photos of the face — choose fewer.",
+  missing_reference: "Replacing one chosen person needs a photo of that person: add it, then try again.",
+  not_a_video: "That file could not be read as a video — it may be damaged or of a kind this service does not take. Try an MP4 video.",
+  not_a_photo: "That file is not a photo this service can read — use a JPEG or PNG photo.",
+  wrong_file_type: "That kind of file is not accepted — choose a video or a photo.",
+  empty_file: "One of the chosen files is empty — choose it again.",
+  too_large: "The file is larger than this service accepts — try a shorter or smaller one.",
+  too_many_pixels: "The picture is too large — use a smaller resolution.",
+  too_long: "The video is longer than this service accepts — cut it into shorter parts.",
+  frame_rate_too_high: "The video has more frames per second than this service accepts — use an ordinary frame rate, such as 30.",
+  bad_option: "One of the settings is not accepted — check the values and try again.",
+  forbidden_origin: "The service does not accept requests from this page's address — open the service's own page.",
+  bad_host: "The service does not answer under this name — open it by its address.",
+  not_found: "That no longer exists — it may have been deleted.",
+  not_ready: "The result is not ready yet.",
+  gone: "The original file of this job is no longer kept.",
+  too_many_requests: "The service is busy — wait a moment and try again.",
+  disk_full: "The service has run out of storage space — try again later.",
+  inference_unavailable: "The face-swap engine is not answering right now — try again in a moment.",
+  store_unavailable: "The service cannot reach its list of jobs right now — try again in a moment.",
+  unavailable: "The service is not available right now — try again in a moment.",
+  internal_error: "Something went wrong in the service — try again; if it keeps happening, tell whoever runs it.",
+};
+
 export class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
+  /** `message`: the code in the page's words, else the API's `detail`; both kept as they came. */
+  constructor(status, detail, code = null) {
+    super(PLAIN_WORDS[code] || detail);
     this.name = "ApiError";
     this.status = status;
+    this.detail = detail;
+    this.code = code;
   }
 }
 
@@ -104,10 +138,10 @@ function askToken(reason) {
   return asking;
 }
 
-function refusedReason(detail) {
+function refusedReason() {
   return token()
-    ? `The service refused the token you entered (${detail}). Enter the right one.`
-    : `The service asks for a token (${detail}). Ask whoever runs it.`;
+    ? "The service refused the token you entered. Enter the right one."
+    : "The service asks for a token. Ask whoever runs it.";
 }
 
 function authHeaders(headers = {}) {
@@ -130,9 +164,11 @@ export async function api(path, options = {}) {
   for (;;) {
     const response = await fetch(path, { ...options, headers: authHeaders(options.headers) });
     if (response.ok) return response;
-    const detail = detailText(await response.json().catch(() => null), response.status, response.statusText);
-    if (response.status !== 401) throw new ApiError(response.status, detail);
-    const reason = refusedReason(detail);
+    const body = await response.json().catch(() => null);
+    if (response.status !== 401) {
+      throw new ApiError(response.status, detailText(body, response.status, response.statusText), body?.code);
+    }
+    const reason = refusedReason();
     sessionStorage.removeItem(TOKEN_KEY);
     await askToken(reason);
   }
@@ -210,9 +246,10 @@ export async function upload(path, formData, onProgress = () => {}) {
     let body = null;
     try { body = JSON.parse(request.responseText); } catch { /* not JSON: handled below */ }
     if (request.status >= 200 && request.status < 300) return body;
-    const detail = detailText(body, request.status, request.statusText);
-    if (request.status !== 401) throw new ApiError(request.status, detail);
-    const reason = refusedReason(detail);
+    if (request.status !== 401) {
+      throw new ApiError(request.status, detailText(body, request.status, request.statusText), body?.code);
+    }
+    const reason = refusedReason();
     sessionStorage.removeItem(TOKEN_KEY);
     await askToken(reason);
   }
