@@ -378,12 +378,13 @@ def test_prometheus_scrapes_the_service_and_triton(service, http, triton, clip):
     with running_prometheus(service=service.url.split("//")[1], triton=triton_metrics) as prometheus:
         prometheus.wait_for_target("swapstream", timeout=30)
         prometheus.wait_for_target("triton", timeout=30)
-        swaps_before = _series_sum(prometheus.query('nv_inference_request_success{model="swap"}'))
+        # The default swapper (mesh) calls Triton's facemesh for every face.
+        meshes_before = _series_sum(prometheus.query('nv_inference_request_success{model="facemesh"}'))
         job_id = submit(http, clip).json()["id"]
         wait_for(http, job_id, {"done"})
         prometheus.wait_for('swapstream_jobs{state="done"} > 0', timeout=30)
         prometheus.wait_for(f'swapstream_frames_processed_total >= {CLIP_FRAMES}', timeout=30)
-        prometheus.wait_for(f'nv_inference_request_success{{model="swap"}} > {swaps_before}', timeout=30)
+        prometheus.wait_for(f'nv_inference_request_success{{model="facemesh"}} > {meshes_before}', timeout=30)
         stages = prometheus.wait_for('swapstream_stage_seconds_count > 0', timeout=30)
         assert {series["metric"]["stage"] for series in stages} == {"decode", "detect", "track", "align", "swap",
                                                                      "blend", "encode"}
