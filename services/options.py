@@ -17,7 +17,6 @@ from typing import Any, Callable
 MB = 1 << 20
 
 
-
 def names(text: str) -> tuple[str, ...]:
     """A comma-separated list -> its items, stripped (empty: none)."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
@@ -71,6 +70,8 @@ class Option:
 
     def check(self, value):
         """``value`` if it has this option's type and is allowed; else ValueError saying what is allowed."""
+        if value is None and self.default is None:
+            return None  # unset: the run chooses (the help says how)
         typed = isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool))
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             typed = True
@@ -157,6 +158,11 @@ FACE_LABELS = ("all faces", "the largest face")
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEVICE = Option("device", str, "cpu", "where DALI runs", choices=("cpu", "gpu"))
 SMOOTHING = Option("smoothing", bool, True, "smooth the faces' landmarks across frames", form=True)
+SWAPPERS = ("mesh", "simswap")
+# Unset (None): the run's default, chosen by ``engine.swappers.choice`` (the service's own for jobs and streams).
+SWAPPER = Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else "
+                 "mesh (every run says which and why)", choices=SWAPPERS,
+                 labels=("mesh (geometric)", "simswap (neural)"), form=True)
 
 # The options of one swap: ``swapstream swap``, ``POST /v1/jobs``, ``POST /v1/swap-image``.
 SWAP = _table(
@@ -173,9 +179,7 @@ SWAP = _table(
     Option("preset", str, "medium", "x264 encoder preset", choices=PRESETS, form=True),
     Option("audio", bool, True, "copy the target's audio", form=True),
     DEVICE,
-    Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else mesh "
-           "(swap says which and why; the service and live streams use simswap so far)",
-           choices=("mesh", "simswap")),
+    SWAPPER,
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.
@@ -216,6 +220,8 @@ SERVE = _table(
            low_open=True),
     Option("allowed_hosts", str, "", "comma-separated Host names the API answers besides IP addresses and "
            "localhost (e.g. the name behind a proxy); * accepts any", parse=names),
+    Option("swapper", str, None, "the service's default face swapper (a job, photo or stream may name another); "
+           "default: simswap if its real weights are present, else mesh (logged at start)", choices=SWAPPERS),
     Option("allowed_origins", str, "", "comma-separated page origins allowed to call the API besides the "
            "service's own pages (e.g. https://app.example.com); * accepts any", parse=names),
 )
@@ -225,6 +231,7 @@ LIVE = _table(
     Option("faces", str, "all", "which faces to swap", choices=FACES, labels=FACE_LABELS, form=True),
     SMOOTHING,
     Option("quality", int, 80, "JPEG quality of the frames sent and returned", low=1, high=100, step=1, form=True),
+    SWAPPER,
 )
 
 TABLES = {"swap": SWAP, "serve": SERVE, "live": LIVE}
