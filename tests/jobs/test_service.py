@@ -318,7 +318,8 @@ def test_analyze_roll_follows_a_rotated_photo(http):
 def test_health_readiness_and_metrics(service, http, clip):
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"ready": True, "triton": True, "workers": True, "store": True,
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "triton": True, "triton_servers": "1 of 1 up",
+                                                           "draining": False, "workers": True, "store": True,
                                                            "disk": True}
     job_id = submit(http, clip).json()["id"]
     wait_for(http, job_id, {"done"})
