@@ -96,11 +96,14 @@ def cmd_swap(args) -> int:
         total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
         with triton_url(args) as url:
             client = SwapstreamClient(url)
-            choice = choose_swapper(args.swapper, repository.real_networks(_weight_dirs(args)))
-            swapper = FaceSwapper(client, create_swapper(choice.name, client), chosen.device)
-            with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
-                summary = run_swap(swapper, [Path(p) for p in args.source], target, output, chosen,
-                                   progress=lambda frames, _summary: bar.update(frames))
+            try:  # closed before the embedded server stops, so its health probes do not report it leaving
+                choice = choose_swapper(args.swapper, repository.real_networks(_weight_dirs(args)))
+                swapper = FaceSwapper(client, create_swapper(choice.name, client), chosen.device)
+                with tqdm(total=total, unit="frame", disable=args.quiet) as bar:
+                    summary = run_swap(swapper, [Path(p) for p in args.source], target, output, chosen,
+                                       progress=lambda frames, _summary: bar.update(frames))
+            finally:
+                client.close()
     except (SwapInputError, VideoDecodeError, EncodeError, TritonCallError, repository.RepositoryError,
             TritonStartError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from swapstream.services.engine.swapper import strongest_per_frame as _strongest
 from swapstream.services.options import SWAP_OPTION_BOUNDS
 from swapstream.services.triton.client import Detections
 from tests.helpers.media import MEDIA
+from tests.helpers import processes
 
 OBAMA = MEDIA / "img01_single_frontal_obama.jpg"
 
@@ -88,7 +88,7 @@ def test_sigterm_mid_swap_leaves_no_partial_no_temporary_folder_and_no_server(tm
             assert process.poll() is None, process.stdout.read()
             time.sleep(0.2)
         assert list(out.glob(".*partial*")), "the swap never started writing"
-        tree = _descendants(process.pid)
+        tree = processes.descendants(process.pid)
         process.send_signal(signal.SIGTERM)
         assert process.wait(90) == 130, process.stdout.read()
         # The embedded server's start-up is announced, not seconds of silence (issue 21, item 8).
@@ -99,27 +99,9 @@ def test_sigterm_mid_swap_leaves_no_partial_no_temporary_folder_and_no_server(tm
     assert list(out.iterdir()) == [], "a partial output was left"
     assert [p.name for p in private_tmp.iterdir() if p.name.startswith("swapstream-")] == []
     deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+    while any(processes.alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in tree if _alive(pid)], "processes of the embedded Triton outlived the command"
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                found.append(int(child))
-                todo.append(int(child))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not [pid for pid in tree if processes.alive(pid)], "processes of the embedded Triton outlived the command"
 
 
 def test_a_crowd_is_cut_to_the_strongest_faces_per_frame(client):

@@ -6,36 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 
 from swapstream.services.jobs.serve import TritonSupervisor
 from swapstream.services.triton.client import SwapstreamClient
 from swapstream.services.triton.server import EmbeddedTriton
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from tests.helpers import processes
 
 
 def test_sigkill_of_the_reaper_takes_its_server_and_the_supervisor_restarts_it(triton_repository):
@@ -43,13 +20,13 @@ def test_sigkill_of_the_reaper_takes_its_server_and_the_supervisor_restarts_it(t
     supervisor = TritonSupervisor(server, interval=0.5, unresponsive_after=5)
     supervisor.start()
     try:
-        reaper, tree = server.process.pid, _descendants(server.process.pid)
+        reaper, tree = server.process.pid, processes.descendants(server.process.pid)
         assert server.server_pid in tree
         os.kill(reaper, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        while any(processes.alive(pid) for pid in tree) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = [pid for pid in tree if _alive(pid)]
+        left = [pid for pid in tree if processes.alive(pid)]
         assert left == [], f"the server's processes outlived their reaper: {left}"
         deadline = time.monotonic() + 180
         while supervisor.restarts == 0 and time.monotonic() < deadline:

@@ -14,38 +14,15 @@ import numpy as np
 
 from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 from swapstream.services.triton.server import EmbeddedTriton
+from tests.helpers import processes
 
 STUB = "triton_python_backend_stub"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for child in _children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _stubs_and_regions(root: int) -> tuple[list[int], set[str]]:
     """The stub processes under ``root`` and the /dev/shm regions they were given (their third argument)."""
     stubs, regions = [], set()
-    for pid in _descendants(root):
+    for pid in processes.descendants(root):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
@@ -69,7 +46,7 @@ def _busy(url: str, stop: threading.Event) -> None:
 def _wait_gone(pids: list[int], regions: set[str], timeout: float = 30.0) -> tuple[list[int], list[str]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [pid for pid in pids if _alive(pid)]
+        alive = [pid for pid in pids if processes.alive(pid)]
         left = [name for name in regions if (Path("/dev/shm") / name).exists()]
         if not alive and not left:
             break
@@ -111,7 +88,7 @@ def test_sigkill_of_the_owner_leaves_no_server_stub_or_shared_memory(tmp_path):
             assert line, "swapstream triton exited early:\n" + "".join(lines)
             lines.append(line)
         grpc_url = next(line.split()[1] for line in iter(owner.stdout.readline, "") if line.strip().startswith("gRPC"))
-        tree = _descendants(owner.pid)
+        tree = processes.descendants(owner.pid)
         stubs, regions = _stubs_and_regions(owner.pid)
         assert stubs and regions
         load = threading.Thread(target=_busy, args=(grpc_url, stop))
