@@ -84,7 +84,8 @@ def test_sigterm_mid_swap_leaves_no_partial_no_temporary_folder_and_no_server(tm
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
-        while not list(out.glob(".*partial*")) and time.monotonic() < deadline:
+        # Frames in the partial file: the encoder's set-up trials are over and the swap is under way.
+        while not [p for p in out.glob(".*partial*") if p.stat().st_size] and time.monotonic() < deadline:
             assert process.poll() is None, process.stdout.read()
             time.sleep(0.2)
         assert list(out.glob(".*partial*")), "the swap never started writing"
