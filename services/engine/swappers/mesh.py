@@ -28,8 +28,8 @@ UNTOUCHED_FOLDED = "faces left untouched by the mesh swapper: head turned too fa
 def face_meshes(client: SwapstreamClient, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(meshes [K,468,3] in the crops' pixels, presence [K]) of FFHQ-512 ``crops``: one ``facemesh`` call in the
     model's own window, the one measured closest to MediaPipe's two-pass mesh (see the facemesh model)."""
-    meshes, presence = client.facemesh(np.asarray(crops, np.uint8))
-    return np.asarray(meshes, np.float32), presence
+    meshes, presence = client.facemesh(crops)
+    return meshes.astype(np.float32, copy=False), presence
 
 
 class MeshSwapper(Swapper):
@@ -75,10 +75,8 @@ class MeshSwapper(Swapper):
                     continue
                 source = identities[0] if len(identities) == 1 else identities[k]
                 n = int(np.argmin(np.abs(np.asarray(source["pose"]) - poses[k]).sum(axis=1)))
-                result = mesh_warp.swap_face(aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
-                                             source["triangles"][n], source["skin"][n], max_away=MAX_AWAY)
-                if result is None:
+                if not mesh_warp.swap_face(aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
+                                           source["triangles"][n], source["skin"][n], faces[k], masks[k],
+                                           max_away=MAX_AWAY):
                     clock.note(UNTOUCHED_FOLDED)
-                    continue
-                faces[k], masks[k] = result
         return faces, masks

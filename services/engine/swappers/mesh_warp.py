@@ -285,15 +285,16 @@ def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> n
 
 
 def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
-              triangles: np.ndarray, skin: np.ndarray, keep_eyes: bool = True, max_away: float = 1.0
-              ) -> tuple[np.ndarray, np.ndarray] | None:
-    """One face: (face [512,512,3] uint8, mask [512,512] uint8) for the engine's blend, the face being the target
-    outside the mask; None when more than ``max_away`` of the source mesh would face away (a folded profile)."""
+              triangles: np.ndarray, skin: np.ndarray, face: np.ndarray, mask: np.ndarray, keep_eyes: bool = True,
+              max_away: float = 1.0) -> bool:
+    """One face, written over the face's box only: ``face`` (the target's copy, [512,512,3] uint8) and ``mask``
+    ([512,512] uint8, zeros) for the engine's blend. False (both left as they are) when more than ``max_away`` of
+    the source mesh would face away (a folded profile)."""
     box = Box(target_mesh, _MARGIN)
     if box.w < 8 or box.h < 8:
-        return None
+        return False
     if facing_away(source_mesh, target_mesh, triangles) > max_away:  # the target's own turn, before any reshaping
-        return None
+        return False
     map_x, map_y, covered = warp_map(box, source_mesh, with_source_shape(target_mesh, source_mesh), triangles)
     warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Outside the texture (no triangle: -1) the skin is 0, so the mask is 0 there.
@@ -312,7 +313,6 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
         holes += [box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)]
     inside = box.fill(holes)
     hole = np.maximum(_feather(cv2.dilate(inside, _disc(HOLE_GROW)), HOLE_SIGMA), inside)  # inside: all target
-    face, mask = target.copy(), np.zeros((SIZE, SIZE), np.uint8)
     mask[box.slices] = cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255)
     face[box.slices] = np.where(covered[..., None], matched, here)
-    return face, mask
+    return True
