@@ -138,10 +138,13 @@ def open_video(
     batch_size: int = 32,
     decoder: str = "auto",
     device_id: int = 0,
+    keep: np.ndarray | None = None,
 ) -> "VideoReader":
     """Probe `path` and return a reader: iterate it for `VideoBatch`es, `.info` for metadata.
 
     decoder: "auto" (DALI where it takes the codec, else PyAV), or force "dali" / "pyav".
+    keep: only these frames (sorted indices into the video), decoded from the key frame before the first; PyAV reads
+    them, and a batch's `start` then counts kept frames.
     Raises VideoDecodeError at once for a missing, non-video, truncated or undecodable file.
     """
     check_device(device)
@@ -150,13 +153,15 @@ def open_video(
     if decoder not in ("auto", "dali", "pyav"):
         raise ValueError(f"decoder must be 'auto', 'dali' or 'pyav', got {decoder!r}")
     info = probe_video(path)
-    chosen = choose_decoder(info.codec, info.pix_fmt, device)
+    chosen = "pyav" if keep is not None else choose_decoder(info.codec, info.pix_fmt, device)
     if decoder == "dali" and chosen != "dali":
         raise VideoDecodeError(
             f"{info.path}: DALI's {device.upper()} decoder does not take {info.codec} "
             f"({info.pix_fmt}); use decoder='auto' or 'pyav'"
         )
-    return VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id)
+    reader = VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id)
+    reader.keep = keep
+    return reader
 
 
 class VideoReader:
@@ -168,6 +173,7 @@ class VideoReader:
         self.batch_size = batch_size
         self.decoder = decoder
         self.device_id = device_id
+        self.keep: np.ndarray | None = None  # only these frames (open_video's `keep`)
 
     def __iter__(self) -> Iterator[VideoBatch]:
         if self.decoder == "dali":
@@ -225,7 +231,7 @@ class VideoReader:
             with open_container(self.info.path) as container:
                 stream = _video_stream(container)
                 stream.thread_type = "AUTO"
-                for frame in container.decode(stream):
+                for frame in self._kept_frames(container, stream):
                     if (frame.height, frame.width) != (h, w):
                         raise self._size_changed(index, frame.width, frame.height)
                     rgb = to_rgb.reformat(frame, format="rgb24", interpolation=_RGB_CONVERSION, threads=1)
@@ -241,6 +247,23 @@ class VideoReader:
             raise self._failure(index, exc) from exc
         if filled:
             yield VideoBatch(batch[:filled], index - filled, np.asarray(pts, dtype=np.int64))
+
+    def _kept_frames(self, container, stream):
+        """The decoded frames of `keep` (all without it): from the key frame before the first, until the last."""
+        if self.keep is None:
+            yield from container.decode(stream)
+            return
+        wanted = self.info.pts[self.keep]
+        if self.keep[0] > 0:
+            container.seek(int(wanted[0]), stream=stream, backward=True, any_frame=False)
+        index = 0
+        for frame in container.decode(stream):
+            if frame.pts is None or frame.pts < wanted[index]:
+                continue
+            yield frame  # the wanted one, or the next after it if its pts differs from the probe's
+            index = int(np.searchsorted(wanted, frame.pts, side="right"))
+            if index == len(wanted):
+                return
 
     def _size_changed(self, frame: int, width: int, height: int) -> VideoDecodeError:
         """Only the first frame's size is checked against the limits: a stream may not change it later."""
