@@ -14,6 +14,9 @@ ready pod, and a gRPC client that connected to one name would otherwise keep its
   ``probe_timeout + probe_interval``, not for the call's whole deadline. A down server is probed as before and
   comes back when it answers.
 - With every server down, calls still try them (one may have come back since its last probe).
+- A server on this host gets the call's large tensors through system shared memory (``shared_memory``: regions
+  per server and per calling thread, registered once, given back when the pool is released); others plain gRPC.
+  A server that answers that it does not know a region (restarted since) has them registered again, once a call.
 
 One ``TritonPool`` per target string is shared by every client of the process (``pool_for``), so a process has one
 watcher and one gRPC channel per server whatever its number of clients.
@@ -31,6 +34,8 @@ from typing import Callable
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
+
+from swapstream.services.triton import shared_memory as shm
 
 log = logging.getLogger("swapstream.triton")
 
@@ -86,13 +91,19 @@ class Server:
     reason: str = ""
     in_flight: set = field(default_factory=set)
     calls: int = 0
+    memory: shm.ServerMemory | None = None  # its shared-memory regions, for a server on this host
 
 
 class TritonPool:
     def __init__(self, targets: str, *, probe_interval: float = PROBE_INTERVAL, probe_timeout: float = PROBE_TIMEOUT,
                  resolve_interval: float = RESOLVE_INTERVAL,
-                 resolver: Callable[[str, int], list[str]] = resolve):
+                 resolver: Callable[[str, int], list[str]] = resolve, shared_memory: bool = True,
+                 local: Callable[[str], bool] = shm.is_local):
+        """``shared_memory``: large tensors to servers that ``local`` says are on this host go through system
+        shared memory (else every call is plain gRPC)."""
         self.targets = targets
+        self._shared_memory = shared_memory
+        self._local = local
         self._named = parse_targets(targets)
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
@@ -128,7 +139,9 @@ class TritonPool:
             current = set(self._servers)
             for address in dict.fromkeys(addresses):
                 if address not in current:
-                    self._servers[address] = Server(address, grpcclient.InferenceServerClient(address))
+                    client = grpcclient.InferenceServerClient(address)
+                    memory = shm.ServerMemory(address, client) if self._shared_memory and self._local(address) else None
+                    self._servers[address] = Server(address, client, memory=memory)
                     if current:
                         log.warning("Triton server %s added (%s)", address, self.targets)
             for address in current - set(addresses):
@@ -187,7 +200,7 @@ class TritonPool:
                 retired, self._retired = self._retired, [s for s in self._retired if s.in_flight]
             for server in retired:
                 if not server.in_flight:
-                    server.client.close()
+                    _close(server)
 
     # --- calls ---------------------------------------------------------------------------------------------------
 
@@ -205,14 +218,15 @@ class TritonPool:
             server.calls += 1
             return server
 
-    def call(self, model: str, inputs: list, outputs: list, timeout: float | None):
-        """The result of ``model`` from the first server that answers; raises ``PoolCallError`` when none does."""
+    def call(self, model: str, layout: shm.Layout, timeout: float | None) -> dict:
+        """``model``'s outputs (name -> array) from the first server that answers; raises ``PoolCallError`` when
+        none does."""
         tried: set[str] = set()
         first_error: tuple[str, InferenceServerException] | None = None
         while (server := self._pick(tried)) is not None:
             tried.add(server.address)
             try:
-                return self._call_one(server, model, inputs, outputs, timeout)
+                return self._call_memory(server, model, layout, timeout)
             except InferenceServerException as error:
                 if error.status() not in SERVER_FAULTS:
                     raise PoolCallError(server.address, error) from error
@@ -225,6 +239,23 @@ class TritonPool:
         if first_error is None:
             raise PoolCallError(self.targets, InferenceServerException("no Triton server known", "StatusCode.UNAVAILABLE"))
         raise PoolCallError(*first_error)
+
+    def _call_memory(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
+        try:
+            return self._call_region(server, model, layout, timeout)
+        except InferenceServerException as error:
+            if not (server.memory and shm.lost_region(error)):
+                raise
+        log.warning("Triton server %s lost this process's shared memory (restarted?): registering it again",
+                    server.address)
+        server.memory.forget()
+        return self._call_region(server, model, layout, timeout)
+
+    def _call_region(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
+        """One call on ``server``, its large tensors through this thread's region when the server is local."""
+        region = server.memory.region(layout.nbytes) if server.memory and layout.nbytes else None
+        inputs, outputs = layout.request(region)
+        return layout.answer(self._call_one(server, model, inputs, outputs, timeout), region)
 
     def _call_one(self, server: Server, model: str, inputs: list, outputs: list, timeout: float | None):
         done = threading.Event()
@@ -260,8 +291,18 @@ class TritonPool:
             return False
         self._stop.set()
         for server in self.servers() + self._retired:
-            server.client.close()
+            _close(server)
         return True
+
+    def memory_regions(self) -> dict[str, list[str]]:
+        """Server address -> the names of this process's shared-memory regions registered with it."""
+        return {s.address: s.memory.names() for s in self.servers() if s.memory}
+
+
+def _close(server: Server) -> None:
+    if server.memory:
+        server.memory.forget()
+    server.client.close()
 
 
 class PoolCallError(Exception):

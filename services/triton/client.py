@@ -4,10 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
-
 from swapstream.services.triton import balancer
+from swapstream.services.triton.shared_memory import Layout
 
 
 class TritonCallError(RuntimeError):
@@ -29,15 +27,10 @@ class Detections:
         return len(self.scores)
 
 
-def _input(name: str, value: np.ndarray) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-    tensor.set_data_from_numpy(np.ascontiguousarray(value))
-    return tensor
-
-
 class SwapstreamClient:
     """``url``: one Triton's gRPC ``host:port``, or several (``a:8001,b:8001``; names resolving to several
-    addresses count as several): calls are spread over the healthy servers (``balancer.TritonPool``).
+    addresses count as several): calls are spread over the healthy servers (``balancer.TritonPool``); large tensors
+    to a server on this host go through system shared memory (``shared_memory``).
     ``timeout``: the deadline of a call on one server, seconds. ``pool``: a pool of one's own (tests tune its
     probes) instead of the process's shared one for ``url``."""
 
@@ -47,14 +40,15 @@ class SwapstreamClient:
         self._pool = pool or balancer.pool_for(url)
         self._closed = pool is not None  # a pool given is its owner's to close
 
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    def _infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+               output_sizes: dict[str, int] | None = None) -> list[np.ndarray]:
+        """``output_sizes``: bytes of the outputs known before the call (they may come back through shared memory)."""
         try:
-            result = self._pool.call(model, [_input(k, v) for k, v in inputs.items()],
-                                     [grpcclient.InferRequestedOutput(o) for o in outputs], self.timeout)
+            result = self._pool.call(model, Layout.plan(inputs, outputs, output_sizes), self.timeout)
         except balancer.PoolCallError as failed:
             raise TritonCallError(f"Triton model '{model}' at {failed.address} failed: {failed.error.message()}",
                                   model) from failed.error
-        return [result.as_numpy(o) for o in outputs]
+        return [result[o] for o in outputs]
 
     def detect(self, images: np.ndarray, *, image_sizes: np.ndarray | None = None, detect_size: int | None = None,
                score_threshold: float | None = None, nms_threshold: float | None = None) -> Detections:
@@ -87,7 +81,9 @@ class SwapstreamClient:
         # Always one row per face: a batching config (max_batch_size > 0) needs every input's batch to match.
         embeddings = np.ascontiguousarray(np.broadcast_to(embeddings, (len(faces), 512)))
         inputs = {"FACES": faces, "SOURCE_EMBEDDING": embeddings}
-        faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"])
+        k = len(faces)
+        faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"],
+                                       {"FACES_OUT": k * 512 * 512 * 3, "MASKS": k * 512 * 512})
         return faces_out, masks
 
     def facemesh(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
