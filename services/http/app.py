@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from swapstream.services.http import health, jobs, options, photos
+from swapstream.services.http import health, jobs, options, photos, preview
 from swapstream.services.http.deps import require_token
 from swapstream.services.http.errors import add_error_handlers
 from swapstream.services.jobs.events import JobFeed
@@ -16,13 +16,13 @@ from swapstream.services.jobs.service import Service
 from swapstream.services.live.routes import mount_live
 from swapstream.services.web.pages import mount_pages
 
-V1_ROUTERS = (jobs.router, photos.router)  # need the token
+V1_ROUTERS = (jobs.router, photos.router, preview.router)  # need the token
 PUBLIC = ("/v1/options",)  # GET without the token: the pages build their controls from it before any login
 
 
 def _refuse_on_low_disk(service: Service):
     def refuse(scope) -> tuple[int, str] | None:
-        if scope["method"] == "POST" and scope["path"].rstrip("/") in ("/v1/jobs", "/v1/sources") \
+        if scope["method"] == "POST" and scope["path"].rstrip("/") in ("/v1/jobs", "/v1/sources", "/v1/preview") \
                 and service.disk.low():
             return 507, f"{service.disk.describe()}; nothing was read or stored. Try again later"
         return None

@@ -68,7 +68,9 @@ class UploadLimits:
         return (self.max_sources + 1) * self.max_photo_bytes + MB
 
     def request_limit(self, path: str) -> int:
-        return self.max_request_bytes if path.rstrip("/") == "/v1/jobs" else self.max_photo_request_bytes
+        # a preview sends a job's files
+        return self.max_request_bytes if path.rstrip("/") in ("/v1/jobs", "/v1/preview") \
+            else self.max_photo_request_bytes
 
 
 def _kind(upload: Upload, field: str, allowed: set[str]) -> tuple[str, str]:
