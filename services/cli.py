@@ -63,14 +63,14 @@ def cmd_swap(args) -> int:
     from tqdm import tqdm
 
     from swapstream.pipelines.align import DeviceError
-    from swapstream.pipelines.decode import VideoDecodeError, probe_video
+    from swapstream.pipelines.decode import VideoDecodeError
     from swapstream.services.engine.encoder import EncodeError
     from swapstream.services.engine.errors import SwapInputError
     from swapstream.services.engine.offline import SwapOptions, run_swap
-    from swapstream.services.engine.photos import IMAGE_SUFFIXES
     from swapstream.services.engine.swapper import FaceSwapper
     from swapstream.services.engine.swappers import create_swapper
     from swapstream.services.engine.swappers.choice import choose_swapper
+    from swapstream.services.engine.trim import frames_planned
     from swapstream.services.triton.client import SwapstreamClient, TritonCallError
 
     for role, given in [("--source", path) for path in args.source] + [("--target", args.target),
@@ -93,7 +93,7 @@ def cmd_swap(args) -> int:
                          **{name: getattr(args, name) for name in options.SWAP if name != "swapper"})
     target = Path(args.target)
     try:
-        total = 1 if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target).frame_count
+        total = frames_planned(target, chosen)  # also checks start/end/fps against the target, before Triton
         with triton_url(args) as url:
             client = SwapstreamClient(url)
             try:  # closed before the embedded server stops, so its health probes do not report it leaving

@@ -180,6 +180,14 @@ SWAP = _table(
     Option("audio", bool, True, "copy the target's audio", form=True),
     DEVICE,
     SWAPPER,
+    Option("start", float, None, "start of the part of a target video to swap, seconds from its first frame "
+           "(default: its beginning)", low=0, step=0.1, form=True),
+    Option("end", float, None, "end of the part of a target video to swap, seconds from its first frame (default: "
+           "its end)", low=0, low_open=True, step=0.1, form=True),
+    Option("max_height", int, None, "highest output video, pixels: a taller target is scaled down to it, keeping its "
+           "shape (default: the target's size)", low=16, high=4320, step=2, form=True),
+    Option("fps", float, None, "output frame rate, at most the target's: frames are left out evenly to reach it "
+           "(default: the target's rate)", low=1, high=120, step=1, form=True),
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.

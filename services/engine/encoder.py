@@ -16,6 +16,10 @@ Choices worth knowing:
   timestamped `video_start - <source's start>` later, on a fine time base (see `_fine_time_base`),
   and the mp4/mov muxer records it as an edit list. `-itsoffset` would do the same but rounds the
   offset to whole frames of the raw input's time base.
+- A part of the source (`audio_window`, seconds of its timeline) takes only that part's audio: ffmpeg seeks the
+  audio input (`-ss`/`-t`, copied from the packet at or before the start: within one audio frame, ~21 ms for AAC).
+- `max_height` scales taller frames down in ffmpeg (area averaging, even sizes kept), after the swap: the faces are
+  swapped at full resolution and only the written file is smaller.
 - If the output container cannot hold the source's audio codec (checked by a short ffmpeg trial
   run before encoding), the audio is encoded instead (AAC; Opus for WebM), logged as a warning and
   recorded in `.audio` and `.notes`.
@@ -233,7 +237,9 @@ class VideoWriter:
 
     `video_start` is the source video stream's start time in seconds (`probe(src)["video_start"]`);
     it only matters together with `audio_from`, whose own start is subtracted, so that the video
-    starts as much later than the audio as it did in the source. `crf` / `preset` of None are left
+    starts as much later than the audio as it did in the source; with `audio_window` (start, end), only the
+    source's audio between those times is written and `video_start` is measured from the window's start.
+    `max_height`: frames taller than this are scaled down (shape kept, even sizes). `crf` / `preset` of None are left
     out of the command (for encoders without them). Raises `EncodeError` (a `ValueError`) or
     `OutputPathError` with what was wrong before starting ffmpeg, and `EncodeError` with ffmpeg's
     last stderr lines if it fails while encoding.
@@ -242,7 +248,8 @@ class VideoWriter:
     def __init__(self, output: Path | str, width: int, height: int, fps: Fraction | int | float | str, *,
                  audio_from: Path | str | None = None, video_start: float = 0.0, codec: str = "libx264",
                  crf: int | None = 18, preset: str | None = "medium", pix_fmt: str = "yuv420p",
-                 ffmpeg: str | None = None):
+                 ffmpeg: str | None = None, audio_window: tuple[float, float] | None = None,
+                 max_height: int | None = None):
         self.width, self.height = _positive_int(width, "width"), _positive_int(height, "height")
         self.fps = _as_fps(fps)
         self.codec, self.crf, self.preset, self.pix_fmt = codec, crf, preset, pix_fmt
@@ -257,8 +264,10 @@ class VideoWriter:
             self._check_codec()
             self._pad = self._padding()
             self.output_size = (self.width + self._pad[0], self.height + self._pad[1])
+            self.scaled_size = self._scaled_size(max_height)
             self._trial_video()
             self.audio_from = Path(audio_from) if audio_from is not None else None
+            self.audio_window = audio_window
             self.audio, self._offset = self._plan_audio(video_start)
             self.command = self._command()
             self._start()
@@ -287,6 +296,15 @@ class VideoWriter:
             log.info("%s: %s", self.output, note)
         return pad
 
+    def _scaled_size(self, max_height: int | None) -> tuple[int, int] | None:
+        """The written size when `max_height` scales the frames down, else None."""
+        if max_height is None or self.height <= max_height:
+            return None
+        height = max_height - max_height % 2
+        width = max(2, round(self.width * height / self.height / 2) * 2)
+        self.notes.append(f"scaled from {self.width}x{self.height} to {width}x{height} (at most {max_height} high)")
+        return width, height
+
     def _plan_audio(self, video_start: float) -> tuple[str | None, float]:
         """-> (how audio gets into the output: "copy", a fallback encoder name, or None; video offset in s)."""
         if self.audio_from is None:
@@ -299,8 +317,11 @@ class VideoWriter:
             raise EncodeError(f"cannot read audio_from {self.audio_from}: {exc}") from exc
         if not source["has_audio"]:
             return None, 0.0
-        # ffmpeg moves the audio input's start to 0, so the video goes this much later.
-        offset = max(0.0, float(video_start) - source["start"])
+        # ffmpeg moves the audio input's start (or the window's) to 0, so the video goes this much later.
+        offset = max(0.0, float(video_start) - (self.audio_window[0] if self.audio_window else source["start"]))
+        self._audio_seek = ([] if self.audio_window is None else
+                            ["-ss", f"{max(0.0, self.audio_window[0] - source['start']):.6f}",
+                             "-t", f"{self.audio_window[1] - self.audio_window[0]:.6f}"])
         if self._trial_audio_copy():
             return "copy", offset
         encoder, bitrate = _FALLBACK_AUDIO.get(self.output.suffix.lower(), _DEFAULT_FALLBACK_AUDIO)
@@ -340,6 +361,8 @@ class VideoWriter:
             filters.append(f"setpts=PTS+{offset:.6f}/TB")
         args = ["-fps_mode", "passthrough", "-enc_time_base", f"1:{ticks}", "-c:v", self.codec,
                 "-pix_fmt", self.pix_fmt]
+        if self.scaled_size is not None:
+            filters.append("scale={}:{}:flags=area".format(*self.scaled_size))
         if not av.VideoFormat(self.pix_fmt).is_rgb:
             filters.append("scale=out_color_matrix=bt709:out_range=tv")
             args += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
@@ -356,7 +379,7 @@ class VideoWriter:
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size", "{}x{}".format(*self.output_size),
                "-framerate", str(self.fps), "-i", "pipe:0"]
         if self.audio is not None:
-            cmd += ["-i", str(self.audio_from)]
+            cmd += [*self._audio_seek, "-i", str(self.audio_from)]
         cmd += ["-map", "0:v:0"]
         if self.audio is not None:
             cmd += ["-map", "1:a:0?"]

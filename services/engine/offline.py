@@ -16,7 +16,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from swapstream.pipelines.decode import open_video
 from swapstream.services.engine.clock import STAGES, StageClock
 from swapstream.services.engine.encoder import VideoWriter, write_image
 from swapstream.services.engine.errors import SwapInputError
@@ -24,6 +23,7 @@ from swapstream.services.engine.photos import IMAGE_SUFFIXES, MAX_PIXELS, read_p
 from swapstream.services.engine.selection import FaceSelector
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.tracking import FaceTracker, TrackedFrame
+from swapstream.services.engine.trim import check_for_photo, open_part
 from swapstream.services.options import check_bounds, default
 
 QUEUE_DEPTH = 2
@@ -45,6 +45,10 @@ class SwapOptions:
     preset: str = default("preset")
     audio: bool = default("audio")
     device: str = default("device")
+    start: float | None = default("start")         # the part of a video, seconds (engine/trim.py)
+    end: float | None = default("end")
+    max_height: int | None = default("max_height")  # output cap (the encoder scales)
+    fps: float | None = default("fps")              # output rate, frames chosen evenly (engine/trim.py)
 
     def __post_init__(self):
         try:
@@ -231,6 +235,7 @@ def _detect_and_track(run: _Run, batches: Iterable[tuple[int, np.ndarray]],
 
 
 def _swap_photo(run: _Run, target: Path, output: Path) -> None:
+    check_for_photo(vars(run.options))
     with run.clock("decode"):
         photo = read_photo(target)
     _check_resolution(target, *photo.shape[:2])
@@ -243,15 +248,18 @@ def _swap_photo(run: _Run, target: Path, output: Path) -> None:
 
 def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
     options, clock, summary = run.options, run.clock, run.summary
-    reader = open_video(target, options.device, options.batch_size)
+    reader, plan = open_part(target, options)
     info = reader.info
     _check_resolution(target, info.height, info.width)
     if info.variable_frame_rate:
         summary.notes.append(f"variable frame rate input: written at its average {float(info.fps):.3f} fps")
-    writer = VideoWriter(output, info.width, info.height, info.fps, audio_from=target if options.audio else None,
-                         video_start=info.start_time, codec=options.encoder, crf=options.crf, preset=options.preset)
+    summary.notes += plan.notes
+    first = info.start_time if plan.indices is None else float(info.times[plan.indices[0]])
+    writer = VideoWriter(output, info.width, info.height, plan.fps, audio_from=target if options.audio else None,
+                         video_start=first, codec=options.encoder, crf=options.crf, preset=options.preset,
+                         audio_window=plan.audio, max_height=options.max_height)
     stages = [
-        lambda batches: _batches(_detect_and_track(run, ((b.start, b.frames) for b in batches), float(info.fps)),
+        lambda batches: _batches(_detect_and_track(run, ((b.start, b.frames) for b in batches), float(plan.fps)),
                                  options.batch_size),
         run.swap_stage,
     ]
