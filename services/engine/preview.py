@@ -1,7 +1,7 @@
 """One swapped frame of a target at a chosen time, before the whole video runs (``POST /v1/preview``).
 
-The frame is found by seeking with PyAV (to the key frame before it, then decoding forward), converted to RGB as
-the job's reader converts it, detected, chosen and swapped by the same ``FaceSwapper`` and ``FaceSelector`` as a
+The frame is read by the job's own reader (PyAV, keeping that frame only: a seek to the key frame before it, then
+decoding forward), detected, chosen and swapped by the same ``FaceSwapper`` and ``FaceSelector`` as a
 job: what the preview shows is what the job will write for that frame (less the tracker's smoothing, which needs
 the frames around it). Source identities are kept in a small bounded cache, so that moving the slider of one
 preview does not embed the source photos again.
@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
-from swapstream.pipelines.decode import (_RGB_CONVERSION, VideoDecodeError, VideoInfo, _video_stream,
-                                         open_container)
+from swapstream.pipelines.decode import VideoDecodeError, VideoInfo, VideoReader
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.selection import FaceSelector
 from swapstream.services.engine.swapper import FaceSwapper
@@ -47,42 +44,18 @@ def frame_index_at(info: VideoInfo, seconds: float) -> int:
 
 
 def frame_at(info: VideoInfo, seconds: float) -> FrameAt:
-    """The upright RGB frame shown at ``seconds``: a seek to the key frame before it, then decoding up to it."""
+    """The upright RGB frame shown at ``seconds``, read by the job's reader keeping that frame only (a seek to the
+    key frame before it, then decoding up to it); ``info`` is the probe's, kept by the caller (no probe per call)."""
     index = frame_index_at(info, seconds)
-    wanted = int(info.pts[index])
-    try:
-        frame = _decode_to(info, wanted, seek=True)
-        if frame is None:  # the seek landed past the frame (a container without a usable index): from the start
-            frame = _decode_to(info, wanted, seek=False)
-    except av.FFmpegError as error:
-        raise VideoDecodeError(f"{info.path}: decoding the frame at {seconds:g} s failed ({error}); the file is "
-                               "probably damaged: fetch it again or re-encode it") from error
-    if frame is None:
+    reader = VideoReader(info, "cpu", 1, "pyav")
+    reader.keep = np.array([index])
+    batches = iter(reader)
+    batch = next(batches, None)
+    batches.close()  # the reader's container with it
+    if batch is None:
         raise VideoDecodeError(f"{info.path}: no frame could be decoded at {seconds:g} s; the file is probably "
                                "damaged: fetch it again or re-encode it")
-    rgb = VideoReformatter().reformat(frame, format="rgb24", interpolation=_RGB_CONVERSION, threads=1).to_ndarray()
-    rgb = np.ascontiguousarray(np.rot90(rgb, info.rotation // 90))
-    if rgb.shape[:2] != (info.height, info.width):
-        raise VideoDecodeError(f"{info.path}: the frame at {seconds:g} s is {rgb.shape[1]}x{rgb.shape[0]}, not the "
-                               f"{info.width}x{info.height} of its first frame; re-encode the video at one size")
-    return FrameAt(index, float(info.times[index] - info.start_time), rgb)
-
-
-def _decode_to(info: VideoInfo, wanted: int, seek: bool):
-    """The last decoded frame whose pts is at most ``wanted``; None when the first one decoded is already past it."""
-    with open_container(info.path) as container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        if seek:
-            container.seek(wanted, stream=stream, backward=True, any_frame=False)
-        last = None
-        for frame in container.decode(stream):
-            if frame.pts is not None and frame.pts > wanted:
-                return last
-            last = frame
-            if frame.pts == wanted:
-                return last
-        return last
+    return FrameAt(index, float(info.times[index] - info.start_time), batch.frames[0])
 
 
 # ------------------------------------------------------------------------------------------------- identities
@@ -146,30 +119,19 @@ class Preview:
         return sum(face.swapped for face in self.faces)
 
 
-def faces_at_points(boxes: np.ndarray, points: Sequence[Sequence[float]]) -> np.ndarray:
-    """Which boxes [K,4] contain at least one of ``points`` [[x, y], ...] (frame pixels): a bool mask [K]."""
-    if len(boxes) == 0 or not len(points):
-        return np.zeros(len(boxes), bool)
-    xy = np.asarray(points, np.float64).reshape(-1, 2)
-    inside = ((xy[None, :, 0] >= boxes[:, None, 0]) & (xy[None, :, 0] <= boxes[:, None, 2])
-              & (xy[None, :, 1] >= boxes[:, None, 1]) & (xy[None, :, 1] <= boxes[:, None, 3]))
-    return inside.any(axis=1)
-
-
-def preview_frame(swapper: FaceSwapper, rgb: np.ndarray, identity: dict, selector: FaceSelector, *,
-                  score_threshold: float, points: Sequence[Sequence[float]] | None = None) -> Preview:
-    """One frame detected, chosen and swapped. ``points``: only the faces whose boxes contain one of them (the
-    user's clicks); else the faces the ``selector`` (the ``faces`` option) chooses."""
-    found = swapper.detect(rgb[None], score_threshold=score_threshold)
+def preview_frame(swapper: FaceSwapper, frame: FrameAt, identities: list[dict], selector: FaceSelector, *,
+                  score_threshold: float) -> Preview:
+    """One frame detected, chosen by the job's ``selector`` (the ``faces`` option, or the picked faces) and swapped
+    with ``identities`` (one for every face, or one per source photo for picked faces)."""
+    found = swapper.detect(frame.rgb[None], score_threshold=score_threshold)
     order = np.lexsort((found.boxes[:, 1], found.boxes[:, 0])) if len(found) else np.zeros(0, np.int64)
     faces = [TrackedFace(number, found.boxes[i], found.landmarks[i], found.landmarks[i], float(found.scores[i]),
                          False) for number, i in enumerate(order, start=1)]
-    if points is not None:
-        picked = faces_at_points(np.array([f.box for f in faces]).reshape(-1, 4), points)
-        chosen = [(0, face) for face, keep in zip(faces, picked) if keep]
-    else:
-        chosen = selector(rgb[None], [TrackedFrame(0, faces)])
-    swapped_ids = {face.track_id for _, face in chosen}
-    out = swapper.swap_frames(rgb[None].copy(), chosen, [identity])[0] if chosen else rgb
-    return Preview(out, [PreviewFace(f.track_id, [float(v) for v in f.box], f.score, f.track_id in swapped_ids)
+    chosen = selector.choose(frame.rgb[None], [TrackedFrame(frame.index, faces)])
+    rgb = frame.rgb
+    if chosen:
+        per_face = [identities[i] for _, _, i in chosen] if len(identities) > 1 else identities
+        rgb = swapper.swap_frames(rgb[None].copy(), [(p, f) for p, f, _ in chosen], per_face)[0]
+    swapped = {face.track_id for _, face, _ in chosen}
+    return Preview(rgb, [PreviewFace(f.track_id, [float(v) for v in f.box], f.score, f.track_id in swapped)
                          for f in faces])

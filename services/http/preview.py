@@ -14,7 +14,7 @@ import threading
 import time as clock
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
@@ -22,9 +22,12 @@ from fastapi.responses import Response
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.photos import read_photo
+from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.picking import PickRequest, check_time, find_picks, identities, requested
+from swapstream.services.engine.picking import check_sources as check_pick_sources
 from swapstream.services.engine.preview import (FrameAt, IdentityCache, file_digest, frame_at, frame_index_at,
                                                 preview_frame)
-from swapstream.services.engine.selection import FaceSelector
+from swapstream.services.engine.selection import FaceSelector, Picks
 from swapstream.services.http.deps import ServiceDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
@@ -52,6 +55,16 @@ class Session:
     reference: Path | None = None
     used: float = field(default_factory=clock.monotonic)
     users: int = 0                    # requests working on it now: never removed under them
+    picks: tuple = (None, None)       # (what was asked, the picked faces found): the last pick, kept
+
+    def picks_for(self, asked: PickRequest | None, score_threshold: float, find: Callable[[], Picks | None]):
+        """The picked faces of ``asked``, found once per pick (not again for every frame the slider shows)."""
+        if asked is None:
+            return None
+        key = (asked, score_threshold)
+        if self.picks[0] != key:
+            self.picks = (key, find())
+        return self.picks[1]
 
 
 class Sessions:
@@ -190,21 +203,27 @@ def _answer(service: Service, sessions: Sessions, session: Session, seconds: flo
     info = session.info
     if info is not None:
         _check_time(info, seconds)
+    asked = requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
+                      options.get("pick_sources"))
+    if info is not None:
+        check_time(asked, info.duration)
+    check_pick_sources(asked, len(session.sources))
     choice = service.choose_swapper(options["swapper"])
-    threshold = options["score_threshold"]
-    points = _points(options.get("pick_points"))
+    call = {"score_threshold": options["score_threshold"], "clock": StageClock()}
     notes: list[str] = []
     with service.photo_swapper(choice.name) as swapper:
-        identity, cached = sessions.identities.get(
-            (choice.name, threshold, session.digest),
-            lambda: swapper.source_identity(session.sources, notes, score_threshold=threshold))
+        made, cached = sessions.identities.get(
+            (choice.name, call["score_threshold"], session.digest, asked and asked.sources is not None),
+            lambda: identities(swapper, session.sources, asked, notes, **call))
         frame = frame_at(info, seconds) if info is not None else FrameAt(0, 0.0, read_photo(session.target))
+        picks = session.picks_for(asked, call["score_threshold"],
+                                  lambda: find_picks(swapper, session.target, asked, **call))
         reference = None
         if options["faces"] == "reference":
-            reference = swapper.photo_embedding(session.reference, "reference", notes, score_threshold=threshold)
+            reference = swapper.photo_embedding(session.reference, "reference", notes, **call)
         selector = FaceSelector(options["faces"], options["smoothing"], options["reference_distance"], reference,
-                                swapper.embed)
-        result = preview_frame(swapper, frame.rgb, identity, selector, score_threshold=threshold, points=points)
+                                swapper.embed, picks)
+        result = preview_frame(swapper, frame, made, selector, score_threshold=call["score_threshold"])
     height, width = frame.rgb.shape[:2]
     header = {"session": session.id, "frame": frame.index, "time": round(frame.time, 4),
               "duration": round(info.duration, 4) if info else 0.0, "frames": info.frame_count if info else 1,
@@ -222,17 +241,3 @@ def _check_time(info: VideoInfo, seconds: float) -> None:
         frame_index_at(info, seconds)
     except SwapInputError as error:
         raise UploadRejected(422, str(error), error.code) from None
-
-
-def _points(value) -> list[list[float]] | None:
-    """``pick_points`` (JSON text or a list of [x, y]) -> the points, or None when not given."""
-    if value in (None, ""):
-        return None
-    try:
-        points = json.loads(value) if isinstance(value, str) else value
-        if not (isinstance(points, list) and all(isinstance(p, list) and len(p) == 2 for p in points)):
-            raise ValueError
-        return [[float(x), float(y)] for x, y in points]
-    except (ValueError, TypeError):
-        raise UploadRejected(422, "pick_points: give a JSON list of [x, y] points in frame pixels, e.g. "
-                                  "[[320, 180]]", ErrorCode.BAD_OPTION) from None

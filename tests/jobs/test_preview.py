@@ -155,3 +155,18 @@ def test_the_openapi_entry(http):
     form = entry["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
     fields = http.get("/openapi.json").json()["components"]["schemas"][form]["properties"]
     assert {"time", "session", "target", "source", "faces", "swapper", "score_threshold"} <= set(fields)
+
+
+def test_a_picked_face_is_the_only_one_swapped(http):
+    first = preview(http, GROUP)
+    faces = json.loads(first.headers["X-Preview"])["faces"]
+    x1, y1, x2, y2 = faces[2]["box"]
+    answer = preview(http, GROUP, pick_time=0, pick_points=json.dumps([[(x1 + x2) / 2, (y1 + y2) / 2]]))
+    swapped = image(answer)
+    header = json.loads(answer.headers["X-Preview"])
+    assert [f["number"] for f in header["faces"] if f["swapped"]] == [3] and header["faces_swapped"] == 1
+    original = cv2.cvtColor(cv2.imread(str(GROUP)), cv2.COLOR_BGR2RGB)
+    changed = [face_and_rest(swapped, original, f["box"])[0] for f in header["faces"]]
+    assert changed[2] > 8 and max(changed[:2] + changed[3:]) < 3, changed
+    off = preview(http, GROUP, pick_points=json.dumps([[1, 1]]))
+    assert off.status_code == 422 and off.json()["code"] == "pick_on_no_face", off.text
