@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     FRAME_RATE_TOO_HIGH = "frame_rate_too_high"
     BAD_INPUT = "bad_input"
     BAD_OPTION = "bad_option"
+    PICK_ON_NO_FACE = "pick_on_no_face"        # a picked point (pick_points) is on no face of its frame
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
@@ -38,12 +39,30 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     UNAVAILABLE = "unavailable"
     INTERNAL_ERROR = "internal_error"
+    # a job's failure or wait reason (GET /v1/jobs: ``error_code`` beside ``error``)
+    WORKER_LOST = "worker_lost"                # its worker stopped or went silent; re-queued or, at the last attempt, failed
+    SERVICE_RESTARTING = "service_restarting"  # the replica running it stopped; re-queued, the attempt not counted
+    ENCODE_FAILED = "encode_failed"            # the result could not be written with these settings
+    # live messages (WS /v1/live ``error``: ``code`` beside ``detail``)
+    BAD_FRAME = "bad_frame"                    # a frame refused: not an image, truncated, out of order, bad header
+    BAD_MESSAGE = "bad_message"                # a text message the stream does not take
+    WRONG_SWAPPER = "wrong_swapper"            # a stored source made for another swapper than the stream's
+    SWITCH_PENDING = "switch_pending"          # a ``source`` message while the previous one is still being made
 
 
 _BY_STATUS = {400: ErrorCode.BAD_REQUEST, 401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN,
               404: ErrorCode.NOT_FOUND, 409: ErrorCode.NOT_READY, 410: ErrorCode.GONE, 413: ErrorCode.TOO_LARGE,
               422: ErrorCode.BAD_INPUT, 429: ErrorCode.TOO_MANY_REQUESTS, 503: ErrorCode.UNAVAILABLE,
               507: ErrorCode.DISK_FULL}
+
+
+_NO_FACE = {"source": ErrorCode.NO_FACE_IN_SOURCE, "target": ErrorCode.NO_FACE_IN_TARGET,
+            "reference": ErrorCode.NO_FACE_IN_REFERENCE}
+
+
+def no_face_code(what: str) -> ErrorCode:
+    """The code of "no face found" in a photo named by its role first ("source photo 2", "reference photo ...")."""
+    return _NO_FACE.get(what.split()[0] if what else "", ErrorCode.BAD_INPUT)
 
 
 def code_for_status(status: int) -> ErrorCode:

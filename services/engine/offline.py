@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,8 @@ class _Run:
     summary: SwapSummary
     selector: FaceSelector
     identity: dict
+    # faces swapped per batch, counted into the summary once the batch is written (the swap runs batches ahead)
+    faces_ahead: deque = field(default_factory=deque)
 
     def detect(self, frames: np.ndarray):
         return self.swapper.detect(frames, score_threshold=self.options.score_threshold, clock=self.clock)
@@ -163,7 +166,7 @@ class _Run:
         for frames, tracked in batches:
             chosen = self.selector(frames, tracked)
             self.summary.frames_without_face += sum(1 for t in tracked if not t.faces)
-            self.summary.faces_swapped += len(chosen)
+            self.faces_ahead.append(len(chosen))
             yield self.swapper.swap_frames(frames, chosen, [self.identity], self.clock)
 
 
@@ -244,6 +247,7 @@ def _swap_photo(run: _Run, target: Path, output: Path) -> None:
     with run.clock("encode"):
         write_image(output, result[0])
     run.summary.frames = 1
+    run.summary.faces_swapped += run.faces_ahead.popleft()
 
 
 def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
@@ -268,6 +272,7 @@ def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
             with clock("encode"):
                 writer.write(frames)
             summary.frames += len(frames)
+            summary.faces_swapped += run.faces_ahead.popleft()
             if progress:
                 progress(len(frames), summary)
     summary.notes += writer.notes  # e.g. odd sizes padded, audio re-encoded

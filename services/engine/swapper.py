@@ -14,7 +14,7 @@ from swapstream.pipelines.blend import Blender
 from swapstream.pipelines.resize import Downscaler
 from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.engine.clock import StageClock
-from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.errors import SwapInputError, no_face_code
 from swapstream.services.engine.photos import read_photo
 from swapstream.services.engine.swappers.base import Swapper
 from swapstream.services.engine.tracking import TrackedFace
@@ -103,7 +103,8 @@ class FaceSwapper:
         found = self.detect(rgb[None], score_threshold=score_threshold, clock=clock)
         if len(found) == 0:
             raise SwapInputError(f"{what}: no face found (score >= {score_threshold}). "
-                                 "Use a photo where the face is visible and frontal, or lower --score-threshold.")
+                                 "Use a photo where the face is visible and frontal, or lower --score-threshold.",
+                                 no_face_code(what))
         areas = np.prod(found.boxes[:, 2:] - found.boxes[:, :2], axis=1)
         pick = int(np.argmax(areas))
         if len(found) > 1:

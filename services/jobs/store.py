@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from swapstream.services.engine.errors import ErrorCode
+
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = {"done", "failed", "cancelled"}
 _DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
@@ -61,6 +63,7 @@ class Job:
     error: str | None
     cancel_requested: bool
     stats: dict
+    error_code: str | None  # the machine-readable kind of ``error`` (engine/errors.py ErrorCode), or None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +124,8 @@ _SCHEMA = (
         result TEXT,
         error TEXT,
         cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
-        stats TEXT NOT NULL DEFAULT '{{}}'
+        stats TEXT NOT NULL DEFAULT '{{}}',
+        error_code TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq)",
     """CREATE TABLE IF NOT EXISTS job_store_health (
@@ -132,6 +136,8 @@ _SCHEMA = (
         digest TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL
     )""",
 )
+# Columns added since a store was first created: added to an older store when it is opened.
+_ADDED_COLUMNS = {"error_code": "TEXT"}
 
 
 def _redacted(url: str) -> str:
@@ -286,6 +292,10 @@ class JobStore:
         with self._transaction(write=True, lock=_SCHEMA_LOCK) as tx:
             for statement in _SCHEMA:
                 tx.execute(statement.format(identity=self._dialect.identity))
+            present = {column[0] for column in tx.execute("SELECT * FROM jobs LIMIT 0").description}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    tx.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._connections_lock:
@@ -416,7 +426,7 @@ class JobStore:
                                worker))
             return done.rowcount > 0
 
-    def fail(self, job_id: str, worker: str, error: str, *, retry: bool = False) -> str:
+    def fail(self, job_id: str, worker: str, error: str, *, retry: bool = False, code: str | None = None) -> str:
         """Re-queued when ``retry`` and attempts remain, else failed (cancelled if a cancel was requested).
 
         Returns the job's state afterwards (unchanged if it was not this worker's running job).
@@ -428,9 +438,9 @@ class JobStore:
                 if current is None:
                     raise KeyError(f"no job {job_id}")
                 return current[0]
-            return self._release(tx, job, error, retry=retry, failure=error).state
+            return self._release(tx, job, error, retry=retry, failure=error, code=code).state
 
-    def postpone(self, job_id: str, worker: str, reason: str) -> str:
+    def postpone(self, job_id: str, worker: str, reason: str, code: str | None = None) -> str:
         """running (by ``worker``) -> queued again without spending an attempt: the machine failed, not the job
         (e.g. its disk is full). Cancelled instead if a cancel was requested. Returns the state afterwards."""
         now = time.time()
@@ -440,10 +450,10 @@ class JobStore:
                 current = tx.row("SELECT state FROM jobs WHERE id = ?", (job_id,))
                 return current[0] if current else "deleted"
             if job.cancel_requested:
-                return self._release(tx, job, reason, retry=False, failure=reason).state
-            return tx.job(f"UPDATE jobs SET state = 'queued', attempts = attempts - 1, error = ?, worker = NULL, "
-                          f"heartbeat_at = NULL, updated_at = ? WHERE id = ? RETURNING {_SELECT}",
-                          (reason, now, job_id)).state
+                return self._release(tx, job, reason, retry=False, failure=reason, code=code).state
+            return tx.job(f"UPDATE jobs SET state = 'queued', attempts = attempts - 1, error = ?, error_code = ?, "
+                          f"worker = NULL, heartbeat_at = NULL, updated_at = ? WHERE id = ? RETURNING {_SELECT}",
+                          (reason, code, now, job_id)).state
 
     def mark_cancelled(self, job_id: str, worker: str) -> bool:
         """The worker stopped after a cancel request: running (by ``worker``) -> cancelled. False when the job was
@@ -470,7 +480,8 @@ class JobStore:
                     attempt = f"attempt {job.attempts} of {job.max_attempts}"
                     changed.append(self._release(
                         tx, job, f"re-queued after {attempt}: {why}", retry=True,
-                        failure=f"{why} on {attempt}; giving up after {job.attempts} attempts"))
+                        failure=f"{why} on {attempt}; giving up after {job.attempts} attempts",
+                        code=ErrorCode.WORKER_LOST))
         return changed
 
     @staticmethod
@@ -483,18 +494,19 @@ class JobStore:
         return None
 
     @staticmethod
-    def _release(tx: _Transaction, job: Job, requeue_error: str, *, retry: bool, failure: str) -> Job:
-        """Takes a running job from its worker: cancelled, re-queued or failed."""
+    def _release(tx: _Transaction, job: Job, requeue_error: str, *, retry: bool, failure: str,
+                 code: str | None = None) -> Job:
+        """Takes a running job from its worker: cancelled, re-queued or failed (``code``: the error's kind)."""
         now = time.time()
         if job.cancel_requested:
-            state, error = "cancelled", job.error
+            state, error, code = "cancelled", job.error, job.error_code
         elif retry and job.attempts < job.max_attempts:
             state, error = "queued", requeue_error
         else:
             state, error = "failed", failure
-        return tx.job(f"UPDATE jobs SET state = ?, error = ?, worker = NULL, heartbeat_at = NULL, finished_at = ?, "
-                      f"updated_at = ? WHERE id = ? RETURNING {_SELECT}",
-                      (state, error, now if state in FINAL else None, now, job.id))
+        return tx.job(f"UPDATE jobs SET state = ?, error = ?, error_code = ?, worker = NULL, heartbeat_at = NULL, "
+                      f"finished_at = ?, updated_at = ? WHERE id = ? RETURNING {_SELECT}",
+                      (state, error, code, now if state in FINAL else None, now, job.id))
 
 
 # --- worker identity -----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from swapstream.services.jobs.metrics import ServiceMetrics
 from swapstream.services.jobs.store import FINAL, JobStore, worker_id
 from swapstream.services.jobs.uploads import hide_paths, remove_folder
 from swapstream.services.engine.encoder import EncodeError
-from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.offline import SwapOptions, run_swap
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
@@ -46,6 +46,13 @@ class JobInterrupted(Exception):
 
 DRAIN_REQUEUE_REASON = ("re-queued: the service replica running it stopped before it finished; another replica "
                         "runs it again (this attempt is not counted)")
+
+
+def input_code(error: Exception) -> ErrorCode:
+    """The code of a job's input error: the engine's own, else by the kind of file that failed."""
+    if isinstance(error, SwapInputError):
+        return error.code
+    return ErrorCode.NOT_A_VIDEO if isinstance(error, VideoDecodeError) else ErrorCode.ENCODE_FAILED
 
 
 def job_options(base: SwapOptions, options: dict, data_dir: Path, inputs: dict) -> SwapOptions:
@@ -128,7 +135,7 @@ class Worker(threading.Thread):
                                progress=progress, stage_observer=self._observe_stage)
         except JobInterrupted:
             output.unlink(missing_ok=True)
-            self._postpone(job, DRAIN_REQUEUE_REASON)
+            self._postpone(job, DRAIN_REQUEUE_REASON, ErrorCode.SERVICE_RESTARTING)
             return
         except JobCancelled:
             output.unlink(missing_ok=True)
@@ -165,14 +172,15 @@ class Worker(threading.Thread):
     def _postpone_for_disk(self, job, error: BaseException) -> None:
         """A full disk is the machine's fault: the job waits in the queue, its attempt not counted."""
         log.warning("job %s: the disk is full (%s); re-queued until space is free", job.id, error)
-        self._postpone(job, "waiting: the server's disk was full; the job runs again when space is free")
+        self._postpone(job, "waiting: the server's disk was full; the job runs again when space is free",
+                       ErrorCode.DISK_FULL)
         self.stop_event.wait(DISK_RETRY_SECONDS)
 
-    def _postpone(self, job, reason: str) -> None:
+    def _postpone(self, job, reason: str, code: ErrorCode) -> None:
         """Back to the queue without spending an attempt: the machine failed, not the job."""
         for _ in range(30):  # the store itself may need a moment (free space, a reconnect) to write it
             try:
-                state = self.store.postpone(job.id, self.id, reason)
+                state = self.store.postpone(job.id, self.id, reason, code)
                 break
             except Exception:  # noqa: BLE001
                 self.stop_event.wait(1.0)
@@ -186,12 +194,13 @@ class Worker(threading.Thread):
         if isinstance(error, TritonCallError):
             self.metrics.triton_errors.labels(error.model).inc()
             state = self.store.fail(job.id, self.id, f"{error} (attempt {job.attempts} of {job.max_attempts})",
-                                    retry=True)
+                                    retry=True, code=ErrorCode.INFERENCE_UNAVAILABLE)
         elif isinstance(error, INPUT_ERRORS):
-            state = self.store.fail(job.id, self.id, hide_paths(str(error), self.data_dir))
+            state = self.store.fail(job.id, self.id, hide_paths(str(error), self.data_dir), code=input_code(error))
         else:
             log.error("job %s failed", job.id, exc_info=error)
-            state = self.store.fail(job.id, self.id, f"internal error: {error!r}; see the service log")
+            state = self.store.fail(job.id, self.id, f"internal error: {error!r}; see the service log",
+                                    code=ErrorCode.INTERNAL_ERROR)
         self._count_if_final(state)
         if state == "cancelled":  # a cancel was requested while it failed
             remove_folder(self.data_dir / job.inputs["folder"])

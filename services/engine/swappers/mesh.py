@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from swapstream.services.engine.clock import StageClock
-from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.swappers import mesh_warp
 from swapstream.services.engine.swappers.base import Swapper
 from swapstream.services.triton.client import SwapstreamClient
@@ -49,7 +49,7 @@ class MeshSwapper(Swapper):
         if not usable.any():
             raise SwapInputError("the mesh swapper found no usable face in the source photo(s): the face must be "
                                  "visible, sharp and turned less than 35 degrees from the camera; use a frontal "
-                                 "photo")
+                                 "photo", ErrorCode.NO_FACE_IN_SOURCE)
         crops, meshes, poses = crops[usable], meshes[usable], poses[usable]
         return {"texture": crops,
                 "mesh": meshes.astype(np.float32),
