@@ -10,16 +10,53 @@ Below a score threshold of about 0.1 the detector reports noise as faces (a one-
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 MB = 1 << 20
+MAX_POINTS = 32  # picked faces, as many as the engine swaps per frame
 
 
 def names(text: str) -> tuple[str, ...]:
     """A comma-separated list -> its items, stripped (empty: none)."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def points(text: str) -> tuple[tuple[float, float], ...]:
+    """X,Y (one point) or a JSON list of [x, y] (several) -> the points, in pixels from the top-left corner."""
+    text = str(text).strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [[float(v) for v in text.split(",")]]
+    except ValueError:
+        value = None
+    if isinstance(value, list) and len(value) == 2 and all(_coordinate(v) for v in value):
+        value = [value]  # one [x, y]
+    if not (isinstance(value, list) and 0 < len(value) <= MAX_POINTS and all(
+            isinstance(p, list) and len(p) == 2 and all(_coordinate(v) for v in p) for p in value)):
+        raise ValueError(f"expected X,Y or a JSON list of up to {MAX_POINTS} [x, y] pixel positions such as "
+                         f"[[320, 180], [500, 200]], got {text[:40]!r}")
+    return tuple((float(x), float(y)) for x, y in value)
+
+
+def indices(text: str) -> tuple[int, ...]:
+    """0,1,... or a JSON list of integers -> the indices (each >= 0)."""
+    text = str(text).strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [int(v) for v in text.split(",")]
+    except ValueError:
+        value = None
+    if not (isinstance(value, list) and 0 < len(value) <= MAX_POINTS and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ValueError(f"expected 0,1,... or a JSON list of up to {MAX_POINTS} photo numbers from 0, such as "
+                         f"[0, 1], got {text[:40]!r}")
+    return tuple(value)
+
+
+def _coordinate(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def pixels(text: str) -> int:
@@ -48,6 +85,7 @@ class Option:
     env: str | None = None           # environment variable read when the argument is not given
     parse: Callable[[str], Any] | None = None  # text -> value when not ``kind`` (e.g. WIDTHxHEIGHT)
     flag: str = ""                   # the CLI flag, when not --name-with-dashes (bools: --no-name / --name)
+    repeat: bool = False             # the CLI flag may be given several times; the values (parsed) are joined
 
     # ----------------------------------------------------------------------------------------- checking
 
@@ -128,7 +166,8 @@ class Option:
         flag = self.flag or f"--{dest.replace('_', '-')}"
         default = os.environ.get(self.env) if self.env else None
         parser.add_argument(flag, dest=dest, type=self.argparse_type(), choices=self.choices or None,
-                            default=self.default if default is None else default, help=self.help_text())
+                            default=self.default if default is None else default, help=self.help_text(),
+                            **({"action": "extend"} if self.repeat else {}))
 
     # --------------------------------------------------------------------------------------- published
 
@@ -188,6 +227,16 @@ SWAP = _table(
            "shape (default: the target's size)", low=16, high=4320, step=2, form=True),
     Option("fps", float, None, "output frame rate, at most the target's: frames are left out evenly to reach it "
            "(default: the target's rate)", low=1, high=120, step=1, form=True),
+    # Picking faces by pointing at them (the pages' clicks); each picked face is followed by its track and identity.
+    Option("pick_time", float, None, "seconds from the target video's first frame of the frame the pick points are "
+           "on (default: its first frame; a photo has one)", low=0, step=0.1, form=True),
+    Option("pick_points", str, None, "swap only the faces under these points, in the frame at pick_time: X,Y in "
+           "pixels from the top-left (repeat --pick for more) or, in the API, a JSON list such as [[320,180]]; each "
+           "face is followed through the video, and re-found by its look after cuts", form=True, parse=points,
+           flag="--pick", repeat=True),
+    Option("pick_sources", str, None, "which source photo each picked face becomes, in pick_points order: photo "
+           "numbers from 0 in the order given, e.g. 1,0 or [1,0] (default: all the photos make one identity for "
+           "every picked face)", form=True, parse=indices),
 )
 
 # ``swapstream serve``: the service's addresses, store, workers and limits.

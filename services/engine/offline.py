@@ -21,6 +21,7 @@ from swapstream.services.engine.clock import STAGES, StageClock
 from swapstream.services.engine.encoder import VideoWriter, write_image
 from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.photos import IMAGE_SUFFIXES, MAX_PIXELS, read_photo
+from swapstream.services.engine.picking import find_picks, identities, requested
 from swapstream.services.engine.selection import FaceSelector
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.tracking import FaceTracker, TrackedFrame
@@ -46,6 +47,9 @@ class SwapOptions:
     preset: str = default("preset")
     audio: bool = default("audio")
     device: str = default("device")
+    pick_time: float | None = default("pick_time")  # the faces under pick_points then (engine/picking.py)
+    pick_points: object = default("pick_points")
+    pick_sources: object = default("pick_sources")
     start: float | None = default("start")         # the part of a video, seconds (engine/trim.py)
     end: float | None = default("end")
     max_height: int | None = default("max_height")  # output cap (the encoder scales)
@@ -155,7 +159,7 @@ class _Run:
     clock: StageClock
     summary: SwapSummary
     selector: FaceSelector
-    identity: dict
+    identities: list[dict]  # one for every face, or one per source photo (pick_sources)
     # faces swapped per batch, counted into the summary once the batch is written (the swap runs batches ahead)
     faces_ahead: deque = field(default_factory=deque)
 
@@ -164,10 +168,12 @@ class _Run:
 
     def swap_stage(self, batches: Iterable[tuple[np.ndarray, list[TrackedFrame]]]) -> Iterator[np.ndarray]:
         for frames, tracked in batches:
-            chosen = self.selector(frames, tracked)
+            chosen = self.selector.choose(frames, tracked)
             self.summary.frames_without_face += sum(1 for t in tracked if not t.faces)
             self.faces_ahead.append(len(chosen))
-            yield self.swapper.swap_frames(frames, chosen, [self.identity], self.clock)
+            faces_identities = [self.identities[i] for _, _, i in chosen] if len(self.identities) > 1 else \
+                self.identities
+            yield self.swapper.swap_frames(frames, [(p, f) for p, f, _ in chosen], faces_identities, self.clock)
 
 
 def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Path,
@@ -183,7 +189,7 @@ def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Pa
     options = options or SwapOptions()
     summary = SwapSummary()
     started = time.perf_counter()
-    run = _start(swapper, options, sources, summary, StageClock(summary.stage_seconds, stage_observer))
+    run = _start(swapper, options, sources, target, summary, StageClock(summary.stage_seconds, stage_observer))
     if target.suffix.lower() in IMAGE_SUFFIXES:
         _swap_photo(run, target, output)
         if progress:
@@ -192,25 +198,31 @@ def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Pa
         _swap_video(run, target, output, progress)
     summary.seconds = time.perf_counter() - started
     summary.notes += run.clock.notes()
+    if run.selector.cuts:
+        summary.notes.append(f"{run.selector.cuts} cuts: the picked faces were looked for again after each")
     if summary.faces_swapped == 0:
         summary.notes.append("no face was swapped: the output shows the input unchanged")
     return summary
 
 
-def _start(swapper: FaceSwapper, options: SwapOptions, sources: list[Path], summary: SwapSummary,
+def _start(swapper: FaceSwapper, options: SwapOptions, sources: list[Path], target: Path, summary: SwapSummary,
            clock: StageClock) -> _Run:
-    """The run's source identity and face selector (the photos are checked before any frame is decoded)."""
+    """The run's source identities and face selector (the photos and the picked faces are checked before the
+    video is decoded)."""
     if not sources:
         raise SwapInputError("give at least one source photo (--source face.jpg)")
     call = {"score_threshold": options.score_threshold, "clock": clock}
-    identity = swapper.source_identity(sources, summary.notes, **call)
+    asked = requested(options.faces, options.pick_time, options.pick_points, options.pick_sources)
+    made = identities(swapper, sources, asked, summary.notes, **call)
+    picks = find_picks(swapper, target, asked, **call)
     reference = None
     if options.faces == "reference":
         if options.reference is None:
             raise SwapInputError("--faces reference needs --reference PHOTO of the face to swap")
         reference = swapper.photo_embedding(options.reference, "reference", summary.notes, **call)
-    selector = FaceSelector(options.faces, options.smoothing, options.reference_distance, reference, swapper.embed)
-    return _Run(swapper, options, clock, summary, selector, identity)
+    selector = FaceSelector(options.faces, options.smoothing, options.reference_distance, reference, swapper.embed,
+                            picks)
+    return _Run(swapper, options, clock, summary, selector, made)
 
 
 def _check_resolution(path: Path, height: int, width: int) -> None:

@@ -1,13 +1,22 @@
 """Which faces are swapped, the same way offline and live: the smoothing switch, then all faces, the largest
-track, or (offline) the tracks that look like a reference photo."""
+track, (offline) the tracks that look like a reference photo, or (offline) the faces picked by pointing at them,
+followed by their tracks and, across cuts, by their look."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
+import cv2
 import numpy as np
 
-from swapstream.services.engine.tracking import LargestTrackSelector, TrackedFace, TrackedFrame
+from swapstream.services.engine.tracking import LargestTrackSelector, TrackedFace, TrackedFrame, box_iou
+
+# A cut: the frame's 32x18 grey thumbnail changed by more than this on average (0-255), or its hue-saturation
+# histogram by more than this share. Measured on the shared clips: vid04's three cuts change 26-30 and 0.38-0.62;
+# motion without a cut at most 12.6 and 0.17 (vid04), 0.9 and 0.06 (vid01, vid03). A false cut only costs one
+# look at each face; a missed one could let a track carry the pick over to another person.
+CUT_MEAN_CHANGE = 18.0
+CUT_HISTOGRAM_CHANGE = 0.3
 
 
 def smoothed(faces: list[TrackedFace], smoothing: bool) -> list[TrackedFace]:
@@ -15,15 +24,34 @@ def smoothed(faces: list[TrackedFace], smoothing: bool) -> list[TrackedFace]:
     return faces if smoothing else [replace(face, landmarks=face.raw_landmarks) for face in faces]
 
 
+@dataclass(frozen=True)
+class Pick:
+    """One face picked by a point in the frame ``Picks.frame_index``."""
+    point: tuple[float, float]
+    box: np.ndarray        # [4] its detector box in that frame
+    embedding: np.ndarray  # [512] its ArcFace embedding, L2-normalised: how it is re-found
+    source: int            # which of the run's identities it becomes
+
+
+@dataclass(frozen=True)
+class Picks:
+    frame_index: int
+    time: float            # seconds from the first frame
+    faces: list[Pick]
+
+
 class FaceSelector:
     """Which tracked faces to swap: ``faces`` all, largest, or reference (those within ``reference_distance``,
     cosine, of the ``reference`` ArcFace embedding; ``embed(frames, positions, landmarks)`` embeds a track's first
-    face). Stateful across frames: one selector per video or per live stream."""
+    face); or, with ``picks``, the picked faces (``PickedTracks``). Stateful across frames: one selector per video
+    or per live stream."""
 
     def __init__(self, faces: str = "all", smoothing: bool = True, reference_distance: float | None = None,
-                 reference: np.ndarray | None = None, embed: Callable | None = None):
+                 reference: np.ndarray | None = None, embed: Callable | None = None, picks: Picks | None = None):
         if faces == "reference" and (reference is None or embed is None or reference_distance is None):
             raise ValueError("faces=reference needs a reference embedding, a distance and an embed function")
+        if picks is not None and (faces != "all" or embed is None or reference_distance is None):
+            raise ValueError("picks need faces=all, a distance and an embed function")
         self.faces = faces
         self.smoothing = smoothing
         self.reference_distance = reference_distance
@@ -31,6 +59,7 @@ class FaceSelector:
         self.embed = embed
         self._track_matches: dict[int, bool] = {}
         self._largest = LargestTrackSelector()
+        self._picked = PickedTracks(picks, reference_distance, embed) if picks is not None else None
 
     def pick(self, faces: list[TrackedFace]) -> list[TrackedFace]:
         """The faces of one frame to swap, before any reference check (live streams use this alone)."""
@@ -39,11 +68,18 @@ class FaceSelector:
 
     def __call__(self, frames: np.ndarray, tracked: list[TrackedFrame]) -> list[tuple[int, TrackedFace]]:
         """[(position in ``frames``, face)] to swap in a batch of frames."""
+        return [(position, face) for position, face, _ in self.choose(frames, tracked)]
+
+    def choose(self, frames: np.ndarray, tracked: list[TrackedFrame]) -> list[tuple[int, TrackedFace, int]]:
+        """[(position in ``frames``, face, which identity)] to swap in a batch of frames (identity 0 unless
+        picked faces map to several sources)."""
+        if self._picked is not None:
+            return self._picked(frames, [replace(t, faces=self.pick(t.faces)) for t in tracked])
         chosen = [(position, face) for position, frame in enumerate(tracked) for face in self.pick(frame.faces)]
         if self.faces == "reference":
             self._judge_new_tracks(frames, chosen)
             chosen = [(p, f) for p, f in chosen if self._track_matches[f.track_id]]
-        return chosen
+        return [(p, f, 0) for p, f in chosen]
 
     def _judge_new_tracks(self, frames: np.ndarray, chosen: list[tuple[int, TrackedFace]]) -> None:
         """A track is judged once, on its first face, by cosine distance to the reference identity."""
@@ -57,3 +93,107 @@ class FaceSelector:
         embeddings = self.embed(frames, positions, np.stack([f.landmarks for _, f in first.values()]))
         for track_id, embedding in zip(first, embeddings):
             self._track_matches[track_id] = 1.0 - float(embedding @ self.reference) < self.reference_distance
+
+    @property
+    def cuts(self) -> int:
+        """Cuts seen so far (picked faces only)."""
+        return self._picked.cuts.seen if self._picked is not None else 0
+
+
+class CutDetector:
+    """Call it with every frame in order: True when the frame starts a new shot."""
+
+    def __init__(self):
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self.seen = 0
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        small = cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA)
+        grey = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (32, 18), interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+        histogram = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256]).ravel()
+        histogram /= max(float(histogram.sum()), 1.0)
+        last, self._last = self._last, (grey.astype(np.float32), histogram)
+        if last is None:
+            return False
+        cut = (float(np.abs(self._last[0] - last[0]).mean()) > CUT_MEAN_CHANGE
+               or 0.5 * float(np.abs(histogram - last[1]).sum()) > CUT_HISTOGRAM_CHANGE)
+        self.seen += cut
+        return cut
+
+
+class PickedTracks:
+    """The picked faces through a video. A track is given a pick by its look: the cosine distance of its face's
+    ArcFace embedding to the picked face's, the nearest pick within ``distance``. A track with a pick keeps it until
+    the next cut; a track without one is looked at again in each batch (a face turned away may turn back), and after
+    a cut every track is looked at again, so a track that the tracker carried across a cut to another person loses
+    the pick. In the frame the picks were made on, the faces under the points are the picks whatever their look.
+    In each frame a pick goes to one face at most: the nearest."""
+
+    def __init__(self, picks: Picks, distance: float, embed: Callable):
+        self.picks = picks
+        self.distance = distance
+        self.embed = embed
+        self.cuts = CutDetector()
+        self._embeddings = np.stack([pick.embedding for pick in picks.faces])  # [P,512]
+        self._pick_of: dict[int, tuple[int, float]] = {}  # track -> (pick, distance), until the next cut
+
+    def __call__(self, frames: np.ndarray, tracked: list[TrackedFrame]) -> list[tuple[int, TrackedFace, int]]:
+        cut = [self.cuts(frame) for frame in frames]
+        looks = self._look(frames, tracked, cut)
+        chosen = []
+        for position, frame in enumerate(tracked):
+            if cut[position]:
+                self._pick_of.clear()
+            for face in frame.faces:
+                if (position, face.track_id) in looks:
+                    self._judge(face.track_id, looks[position, face.track_id])
+            if frame.frame_index == self.picks.frame_index:
+                self._hold_the_picked(frame.faces)
+            chosen += [(position, face, self.picks.faces[pick].source) for face, pick in self._nearest(frame.faces)]
+        return chosen
+
+    def _look(self, frames: np.ndarray, tracked: list[TrackedFrame], cut: list[bool]) -> dict:
+        """{(position, track): distances [P] to the picks} for the faces looked at in this batch: each track's
+        first face in the batch and after each cut, unless it holds a pick (only cuts take that away)."""
+        holding, wanted = set(self._pick_of), {}
+        shot = 0
+        for position, frame in enumerate(tracked):
+            if cut[position]:
+                holding, shot = set(), shot + 1
+            for face in frame.faces:
+                if face.track_id not in holding and (shot, face.track_id) not in wanted:
+                    wanted[shot, face.track_id] = (position, face)
+        if not wanted:
+            return {}
+        positions = np.array([p for p, _ in wanted.values()], np.int32)
+        embeddings = self.embed(frames, positions, np.stack([f.landmarks for _, f in wanted.values()]))
+        distances = 1.0 - embeddings @ self._embeddings.T
+        return {(p, f.track_id): d for (p, f), d in zip(wanted.values(), distances)}
+
+    def _judge(self, track_id: int, distances: np.ndarray) -> None:
+        best = int(np.argmin(distances))
+        if distances[best] < self.distance:
+            self._pick_of[track_id] = (best, float(distances[best]))
+        else:
+            self._pick_of.pop(track_id, None)
+
+    def _hold_the_picked(self, faces: list[TrackedFace]) -> None:
+        """The frame the picks were made on: the face over each picked box is that pick (distance -1: first)."""
+        if not faces:
+            return
+        overlap = box_iou(np.stack([pick.box for pick in self.picks.faces]), np.stack([f.box for f in faces]))
+        for pick, row in enumerate(overlap):
+            if row.max() > 0.3:
+                self._pick_of[faces[int(row.argmax())].track_id] = (pick, -1.0)
+
+    def _nearest(self, faces: list[TrackedFace]) -> list[tuple[TrackedFace, int]]:
+        """(face, pick) with each pick and each face used once, nearest first."""
+        candidates = sorted((self._pick_of[f.track_id][1], self._pick_of[f.track_id][0], i)
+                            for i, f in enumerate(faces) if f.track_id in self._pick_of)
+        used_picks, chosen = set(), []
+        for _, pick, index in candidates:
+            if pick not in used_picks:
+                used_picks.add(pick)
+                chosen.append((faces[index], pick))
+        return sorted(chosen, key=lambda item: item[0].track_id)
