@@ -136,7 +136,7 @@ def cmd_serve(args) -> int:
                           max_duration=args.max_duration, max_pixels=args.max_resolution, max_fps=args.max_fps,
                           max_frames=args.max_frames)
     live = LiveLimits(max_streams=args.max_streams, window_ms=args.live_window_ms, max_batch=args.live_max_batch,
-                      idle_timeout=args.live_idle_timeout)
+                      latency_ms=args.live_latency_ms, idle_timeout=args.live_idle_timeout)
     config = ServiceConfig(data_dir=Path(args.data), triton_url=args.triton or "", store_url=args.store,
                            workers=args.workers, max_queued=args.max_queued, max_attempts=args.max_attempts,
                            token=args.token or None, device=args.device,

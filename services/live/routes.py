@@ -77,7 +77,8 @@ class LiveServer:
         self._client, self._device = client, device
         self._swappers: dict[tuple[str, str], FaceSwapper] = {}  # (user, swapper name): built when first needed
         self.identities = IdentityMaker(lambda name: self._face_swapper("identities", name))
-        self.scheduler = Scheduler(lambda name: self._face_swapper("scheduler", name), limits, self.metrics)
+        self.scheduler = Scheduler(lambda stage, name: self._face_swapper(f"scheduler-{stage}", name), limits,
+                                   self.metrics)
         self.scheduler.start()
         self.photo_work = None                   # the service's photo worker, set by mount_live
         self.sessions: set[LiveSession] = set()  # event loop only

@@ -1,21 +1,36 @@
-"""The live scheduler: one thread that batches the ready frames of all streams.
+"""The live scheduler: rounds of the ready frames of all streams, with two rounds in flight.
 
-Each round takes the newest waiting frame of up to ``max_batch`` streams (round robin, so every stream gets its turn),
-waiting up to ``window_ms`` for streams that have no frame yet, only when there are such streams. The frames are grouped
-by their stream's swapper (an identity drives only the swapper that made it), then by size (``size_groups``: padding a
-group to one size may at most double its pixels, so a batch never costs much more memory than its frames' own pixels),
-and each group goes through: one Triton ``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``) ->
-causal tracking per stream -> one batched DALI alignment -> the swapper's one batched call (Triton ``swap`` or
-``facemesh``) with each face's own identity -> one batched DALI blend -> JPEG/WebP encode -> each stream's answer, in order.
+Three kinds of threads share the work of a round:
+
+- the scheduler thread (this one) gathers a round: the newest waiting frame of up to ``max_batch`` streams (round
+  robin, so every stream gets its turn). The frames are grouped by their stream's swapper (an identity drives only the
+  swapper that made it), then by size (``size_groups``: padding a group to one size may at most double its pixels),
+  and each group gets one Triton ``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``);
+- the swap thread takes the detected rounds in order: causal tracking per stream, one batched DALI alignment, the
+  swapper's one batched call (Triton ``swap`` or ``facemesh``) with each face's own identity, one batched DALI blend;
+- encoder threads encode each answer (JPEG/WebP) and hand it to its stream. A stream always has the same encoder,
+  so its answers stay in order.
+
+So the detect of round N+1 runs while round N is swapped and blended: ``LiveLimits.pipeline`` rounds are alive at
+once, from their gathering to their last answer (1: one round at a time). Tracking runs in the swap thread because
+it must see each stream's frames in order, after the frame before has been swapped.
+
+When some streams have no frame yet, a round waits up to ``window_ms`` for them, but not past the moment when its
+oldest frame, with the time a round takes (measured), would pass the latency budget ``latency_ms``. Why each round's
+gathering ended is counted (``swapstream_live_rounds_total{end}``).
 
 A failure of one stream's frame fails that frame only: its own steps (tracking, encoding) are caught one by one,
-and a shared step that fails for another reason than the inference server is retried frame by frame.
+and a shared step that fails for another reason than the inference server is retried frame by frame (from the step
+that failed: a frame is tracked once).
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+import zlib
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -23,12 +38,17 @@ import numpy as np
 from swapstream.services.live.frames import encode_frame
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
-from swapstream.services.live.stream import LiveStream
+from swapstream.services.live.stream import Frame, LiveStream
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.swapper import FaceSwapper
-from swapstream.services.triton.client import TritonCallError
+from swapstream.services.engine.tracking import TrackedFace
+from swapstream.services.triton.client import Detections, TritonCallError
 
 log = logging.getLogger("swapstream.live")
+
+ENCODERS = 2            # encoder threads (JPEG/WebP encoding releases the GIL)
+ROUND_SMOOTHING = 0.3   # weight of the newest round in the measured time a round takes
+SHARED_STAGES = ("detect", "track", "align", "swap", "blend")
 
 
 def _ms(seconds: float) -> float:
@@ -64,9 +84,35 @@ def pad_to_one_size(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | 
     return padded, sizes
 
 
+@dataclass
+class Round:
+    """The frames gathered together, until each has its answer or its error."""
+    size: int                    # frames in the round (the answers' ``batch``)
+    taken: float                 # time.perf_counter() when they were taken from their streams
+    left: int = 0                # frames without their answer yet
+
+    def __post_init__(self):
+        self.left = self.size
+
+
+@dataclass
+class Group:
+    """Frames of one round with one swapper and about one size, from detect to the encoders."""
+    items: list[tuple[LiveStream, Frame]]
+    round: Round
+    frames: np.ndarray | None = None        # padded to one size
+    found: Detections | None = None
+    clock: StageClock = field(default_factory=StageClock)
+
+    @property
+    def swapper(self) -> str:
+        return self.items[0][0].options.swapper
+
+
 class Scheduler(threading.Thread):
-    def __init__(self, swappers: Callable[[str], FaceSwapper], limits: LiveLimits, metrics: LiveMetrics):
-        """``swappers``: a swapper's name -> the FaceSwapper this thread uses for it (kept by the caller)."""
+    def __init__(self, swappers: Callable[[str, str], FaceSwapper], limits: LiveLimits, metrics: LiveMetrics):
+        """``swappers``: (stage ``detect`` or ``swap``, a swapper's name) -> the FaceSwapper that stage's thread uses
+        for it (kept by the caller; a FaceSwapper's DALI pipelines serve one thread)."""
         super().__init__(name="live-scheduler", daemon=True)
         self.swappers = swappers
         self.limits = limits
@@ -75,6 +121,13 @@ class Scheduler(threading.Thread):
         self._turn = 0
         self._wake = threading.Condition()
         self._stopping = False
+        self._rounds = 0               # rounds alive (under ``_wake``)
+        self._round_seconds = 0.0      # measured: from a round's gathering to its last answer
+        self._detected: queue.Queue = queue.Queue()  # rounds for the swap thread: at most ``pipeline``
+        self._swap_thread = threading.Thread(target=self._swap_loop, name="live-swap", daemon=True)
+        self._encoders = [queue.Queue() for _ in range(ENCODERS)]
+        self._encoder_threads = [threading.Thread(target=self._encode_loop, args=(jobs,), name=f"live-encode-{i}",
+                                                  daemon=True) for i, jobs in enumerate(self._encoders)]
 
     # ---------------------------------------------------------------------------------- streams
 
@@ -99,6 +152,11 @@ class Scheduler(threading.Thread):
         with self._wake:
             self._wake.notify()
 
+    def start(self) -> None:
+        for thread in (self._swap_thread, *self._encoder_threads):
+            thread.start()
+        super().start()
+
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
@@ -106,101 +164,200 @@ class Scheduler(threading.Thread):
         if self.is_alive():
             self.join(timeout=30)
 
-    # ------------------------------------------------------------------------------------- loop
+    # ----------------------------------------------------------------------- gathering, detect
 
     def run(self) -> None:
-        while True:
-            batch = self._gather()
-            if batch is None:
-                return
-            self.metrics.batch_frames.observe(len(batch))
-            for name in dict.fromkeys(stream.options.swapper for stream, _ in batch):
-                same = [item for item in batch if item[0].options.swapper == name]
-                for group in size_groups([frame.rgb.shape[:2] for _, frame in same]):
-                    self._process_apart([same[i] for i in group], len(batch))
-
-    def _process_apart(self, batch: list, batch_size: int) -> None:
-        """``_process``; when a shared step fails (not the inference server), again frame by frame, so that only
-        the frame that fails gets an error."""
         try:
-            self._process(batch, batch_size)
-        except TritonCallError as error:  # the server's failure, not a frame's: every frame of the batch
-            log.error("live batch of %d frames: the inference server failed: %s", len(batch), error)
-            for stream, frame in batch:
-                stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "detail": f"the inference server "
-                                          f"failed: {error}; the stream goes on, retry"}, None)
-        except Exception as error:  # noqa: BLE001 - one frame must not fail the others, nor stop the streams
-            if len(batch) == 1:
-                self._failed(*batch[0], error)
-                return
-            for item in batch:
-                self._process_apart([item], batch_size)
+            while True:
+                batch = self._gather()
+                if batch is None:
+                    return
+                self.metrics.batch_frames.observe(len(batch))
+                rnd = Round(len(batch), time.perf_counter())
+                groups = []
+                for name in dict.fromkeys(stream.options.swapper for stream, _ in batch):
+                    same = [item for item in batch if item[0].options.swapper == name]
+                    for positions in size_groups([frame.rgb.shape[:2] for _, frame in same]):
+                        groups += self._detect_apart(Group([same[i] for i in positions], rnd))
+                self._detected.put(groups)
+        finally:  # the rounds gathered are finished, then the swap thread and the encoders end
+            self._detected.put(None)
+            self._swap_thread.join(timeout=30)
 
-    def _failed(self, stream: LiveStream, frame, error: Exception) -> None:
-        """One frame failed: its stream gets an error for it (and starts tracking afresh); one log line."""
-        log.error("live stream %s: frame %d failed: %s: %s", stream.id, frame.seq, type(error).__name__, error)
-        log.debug("live stream %s: frame %d", stream.id, frame.seq, exc_info=error)
-        stream.restart_tracking()
-        stream.answer(frame.seq, {"type": "error", "seq": frame.seq,
-                                  "detail": "this frame failed on the server; the stream goes on"}, None)
-
-    def _gather(self):
+    def _gather(self) -> list[tuple[LiveStream, Frame]] | None:
+        """The next round's frames, once fewer than ``pipeline`` rounds are alive (None: stopping)."""
+        batch: list[tuple[LiveStream, Frame]] = []
         with self._wake:
-            while not self._stopping and not any(s.ready() for s in self._streams):
-                self._wake.wait(timeout=1.0)
-            if self._stopping:
-                return None
-            waiting_for_others = any(not s.ready() for s in self._streams)
-        if self.limits.max_batch > 1 and self.limits.window_ms > 0 and waiting_for_others:
-            time.sleep(self.limits.window_ms / 1000.0)  # let the other streams' frames arrive
-        with self._wake:
-            streams = self._streams[self._turn:] + self._streams[:self._turn]
-            self._turn = (self._turn + 1) % max(len(self._streams), 1)
-            batch = []
-            for stream in streams:
-                if len(batch) == self.limits.max_batch:
-                    break
-                frame = stream.take()
-                if frame is not None:
-                    batch.append((stream, frame))
+            while not batch:  # empty when the streams that had a frame closed while the round waited
+                while not self._stopping and (self._rounds >= self.limits.pipeline or
+                                              not any(s.ready() for s in self._streams)):
+                    self._wake.wait(timeout=1.0)
+                if self._stopping:
+                    return None
+                end = self._wait_for_others()
+                streams = self._streams[self._turn:] + self._streams[:self._turn]
+                self._turn = (self._turn + 1) % max(len(self._streams), 1)
+                for stream in streams:
+                    if len(batch) == self.limits.max_batch:
+                        break
+                    frame = stream.take()
+                    if frame is not None:
+                        batch.append((stream, frame))
+            overlapped = self._rounds > 0
+            self._rounds += 1
+        self.metrics.rounds.labels(end).inc()
+        if overlapped:
+            self.metrics.rounds_overlapped.inc()
         return batch
 
-    def _process(self, batch: list, batch_size: int) -> None:
-        """One group of frames (``batch_size``: the frames of the whole batch, as the answers report it)."""
-        started = time.perf_counter()
-        swapper = self.swappers(batch[0][0].options.swapper)  # one swapper per group (``run``)
-        clock = StageClock()
-        frames, sizes = pad_to_one_size([frame.rgb for _, frame in batch])
-        found = swapper.detect(frames, image_sizes=sizes, clock=clock)
-        chosen, identities, failed = [], [], set()
-        counts = [0] * len(batch)
-        with clock("track"):
-            for position, (stream, frame) in enumerate(batch):
+    def _full(self) -> bool:
+        ready = sum(s.ready() for s in self._streams)
+        return ready == len(self._streams) or ready >= self.limits.max_batch
+
+    def _wait_for_others(self) -> str:
+        """Waits (``_wake`` held) for the streams without a frame: up to the window, and not past the latency
+        budget. Why the gathering ended: ``full`` (nothing to wait for), ``window`` or ``budget``."""
+        limits = self.limits
+        if limits.max_batch == 1 or limits.window_ms <= 0:
+            return "full"
+        until, end = time.perf_counter() + limits.window_ms / 1000.0, "window"
+        if limits.latency_ms > 0:
+            oldest = min(s.waiting_since() for s in self._streams if s.ready())
+            budget = oldest + limits.latency_ms / 1000.0 - self._round_seconds
+            if budget < until:
+                until, end = budget, "budget"
+        while not self._stopping and not self._full():
+            left = until - time.perf_counter()
+            if left <= 0:
+                return end
+            self._wake.wait(left)
+        return "full"
+
+    def _detect_apart(self, group: Group) -> list[Group]:
+        """The group with its faces found (one ``detect`` call); when that fails (not the inference server), again
+        frame by frame, so that only the frame that fails gets an error."""
+        try:
+            detector = self.swappers("detect", group.swapper)
+            group.frames, sizes = pad_to_one_size([frame.rgb for _, frame in group.items])
+            group.found = detector.detect(group.frames, image_sizes=sizes, clock=group.clock)
+            return [group]
+        except TritonCallError as error:  # the server's failure, not a frame's: every frame of the group
+            self._server_failed(group, range(len(group.items)), error)
+        except Exception as error:  # noqa: BLE001 - one frame must not fail the others, nor stop the streams
+            if len(group.items) == 1:
+                self._failed(group.round, *group.items[0], error)
+                return []
+            return [done for item in group.items for done in self._detect_apart(Group([item], group.round))]
+        return []
+
+    # ----------------------------------------------------------------------- track, swap, blend
+
+    def _swap_loop(self) -> None:
+        try:
+            while (groups := self._detected.get()) is not None:
+                for group in groups:
+                    self._swap_group(group)
+        finally:
+            for jobs in self._encoders:
+                jobs.put(None)
+            for thread in self._encoder_threads:
+                thread.join(timeout=30)
+
+    def _swap_group(self, group: Group) -> None:
+        faces: dict[int, list[TrackedFace]] = {}
+        found = group.found
+        with group.clock("track"):
+            for position, (stream, frame) in enumerate(group.items):
                 mine = found.frame_index == position
                 try:
-                    faces = stream.track(frame, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                    faces[position] = stream.track(frame, found.boxes[mine], found.landmarks[mine],
+                                                   found.scores[mine])
                 except Exception as error:  # noqa: BLE001 - this stream's frame only; the others go on
-                    self._failed(stream, frame, error)
-                    failed.add(position)
-                    continue
-                chosen += [(position, face) for face in faces]
-                identities += [stream.identity] * len(faces)
-                counts[position] = len(faces)
-        out = swapper.swap_frames(frames, chosen, identities, clock)
-        shared = {stage: _ms(clock.seconds[stage]) for stage in ("detect", "track", "align", "swap", "blend")}
-        for position, (stream, frame) in enumerate(batch):
-            if position in failed:
-                continue
-            encode_started = time.perf_counter()
-            height, width = frame.rgb.shape[:2]
-            try:
-                image = encode_frame(out[position, :height, :width], frame.kind, stream.options.quality)
-            except Exception as error:  # noqa: BLE001 - this stream's frame only
-                self._failed(stream, frame, error)
-                continue
-            done = time.perf_counter()
-            timings = {"queue": _ms(started - frame.arrived), **shared, "encode": _ms(done - encode_started),
-                       "total": _ms(done - frame.arrived)}
-            self.metrics.latency.observe(done - frame.arrived)
-            stream.answer(frame.seq, {"seq": frame.seq, "ts": frame.ts, "faces": counts[position],
-                                      "batch": batch_size, "timings": timings}, image)
+                    self._failed(group.round, stream, frame, error, restart=True)
+        if faces:
+            self._swap_apart(group, faces)
+
+    def _swap_apart(self, group: Group, faces: dict[int, list[TrackedFace]]) -> None:
+        """The tracked frames (position in the group -> its faces) swapped and blended in one batch; when that fails
+        (not the inference server), again frame by frame, so that only the frame that fails gets an error."""
+        positions = list(faces)
+        frames = group.frames if len(positions) == len(group.items) else group.frames[positions]
+        chosen = [(i, face) for i, position in enumerate(positions) for face in faces[position]]
+        identities = [group.items[position][0].identity for position in positions for _ in faces[position]]
+        try:
+            out = self.swappers("swap", group.swapper).swap_frames(frames, chosen, identities, group.clock)
+        except TritonCallError as error:
+            self._server_failed(group, positions, error)
+            return
+        except Exception as error:  # noqa: BLE001 - one frame must not fail the others, nor stop the streams
+            if len(positions) == 1:
+                self._failed(group.round, *group.items[positions[0]], error, restart=True)
+                return
+            for position in positions:
+                self._swap_apart(group, {position: faces[position]})
+            return
+        shared = {stage: _ms(group.clock.seconds[stage]) for stage in SHARED_STAGES}
+        for i, position in enumerate(positions):
+            stream, frame = group.items[position]
+            header = {"seq": frame.seq, "ts": frame.ts, "faces": len(faces[position]), "batch": group.round.size,
+                      "timings": dict(shared)}
+            self._encoder_of(stream).put((group.round, stream, frame, out[i], header))
+
+    # ------------------------------------------------------------------------------- encode
+
+    def _encoder_of(self, stream: LiveStream) -> queue.Queue:
+        return self._encoders[zlib.crc32(stream.id.encode()) % len(self._encoders)]
+
+    def _encode_loop(self, jobs: queue.Queue) -> None:
+        while (job := jobs.get()) is not None:
+            self._encode(*job)
+
+    def _encode(self, rnd: Round, stream: LiveStream, frame: Frame, rgb: np.ndarray, header: dict) -> None:
+        started = time.perf_counter()
+        height, width = frame.rgb.shape[:2]
+        try:
+            image = encode_frame(rgb[:height, :width], frame.kind, stream.options.quality)
+        except Exception as error:  # noqa: BLE001 - this stream's frame only
+            self._failed(rnd, stream, frame, error)
+            return
+        done = time.perf_counter()
+        header["timings"].update(queue=_ms(rnd.taken - frame.arrived), encode=_ms(done - started),
+                                 total=_ms(done - frame.arrived))
+        self.metrics.latency.observe(done - frame.arrived)
+        stream.answer(frame.seq, header, image)
+        self._finished(rnd)
+
+    # ------------------------------------------------------------------------------- endings
+
+    def _finished(self, rnd: Round, frames: int = 1) -> None:
+        """Frames of ``rnd`` answered or failed; its last one frees its place in the pipeline and times it."""
+        with self._wake:
+            rnd.left -= frames
+            if rnd.left > 0:
+                return
+            self._rounds -= 1
+            seconds = time.perf_counter() - rnd.taken
+            self._round_seconds = seconds if self._round_seconds == 0 else (
+                ROUND_SMOOTHING * seconds + (1 - ROUND_SMOOTHING) * self._round_seconds)
+            self._wake.notify()
+
+    def _server_failed(self, group: Group, positions, error: TritonCallError) -> None:
+        positions = list(positions)
+        log.error("live batch of %d frames: the inference server failed: %s", len(positions), error)
+        for position in positions:
+            stream, frame = group.items[position]
+            stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "code": "inference_unavailable",
+                                      "detail": f"the inference server failed: {error}; "
+                                                "the stream goes on, retry"}, None)
+        self._finished(group.round, len(positions))
+
+    def _failed(self, rnd: Round, stream: LiveStream, frame: Frame, error: Exception, restart: bool = False) -> None:
+        """One frame failed: its stream gets an error for it; one log line. ``restart``: in the swap thread, where
+        the stream's tracking may be what failed, it starts afresh."""
+        log.error("live stream %s: frame %d failed: %s: %s", stream.id, frame.seq, type(error).__name__, error)
+        log.debug("live stream %s: frame %d", stream.id, frame.seq, exc_info=error)
+        if restart:
+            stream.restart_tracking()
+        stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "code": "internal_error",
+                                  "detail": "this frame failed on the server; the stream goes on"}, None)
+        self._finished(rnd)

@@ -1,7 +1,8 @@
-"""One live stream's state, shared by its WebSocket handler (the event loop) and the scheduler thread.
+"""One live stream's state, shared by its WebSocket handler (the event loop) and the scheduler's threads.
 
-Memory is bounded per stream: one frame waiting (a newer one replaces it and the older is dropped), one in the
-scheduler's batch, and at most ``send_queue`` answers waiting for the client (more are dropped, not buffered).
+Memory is bounded per stream: one frame waiting (a newer one replaces it and the older is dropped, so a stream that
+falls behind keeps its newest frame), one in each of the scheduler's rounds in flight (``LiveLimits.pipeline``), and
+at most ``send_queue`` answers waiting for the client (more are dropped, not buffered).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class LiveStream:
         self._waiting: Frame | None = None
         self._in_flight = 0              # frames taken by the scheduler and not yet delivered
         self._dropped: list[int] = []    # reported in the next answer
-        # scheduler thread only:
+        # the scheduler's swap thread only:
         self.restart_tracking()
         self._selector = FaceSelector(options.faces, options.smoothing)
         self._frames = 0
@@ -112,6 +113,11 @@ class LiveStream:
     def ready(self) -> bool:
         return self._waiting is not None
 
+    def waiting_since(self) -> float | None:
+        """When the waiting frame arrived (time.perf_counter()), None when none waits."""
+        frame = self._waiting
+        return None if frame is None else frame.arrived
+
     def take(self) -> Frame | None:
         with self._lock:
             frame, self._waiting = self._waiting, None
@@ -131,7 +137,7 @@ class LiveStream:
         return self._selector.pick(tracked.faces)
 
     def answer(self, seq: int, header: dict, image: bytes | None) -> None:
-        """Hands an answer to the event loop, in order (called from the scheduler thread)."""
+        """Hands an answer to the event loop, in order (called from the scheduler's threads)."""
         try:
             self.loop.call_soon_threadsafe(self.deliver, seq, header, image)
         except RuntimeError:

@@ -1,0 +1,142 @@
+"""Issue 19 item 5: the live scheduler's pipeline (the next batch's detect while one is swapped, encoding in threads
+of its own) and its latency budget. The real scheduler, the default (mesh) swapper and the session's Triton; the
+budget also through a real ``swapstream serve`` and real WebSockets. Nothing here asserts a time: what happened is
+read from the scheduler's own series (why each batch's gathering ended, batches that overlapped)."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import time
+
+import av
+import cv2
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from swapstream.services.engine.swapper import FaceSwapper
+from swapstream.services.engine.swappers import create_swapper
+from swapstream.services.jobs.process import ServiceProcess
+from swapstream.services.live import protocol
+from swapstream.services.live.limits import LiveLimits
+from swapstream.services.live.metrics import ROUND_ENDS
+from swapstream.services.live.stream import Frame
+from tests.helpers.live_scheduler import answers, collect, result, running_scheduler
+from tests.helpers.media import MEDIA, read_rgb
+from tests.helpers.service import OBAMA, metric_values
+
+FRAMES = 6
+ROUNDS = "swapstream_live_rounds_total"
+
+
+@pytest.fixture(scope="module")
+def mesh(client):
+    """A FaceSwapper per stage on the default swapper, and the identity of the source photo."""
+    swappers = {stage: FaceSwapper(client, create_swapper("mesh", client), "cpu") for stage in ("detect", "swap")}
+    identity, _ = swappers["swap"].identity_of([("source photo", OBAMA.name, read_rgb(OBAMA.name))], [])
+    return (lambda stage, _name: swappers[stage]), identity
+
+
+@pytest.fixture(scope="module")
+def frames():
+    with av.open(str(MEDIA / "vid03_square_480_expressions.mp4")) as container:
+        decoded = (frame.to_ndarray(format="rgb24") for frame in container.decode(video=0))
+        return [next(decoded) for _ in range(FRAMES)]
+
+
+def _offer(run, stream, seq: int, rgb, kind: str = "JPEG") -> None:
+    stream.offer(Frame(seq, 1000.0 * seq / 30, rgb, kind, time.perf_counter()))
+    run.scheduler.wake()
+
+
+def test_pipelined_answers_equal_one_batch_at_a_time(mesh, frames):
+    """Each frame is offered as soon as the scheduler took the one before (so none is dropped): pipelined, its detect
+    runs while the frame before is still swapped; the answers must be the same bytes as one batch at a time."""
+    swappers, identity = mesh
+    results, overlapped = {}, {}
+    for pipeline in (1, 2):
+        with running_scheduler(swappers, LiveLimits(window_ms=0, pipeline=pipeline)) as run:
+            stream = run.stream(f"pipe{pipeline}", identity)
+            pending = collect(stream, FRAMES)
+            for seq, rgb in enumerate(frames):
+                _offer(run, stream, seq, rgb)
+                while stream.ready():
+                    time.sleep(0.002)
+            results[pipeline] = [protocol.unpack_frame(payload) for _, payload in result(pending, FRAMES)]
+            overlapped[pipeline] = run.value("swapstream_live_rounds_overlapped_total")
+    assert overlapped[1] == 0 and overlapped[2] > 0, overlapped
+    for (one, one_image), (two, two_image) in zip(results[1], results[2]):
+        assert one["seq"] == two["seq"] and one["faces"] == two["faces"] == 1, (one, two)
+        assert one_image == two_image, f"frame {one['seq']} differs between pipelined and one batch at a time"
+    assert [header["seq"] for header, _ in results[2]] == list(range(FRAMES))  # in order, none dropped
+
+
+@pytest.mark.parametrize("budget_ms, window_ms, ended", [(1.0, 600_000.0, "budget"), (0.0, 300.0, "window")])
+def test_the_latency_budget_ends_the_wait_for_other_streams(mesh, frames, budget_ms, window_ms, ended):
+    """One stream sends, another is open and silent: the batch waits for the silent one up to the window, unless the
+    budget (1 ms, already spent by the time a frame is gathered) ends the wait at once."""
+    swappers, identity = mesh
+    with running_scheduler(swappers, LiveLimits(window_ms=window_ms, latency_ms=budget_ms)) as run:
+        sending, _silent = run.stream("sends", identity), run.stream("silent", identity)
+        _offer(run, sending, 0, frames[0])
+        (kind, _), = answers(sending, 1, timeout=100)
+        assert kind == "answer"
+        ends = {end: run.value(ROUNDS, end=end) for end in ROUND_ENDS}
+    assert ends == {**dict.fromkeys(ROUND_ENDS, 0.0), ended: 1.0}
+
+
+def test_a_frame_that_cannot_be_encoded_fails_alone(mesh, frames, caplog):
+    """Two streams share each batch; one frame asks for an answer format no encoder has: that frame gets an error,
+    its neighbour in the batch and its own stream's next frame are answered, and the failure is one log line."""
+    swappers, identity = mesh
+    with running_scheduler(swappers, LiveLimits(window_ms=600_000, latency_ms=0)) as run:
+        good, bad = run.stream("good1", identity), run.stream("bad01", identity)
+        with caplog.at_level(logging.ERROR, logger="swapstream.live"):
+            for seq, kind in enumerate(("BMP", "JPEG")):
+                bad.offer(Frame(seq, 40.0 * seq, frames[seq], kind, time.perf_counter()))
+                _offer(run, good, seq, frames[seq])
+                (good_kind, good_answer), = answers(good, 1)
+                (bad_kind, bad_answer), = answers(bad, 1)
+                assert good_kind == "answer", good_answer
+                if seq == 0:
+                    assert bad_kind == "text" and json.loads(bad_answer)["seq"] == 0, bad_answer
+                else:
+                    assert bad_kind == "answer", bad_answer
+        assert run.value("swapstream_live_batch_frames_count") == 2
+        assert run.value("swapstream_live_batch_frames_sum") == 4  # both frames of each seq in one batch
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1 and "bad01" in failures[0].getMessage() and "frame 0" in failures[0].getMessage()
+
+
+# --------------------------------------------------------------------------- through serve and WebSockets
+
+@pytest.fixture(scope="module")
+def budget_service(tmp_path_factory, triton):
+    """A window far longer than any test: only the budget can end a batch's wait for a silent stream."""
+    data = tmp_path_factory.mktemp("live-budget") / "data"
+    with ServiceProcess(data, "--triton", triton.grpc_url, "--max-streams", "2", "--live-window-ms", "600000",
+                        "--live-latency-ms", "1") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _started(service):
+    with connect(service.url.replace("http://", "ws://") + "/v1/live", subprotocols=[protocol.SUBPROTOCOL],
+                 max_size=None, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "start", "source_image": base64.b64encode(OBAMA.read_bytes()).decode()}))
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        yield ws
+
+
+def test_serve_takes_the_latency_budget(budget_service, frames):
+    """Two streams, one silent: with a window of 10 minutes, only ``--live-latency-ms`` gets the frames answered."""
+    with _started(budget_service) as sending, _started(budget_service) as _silent:
+        for seq in range(2):
+            image = cv2.imencode(".jpg", cv2.cvtColor(frames[seq], cv2.COLOR_RGB2BGR))[1].tobytes()
+            sending.send(protocol.pack_frame({"seq": seq, "ts": 40.0 * seq}, image))
+            header, _ = protocol.unpack_frame(sending.recv(timeout=100))
+            assert header["seq"] == seq and header["faces"] == 1, header
+    metrics = metric_values(httpx.Client(base_url=budget_service.url))
+    assert metrics[f'{ROUNDS}{{end="budget"}}'] == 2 and metrics[f'{ROUNDS}{{end="window"}}'] == 0, metrics
