@@ -1,23 +1,27 @@
-"""``/v1/jobs``: queue a swap of a video (or photo), list jobs, follow them (Server-Sent Events), fetch the result
-or the uploaded target, cancel or delete."""
+"""``/v1/jobs``: queue a swap of a video (or photo), list jobs, follow them (Server-Sent Events), fetch the result,
+its thumbnail or the uploaded target, run a job again, cancel or delete."""
 from __future__ import annotations
 
 import mimetypes
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
-from swapstream.services.engine.errors import ErrorCode
+from swapstream.services.engine.errors import ErrorCode, SwapInputError
+from swapstream.services.engine.trim import check_for_photo, plan_frames
 from swapstream.services.http.deps import ServiceDep, StoreDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
 from swapstream.services.http.inputs import check_sources, require_face
+from swapstream.services.http.picks import check_picks
 from swapstream.services.jobs.service import Busy, Service
 from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
-from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, check_photo, check_video, new_folder,
-                                              remove_folder, save_upload)
+from swapstream.services.jobs.thumbnails import thumbnail, thumbnail_path
+from swapstream.services.jobs.uploads import (UploadLimits, UploadRejected, check_photo, check_video, display_name,
+                                              link_folder, new_folder, remove_folder, save_upload)
 
 router = APIRouter(responses=ERROR_RESPONSES)
 
@@ -28,6 +32,8 @@ def job_view(job) -> dict:
     total = view["frames_total"] = job.frames_total or job.inputs.get("frames")
     view["progress"] = 1.0 if job.state == "done" else (min(job.frames_done / total, 1.0) if total else 0.0)
     view["result_url"] = f"/v1/jobs/{job.id}/result" if job.state == "done" else None
+    view["thumbnail_url"] = f"/v1/jobs/{job.id}/thumbnail" if job.state == "done" else None
+    view["duration"] = job.inputs.get("duration")  # seconds of video written (the part asked for); None: a photo
     view.pop("inputs", None)
     view.pop("worker", None)
     return view
@@ -56,7 +62,11 @@ def submit_job(
     folder = new_folder(service.data_dir / "uploads")
     try:
         inputs = _save_inputs(service, folder, target, source, reference, options)
-        job = service.store.create(options, inputs, max_attempts=config.max_attempts, max_queued=config.max_queued)
+        names = {"target": display_name(target.filename), "sources": [display_name(s.filename) for s in source]}
+        if reference is not None and "reference" in inputs:
+            names["reference"] = display_name(reference.filename)
+        job = service.store.create(options, inputs, max_attempts=config.max_attempts, max_queued=config.max_queued,
+                                   names=names)
     except QueueFull:
         remove_folder(folder)
         raise _queue_full(config.max_queued) from None
@@ -72,14 +82,11 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
     """The job's files saved and checked in ``folder``; the job's ``inputs``."""
     limits: UploadLimits = service.config.limits
     kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
-    frames = 1
-    if kind == "video":
-        frames = check_video(target_path, "target", limits).frame_count
-    else:
-        check_photo(target_path, "target", limits)
+    frames, duration = _planned(kind, target_path, limits, options)
     sources = check_sources(service, folder, source, options["score_threshold"], unless_triton_down=True)
+    check_picks(service, options, kind, target_path, len(sources))
     inputs = {"folder": service.relative(folder), "target": service.relative(target_path),
-              "sources": [service.relative(p) for p in sources], "frames": frames,
+              "sources": [service.relative(p) for p in sources], "frames": frames, "duration": duration,
               "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}
     if options["faces"] == "reference":
         if reference is None:
@@ -90,6 +97,20 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
                      options["score_threshold"], unless_triton_down=True)
         inputs["reference"] = service.relative(reference_path)
     return inputs
+
+
+def _planned(kind: str, target: Path, limits: UploadLimits, options: dict) -> tuple[int, float | None]:
+    """(frames, seconds) the job writes: the target checked, and the part and rate asked for checked against it."""
+    try:
+        if kind == "photo":
+            check_photo(target, "target", limits)
+            check_for_photo(options)
+            return 1, None
+        info = check_video(target, "target", limits)
+        plan = plan_frames(info, options["start"], options["end"], options["fps"])
+    except SwapInputError as error:
+        raise UploadRejected(422, str(error), error.code) from None
+    return plan.frames or info.frame_count, round(plan.duration, 3)
 
 
 @router.get("/jobs", summary="List jobs, newest first")
@@ -148,6 +169,7 @@ def delete_job(job_id: str, service: ServiceDep):
         remove_folder(service.data_dir / job.inputs["folder"])
         if job.result:
             (service.data_dir / job.result).unlink(missing_ok=True)
+            thumbnail_path(service.data_dir / job.result).unlink(missing_ok=True)
         service.store.delete(job_id)
         return Response(status_code=204)
     job = service.store.cancel(job_id)
@@ -156,3 +178,45 @@ def delete_job(job_id: str, service: ServiceDep):
         remove_folder(service.data_dir / job.inputs["folder"])
         return JSONResponse(job_view(job), status_code=200)
     return JSONResponse(job_view(job), status_code=202)
+
+
+@router.get("/jobs/{job_id}/thumbnail", summary="A swapped frame of a done job, small (JPEG, at most 320 px a side)",
+            response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}}}})
+def get_thumbnail(job_id: str, service: ServiceDep):
+    job = find(service.store, job_id)
+    if job.state != "done":
+        raise HTTPException(409, f"job {job_id} is {job.state}: only a done job has a thumbnail")
+    return FileResponse(thumbnail(service.data_dir / job.result), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.post("/jobs/{job_id}/again", status_code=201, summary="Queue a new job with the same files and options")
+def run_again(job_id: str, service: ServiceDep):
+    job = find(service.store, job_id)
+    config = service.config
+    old = service.data_dir / job.inputs["folder"]
+    if not (service.data_dir / job.inputs["target"]).is_file():
+        raise HTTPException(410, f"job {job_id} no longer keeps its files (cancelled jobs drop their uploads); "
+                            "submit the files again")
+    if service.disk.low():
+        raise UploadRejected(507, f"{service.disk.describe()}; nothing was stored. Try again later",
+                             ErrorCode.DISK_FULL)
+    if service.store.counts().get("queued", 0) >= config.max_queued:
+        raise _queue_full(config.max_queued)
+    folder = new_folder(service.data_dir / "uploads")
+    try:
+        link_folder(old, folder)
+        moved = service.relative(folder)
+        inputs = {key: (value.replace(job.inputs["folder"], moved, 1) if key in ("folder", "target", "reference")
+                        else [s.replace(job.inputs["folder"], moved, 1) for s in value] if key == "sources" else value)
+                  for key, value in job.inputs.items()}
+        again = service.store.create(job.options, inputs, max_attempts=config.max_attempts,
+                                     max_queued=config.max_queued, names=job.names)
+    except QueueFull:
+        remove_folder(folder)
+        raise _queue_full(config.max_queued) from None
+    except BaseException:
+        remove_folder(folder)
+        raise
+    service.pool.notify()
+    return JSONResponse(job_view(again), status_code=201, headers={"Location": f"/v1/jobs/{again.id}"})

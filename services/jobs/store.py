@@ -64,13 +64,14 @@ class Job:
     cancel_requested: bool
     stats: dict
     error_code: str | None  # the machine-readable kind of ``error`` (engine/errors.py ErrorCode), or None
+    names: dict  # the files as the client named them ({"target": ..., "sources": [...]}): shown, never a path
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 _COLUMNS = tuple(field.name for field in fields(Job))
-_JSON_COLUMNS = {"options", "inputs", "stats"}
+_JSON_COLUMNS = {"options", "inputs", "stats", "names"}
 _SELECT = ", ".join(_COLUMNS)
 
 
@@ -125,7 +126,8 @@ _SCHEMA = (
         error TEXT,
         cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
         stats TEXT NOT NULL DEFAULT '{{}}',
-        error_code TEXT
+        error_code TEXT,
+        names TEXT NOT NULL DEFAULT '{{}}'
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq)",
     """CREATE TABLE IF NOT EXISTS job_store_health (
@@ -137,7 +139,7 @@ _SCHEMA = (
     )""",
 )
 # Columns added since a store was first created: added to an older store when it is opened.
-_ADDED_COLUMNS = {"error_code": "TEXT"}
+_ADDED_COLUMNS = {"error_code": "TEXT", "names": "TEXT NOT NULL DEFAULT '{}'"}
 
 
 def _redacted(url: str) -> str:
@@ -344,17 +346,20 @@ class JobStore:
 
     # --- the API's writes -------------------------------------------------------------------------------------
 
-    def create(self, options: dict, inputs: dict, *, max_attempts: int = 3, max_queued: int | None = None) -> Job:
-        """A new queued job; QueueFull (nothing inserted) when ``max_queued`` jobs already wait."""
+    def create(self, options: dict, inputs: dict, *, max_attempts: int = 3, max_queued: int | None = None,
+               names: dict | None = None) -> Job:
+        """A new queued job; QueueFull (nothing inserted) when ``max_queued`` jobs already wait. ``names``: the
+        files' display names."""
         now = time.time()
         with self._transaction(write=True, lock=_CREATE_LOCK if max_queued is not None else None) as tx:
             if max_queued is not None:
                 queued = tx.row("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")[0]
                 if queued >= max_queued:
                     raise QueueFull(f"{queued} jobs are already queued (the limit is {max_queued})")
-            return tx.job(f"INSERT INTO jobs (id, state, created_at, updated_at, options, inputs, max_attempts) "
-                          f"VALUES (?, 'queued', ?, ?, ?, ?, ?) RETURNING {_SELECT}",
-                          (uuid.uuid4().hex, now, now, json.dumps(options), json.dumps(inputs), max_attempts))
+            return tx.job(f"INSERT INTO jobs (id, state, created_at, updated_at, options, inputs, max_attempts, names) "
+                          f"VALUES (?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING {_SELECT}",
+                          (uuid.uuid4().hex, now, now, json.dumps(options), json.dumps(inputs), max_attempts,
+                           json.dumps(names or {})))
 
     def cancel(self, job_id: str) -> Job | None:
         """Queued: cancelled now. Running: cancel requested (its worker stops and calls mark_cancelled)."""

@@ -7,9 +7,11 @@ that says what was wrong and what to do; the caller removes the job's folder, so
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +122,21 @@ def save_upload(upload: Upload, folder: Path, role: str, field: str, allowed: se
     return kind, path
 
 
+MAX_NAME = 120  # characters of a display name
+
+
+def display_name(filename: str | None) -> str:
+    """A client's file name as the pages may show it: its last path part, without control characters, at most
+    ``MAX_NAME`` characters (the extension kept). Only ever shown: stored files have server-chosen names."""
+    name = re.split(r"[/\\]", filename or "")[-1]
+    name = " ".join("".join(c for c in name if unicodedata.category(c)[0] != "C").split())
+    if len(name) > MAX_NAME:
+        stem, dot, suffix = name.rpartition(".")
+        keep = suffix if dot and len(suffix) <= 10 else ""
+        name = name[:MAX_NAME - len(keep) - 2] + "…" + ("." + keep if keep else "")
+    return name
+
+
 def check_photo(path: Path, field: str, limits: UploadLimits) -> np.ndarray:
     """The photo as RGB, or a rejection: not a still photo of an accepted format, or too many pixels.
 
@@ -184,6 +201,19 @@ def new_folder(parent: Path) -> Path:
     folder.mkdir()
     (folder / OWNER_FILE).write_text(worker_id(0))
     return folder
+
+
+def link_folder(old: Path, new: Path) -> None:
+    """The uploads of ``old`` in ``new`` (a ``new_folder``) as hard links, copied where links cannot be made: each
+    job owns its folder, so deleting one job never takes another's files. ``new`` names its own writer, so the
+    orphan sweep treats it as any submission's."""
+    for path in old.iterdir():
+        if path.name == OWNER_FILE or not path.is_file():
+            continue
+        try:
+            os.link(path, new / path.name)
+        except OSError:
+            shutil.copy2(path, new / path.name)
 
 
 def sweep_orphans(parent: Path, in_use: Callable[[str], bool], stale_after: float) -> list[str]:
