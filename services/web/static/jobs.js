@@ -2,6 +2,7 @@
 // (GET /v1/jobs/events, read with fetch so that the bearer header goes with it), and the result view.
 import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, showError, token, upload }
   from "/static/common.js";
+import { appendPick, filesChanged } from "/static/preview.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
 const list = document.getElementById("jobs");
@@ -14,7 +15,7 @@ form.faces.addEventListener("change", () => {
   form.reference.required = form.faces.value === "reference";
 });
 
-dropZones();
+dropZones(filesChanged);
 applyOptions().catch(showError);
 
 form.addEventListener("submit", async (event) => {
@@ -24,7 +25,7 @@ form.addEventListener("submit", async (event) => {
   data.append("target", form.target.files[0]);
   for (const file of form.source.files) data.append("source", file);
   if (form.faces.value === "reference") data.append("reference", form.reference.files[0]);
-  appendOptions(form, data);
+  appendPick(appendOptions(form, data));
   const bar = document.getElementById("upload-progress");
   const text = document.getElementById("upload-text");
   const button = document.getElementById("submit");
