@@ -17,6 +17,7 @@ from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
 from swapstream.services.http.inputs import check_sources, require_face
 from swapstream.services.http.picks import check_picks
+from swapstream.services.http.picks import check_picks
 from swapstream.services.jobs.service import Busy, Service
 from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
 from swapstream.services.jobs.thumbnails import thumbnail, thumbnail_path
@@ -84,6 +85,7 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
     kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
     frames, duration = _planned(kind, target_path, limits, options)
     sources = check_sources(service, folder, source, options["score_threshold"], unless_triton_down=True)
+    check_picks(service, options, kind, target_path, len(sources))
     check_picks(service, options, kind, target_path, len(sources))
     inputs = {"folder": service.relative(folder), "target": service.relative(target_path),
               "sources": [service.relative(p) for p in sources], "frames": frames, "duration": duration,

@@ -16,6 +16,7 @@ from swapstream.services.http.deps import ServiceDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import score_threshold_form, swap_form
 from swapstream.services.http.inputs import check_sources, require_face
+from swapstream.services.http.picks import check_picks, picks_of
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import UploadRejected, check_photo, new_folder, remove_folder, save_upload
 
@@ -33,6 +34,7 @@ async def swap_image(
     if options["faces"] == "reference":
         raise UploadRejected(422, "faces=reference is for jobs (POST /v1/jobs); use all or largest here",
                              ErrorCode.BAD_OPTION)
+    picks_of(options)  # refused before the photo waits for its turn
     return await service.photo_work.run(swap_photo, service, target, source, options)
 
 
@@ -41,8 +43,10 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
     folder = new_folder(service.data_dir / "tmp")
     try:
         _, target_path = save_upload(target, folder, "target", "target", {"photo"}, limits)
-        require_face(service, check_photo(target_path, "target", limits), "target photo", options["score_threshold"])
+        found = require_face(service, check_photo(target_path, "target", limits), "target photo",
+                             options["score_threshold"])
         sources = check_sources(service, folder, source, options["score_threshold"])
+        check_picks(service, options, "photo", target_path, len(sources), found)
         suffix = ".png" if target_path.suffix == ".png" else ".jpg"
         output = folder / f"swapped{suffix}"
         choice = service.choose_swapper(options.pop("swapper"))
