@@ -4,14 +4,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from swapstream.services.engine.errors import PhotoError
+from swapstream.services.engine.errors import ErrorCode, PhotoError
 from swapstream.services.engine.photos import decode_photo
 
 FORMATS = {"JPEG": ".jpg", "WEBP": ".webp", "PNG": ".png"}
 
 
 class FrameRejected(ValueError):
-    """A frame that is not a usable image; the message says what to do."""
+    """A frame that is not a usable image; the message says what to do, ``code`` what kind."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_FRAME):
+        super().__init__(message)
+        self.code = code
 
 
 def decode_frame(data: bytes, max_pixels: int, max_side: int | None = None,
@@ -22,7 +26,7 @@ def decode_frame(data: bytes, max_pixels: int, max_side: int | None = None,
     try:
         return decode_photo(data, max_pixels, formats, max_side, longest)
     except PhotoError as error:
-        raise FrameRejected(error.reason) from None
+        raise FrameRejected(error.reason, error.code) from None
 
 
 def encode_frame(rgb: np.ndarray, kind: str, quality: int) -> bytes:

@@ -12,8 +12,17 @@ Text messages are JSON objects with a ``type``:
   /v1/sources``) or ``{"type": "start", "source_image": "<base64 JPEG/PNG/WebP>"}``, with options ``faces``
   (``all`` | ``largest``), ``smoothing`` (bool) and ``quality`` (1–100, of the returned frames).
 - server → client ``ready``: ``{"type": "ready", "stream": "<id>", "limits": {...}}`` once the source is known.
-- server → client ``error``: ``{"type": "error", "seq": N | null, "detail": "..."}``: one frame was refused
-  (not an image, out of order, too large...); the stream goes on.
+- client → server ``source``: ``{"type": "source", "source_id": "..."}`` or ``{"type": "source", "source_image":
+  "<base64 photo>"}``: from now on swap in this person, without reconnecting. Bounded like ``start``'s source
+  (``MAX_START_BYTES``, the service's photo worker, a stored source of the stream's swapper) and one at a time: a
+  ``source`` sent while the previous one is still being made is refused. Frames keep flowing, with the previous
+  face until the new one is ready.
+- server → client ``switched``: ``{"type": "switched", "source_id": "..." | null}``: the answers to frames
+  taken from now on carry the new face.
+- server → client ``error``: ``{"type": "error", "seq": N | null, "code": "...", "detail": "...", "request":
+  "source" (only for a refused ``source``)}``: one frame (``seq``) or one message was refused (not an image,
+  out of order, too large, a source without a face...); the stream goes on. ``code`` is the machine-readable kind
+  (``ErrorCode`` in ``swapstream.services.engine.errors``; clients word it themselves), ``detail`` says what to do.
 - client → server ``stop``: the client is done; the server answers what is in flight, sends ``end`` and closes
   (1000).
 - server → client ``end``: ``{"type": "end", "answered": n, "dropped": [seq, ...]}``, the last message after a
@@ -33,9 +42,10 @@ Every frame sent is either answered or reported dropped (or refused with an ``er
 + refused. A stream that breaks a limit is closed with one of the close codes below and a reason that says what to
 do.
 
-The messages a client sends are checked against ``START`` and ``FRAME_HEADER`` below (the schema; the server
-validates every message with ``parse_start`` and ``unpack_frame``): JSON without ``NaN``/``Infinity``, numbers that
-overflow or runaway nesting, each field of its type and within its range; fields not in the schema are ignored.
+The messages a client sends are checked against ``START``, ``SOURCE`` and ``FRAME_HEADER`` below (the schema;
+the server validates every message with ``parse_start``, ``parse_message`` and ``unpack_frame``): JSON without
+``NaN``/``Infinity``, numbers that overflow or runaway nesting, each field of its type and within its range;
+fields not in the schema are ignored.
 """
 from __future__ import annotations
 
@@ -45,6 +55,7 @@ import struct
 from dataclasses import dataclass
 
 from swapstream.services import options
+from swapstream.services.engine.errors import ErrorCode
 
 SUBPROTOCOL = "swapstream.live.v1"
 TICKET_PREFIX = "ticket."
@@ -69,11 +80,12 @@ _LENGTH = struct.Struct(">I")
 
 class ProtocolError(ValueError):
     """A message that is not well-formed: not the framing, not JSON, or outside the schema. ``seq``: the frame's,
-    when its header has a usable one."""
+    when its header has a usable one; ``code``: its kind in an ``error`` message."""
 
-    def __init__(self, message: str, seq: int | None = None):
+    def __init__(self, message: str, seq: int | None = None, code: ErrorCode = ErrorCode.BAD_MESSAGE):
         super().__init__(message)
         self.seq = seq
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,9 @@ START = {"type": Field(str, required=True, choices=("start",)),
          "source_image": Field(str, max_length=MAX_START_BYTES),
          **{name: Field(o.kind, choices=o.choices, low=o.low, high=o.high)  # the options table's live options
             for name, o in options.LIVE.items() if o.form}}
+SOURCE = {"type": Field(str, required=True, choices=("source",)),
+          "source_id": Field(str, max_length=64),
+          "source_image": Field(str, max_length=MAX_START_BYTES)}
 FRAME_HEADER = {"seq": Field(int, required=True, low=0, high=2 ** 53),
                 "ts": Field(float, low=-MAX_TS, high=MAX_TS)}
 
@@ -170,6 +185,34 @@ def parse_start(text: str) -> dict:
     return start
 
 
+def parse_message(text: str) -> dict:
+    """A text message after ``start``: ``stop`` or ``source`` (checked against ``SOURCE``); ProtocolError (its
+    ``code`` says what kind) otherwise."""
+    if len(text) > MAX_START_BYTES:
+        raise ProtocolError(f"the message is {len(text)} bytes, more than {MAX_START_BYTES}: send a smaller source "
+                            "photo (its face at a few hundred pixels is enough), or a source_id",
+                            code=ErrorCode.TOO_LARGE)
+    message = parse_json(text, "text message")
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "stop":
+        return message
+    if kind != "source":
+        raise ProtocolError(f"unexpected text message {str(kind)[:20]!r} after start: send frames (binary), "
+                            '{"type": "source", ...} or {"type": "stop"}')
+    message = validate(message, SOURCE, "source message")
+    if not isinstance(message.get("source_id"), str) and not isinstance(message.get("source_image"), str):
+        raise ProtocolError("the source message needs source_id or source_image (a base64 photo)")
+    return message
+
+
+def error_message(code: ErrorCode, detail: str, seq: int | None = None, request: str | None = None) -> dict:
+    """The ``error`` message: ``code`` beside ``detail``; ``request``: the kind of message refused, if not a frame."""
+    message = {"type": "error", "seq": seq, "code": str(code), "detail": detail}
+    if request:
+        message["request"] = request
+    return message
+
+
 def pack_frame(header: dict, image: bytes) -> bytes:
     encoded = json.dumps(header, separators=(",", ":")).encode()
     return _LENGTH.pack(len(encoded)) + encoded + image
@@ -179,18 +222,20 @@ def unpack_frame(message: bytes, max_header_bytes: int | None = None) -> tuple[d
     """(header, image) of a frame either way; the server gives ``MAX_HEADER_BYTES`` (an answer's header carries a
     ``dropped`` list of any length)."""
     if len(message) < _LENGTH.size:
-        raise ProtocolError("a frame starts with a 4-byte header length")
+        raise ProtocolError("a frame starts with a 4-byte header length", code=ErrorCode.BAD_FRAME)
     (length,) = _LENGTH.unpack_from(message)
     end = _LENGTH.size + length
     if end > len(message):
-        raise ProtocolError(f"the header length ({length} bytes) runs past the message ({len(message)} bytes)")
+        raise ProtocolError(f"the header length ({length} bytes) runs past the message ({len(message)} bytes)",
+                            code=ErrorCode.BAD_FRAME)
     if max_header_bytes is not None and length > max_header_bytes:
-        raise ProtocolError(f"the frame header is {length} bytes, more than {max_header_bytes}")
+        raise ProtocolError(f"the frame header is {length} bytes, more than {max_header_bytes}",
+                            code=ErrorCode.BAD_FRAME)
     text = bytes(message[_LENGTH.size:end])
     try:
         header = validate(parse_json(text, "frame header"), FRAME_HEADER, "frame header")
     except ProtocolError as error:
-        raise ProtocolError(str(error), _seq_of(text)) from None
+        raise ProtocolError(str(error), _seq_of(text), ErrorCode.BAD_FRAME) from None
     return header, bytes(message[end:])
 
 

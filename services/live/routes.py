@@ -23,7 +23,7 @@ from swapstream.services.live.scheduler import Scheduler
 from swapstream.services.live.sources import IdentityMaker, SourceQuota, SourceStore
 from swapstream.services.live.stream import Frame, LiveStream, StreamOptions
 from swapstream.services.live.tickets import TicketBackend, TicketStore
-from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.engine.swappers.choice import SwapperChoice
@@ -53,11 +53,20 @@ def _short(text: str, limit: int = 40) -> str:
 
 
 class SourceRefused(SwapInputError):
-    """A source photo refused before any face is looked for; ``code``: the WebSocket close code for a start."""
+    """A source photo refused before any face is looked for; ``close``: the WebSocket close code for a start."""
 
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
+    def __init__(self, message: str, close: int, code: ErrorCode):
+        super().__init__(message, code)
+        self.close = close
+
+
+class SourceFailed(Exception):
+    """A stream's source (of a ``start`` or a ``source`` message) that cannot be used: ``close`` is the close code
+    for a start, ``code`` the error's kind for a ``source`` message (the stream goes on)."""
+
+    def __init__(self, close: int, code: ErrorCode, reason: str):
+        super().__init__(reason)
+        self.close, self.code, self.reason = close, code, reason
 
 
 class LiveServer:
@@ -110,12 +119,14 @@ class LiveServer:
                 data = read(self.max_photo_bytes + 1)
                 if len(data) > self.max_photo_bytes:
                     raise SourceRefused(f"source photo {name}: more than the {self.max_photo_bytes} bytes "
-                                        "allowed; send a smaller photo", protocol.CLOSE_TOO_BIG)
+                                        "allowed; send a smaller photo", protocol.CLOSE_TOO_BIG, ErrorCode.TOO_LARGE)
                 try:
                     rgb, _ = decode_frame(data, self.limits.max_source_pixels, None, ("JPEG", "WEBP", "PNG"),
                                           longest=SOURCE_SIDE)
                 except FrameRejected as error:
-                    raise SourceRefused(f"source photo {name}: {error}", protocol.CLOSE_BAD_START) from None
+                    raise SourceRefused(f"source photo {name}: {error}", protocol.CLOSE_BAD_START,
+                                        ErrorCode.NOT_A_PHOTO if error.code == ErrorCode.BAD_FRAME else error.code
+                                        ) from None
                 yield name, rgb
         try:
             return self.identities(decoded(), swapper)
@@ -123,7 +134,8 @@ class LiveServer:
             raise
         except SwapInputError as error:  # no face: said without the CLI's options, which a live client has not
             first = str(error).split(". ")[0]
-            raise SwapInputError(f"{first}. Use a photo where the face is large, visible and frontal") from None
+            raise SwapInputError(f"{first}. Use a photo where the face is large, visible and frontal",
+                                 error.code) from None
 
 
 def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: str, limits: LiveLimits,
@@ -163,8 +175,8 @@ def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: s
             identity, faces, notes = await live.photo_work.run(live.identity_of, photos, choice.name)
             info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "swapper": choice.name,
                                                 "notes": [choice.reason] + notes})
-        except SwapInputError as error:
-            raise HTTPException(422, str(error)) from None
+        except SwapInputError as error:  # its code: no face, not a photo, too large...
+            return JSONResponse({"detail": str(error), "code": error.code}, status_code=422)
         except SourceQuota as error:
             raise HTTPException(507, str(error)) from None
         return JSONResponse(info, status_code=201, headers={"Location": f"/v1/sources/{info['id']}"})
@@ -206,6 +218,7 @@ class LiveSession:
         self.limits = live.limits
         self.stream: LiveStream | None = None
         self.last_seq: int | None = None
+        self.switching: asyncio.Task | None = None  # a ``source`` message being made into an identity
 
     async def run(self) -> None:
         offered = self.ws.scope.get("subprotocols") or []
@@ -246,6 +259,8 @@ class LiveSession:
                 self.live.starting -= 1
             if sender is not None:
                 sender.cancel()
+            if self.switching is not None:
+                self.switching.cancel()
             if self.stream is not None:
                 self.live.scheduler.remove(self.stream)
                 self.live.metrics.streams.dec()
@@ -301,7 +316,10 @@ class LiveSession:
             code = protocol.CLOSE_TOO_BIG if len(text) > protocol.MAX_START_BYTES else protocol.CLOSE_BAD_START
             raise LiveClosed(code, str(error)) from None
         options = StreamOptions(**{name: start.get(name, o.default) for name, o in LIVE.items() if o.form})
-        identity, options.swapper = await self._source_identity(start, options.swapper)
+        try:
+            identity, options.swapper = await self._source_identity(start, options.swapper)
+        except SourceFailed as failed:
+            raise LiveClosed(failed.close, failed.reason) from None
         self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
         stream = LiveStream(uuid.uuid4().hex[:12], identity, options, self.limits.send_queue, self.live.metrics,
                             asyncio.get_running_loop())
@@ -312,38 +330,40 @@ class LiveSession:
 
     async def _source_identity(self, start: dict, asked: str | None) -> tuple[dict, str]:
         """(identity, the swapper's name): a stored source's swapper is the one it was made for (asking for another
-        is refused), a start's photo is made into an identity of the swapper asked for, else the service's."""
+        is refused), a start's photo is made into an identity of the swapper asked for, else the service's.
+        ``start``: a ``start`` or ``source`` message; SourceFailed says why it cannot be used."""
         if start.get("source_id") is not None:
             info = self.live.sources.info(str(start["source_id"]))
             identity = None if info is None else self.live.sources.identity(str(start["source_id"]))
             if identity is None:
-                raise LiveClosed(protocol.CLOSE_UNKNOWN_SOURCE, f"no source {_short(start['source_id'])}; "
-                                                                "create one with POST /v1/sources")
+                raise SourceFailed(protocol.CLOSE_UNKNOWN_SOURCE, ErrorCode.NOT_FOUND,
+                                   f"no source {_short(start['source_id'])}; create one with POST /v1/sources")
             made_for = info["swapper"]
             if asked is not None and asked != made_for:
-                raise LiveClosed(protocol.CLOSE_BAD_START, f"this source was made for swapper {made_for}, not "
-                                                           f"{asked}: start without swapper, or POST /v1/sources "
-                                                           f"with swapper={asked}")
+                raise SourceFailed(protocol.CLOSE_BAD_START, ErrorCode.WRONG_SWAPPER,
+                                   f"this source was made for swapper {made_for}, not {asked}: start without "
+                                   f"swapper, or POST /v1/sources with swapper={asked}")
             return identity, made_for
         swapper = self.live.choose_swapper(asked).name
         try:
             photo = base64.b64decode(start["source_image"], validate=True)
         except (binascii.Error, ValueError):
-            raise LiveClosed(protocol.CLOSE_BAD_START, "source_image is not valid base64") from None
+            raise SourceFailed(protocol.CLOSE_BAD_START, ErrorCode.NOT_A_PHOTO,
+                               "source_image is not valid base64") from None
         try:
             identity, _, _ = await self.live.photo_work.run(self.live.identity_of,
                                                             [("source_image", io.BytesIO(photo).read)], swapper)
         except SourceRefused as error:
-            raise LiveClosed(error.code, _reason(str(error))) from None
+            raise SourceFailed(error.close, error.code, _reason(str(error))) from None
         except SwapInputError as error:
-            raise LiveClosed(protocol.CLOSE_NO_FACE, _reason(str(error))) from None
+            raise SourceFailed(protocol.CLOSE_NO_FACE, error.code, _reason(str(error))) from None
         except TritonCallError as error:
-            raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(f"the inference server failed ({error.model}); "
-                                                               "try again shortly")) from None
+            raise SourceFailed(protocol.CLOSE_TRY_LATER, ErrorCode.INFERENCE_UNAVAILABLE,
+                               _reason(f"the inference server failed ({error.model}); try again shortly")) from None
         except Exception as error:  # the photo worker is full (the service's Busy, with retry_after)
             if getattr(error, "retry_after", None) is None:
                 raise
-            raise LiveClosed(protocol.CLOSE_TRY_LATER, _reason(str(error))) from None
+            raise SourceFailed(protocol.CLOSE_TRY_LATER, ErrorCode.TOO_MANY_REQUESTS, _reason(str(error))) from None
         return identity, swapper
 
     async def _receive(self) -> None:
@@ -354,15 +374,33 @@ class LiveSession:
                 await self._frame(message["bytes"])
             elif message.get("text") is not None:
                 try:
-                    text = protocol.parse_json(message["text"], "text message")
-                except protocol.ProtocolError:
-                    text = None
-                kind = text.get("type") if isinstance(text, dict) else None
-                if kind == "stop":
+                    text = protocol.parse_message(message["text"])
+                except protocol.ProtocolError as error:
+                    stream.send_text(protocol.error_message(error.code, str(error)))
+                    continue
+                if text["type"] == "stop":
                     return
-                stream.send_text({"type": "error", "seq": None,
-                                  "detail": f"unexpected text message {str(kind)[:20]!r} after start: send frames "
-                                            "(binary) or {\"type\": \"stop\"}"})
+                self._switch_source(text)
+
+    def _switch_source(self, message: dict) -> None:
+        """A ``source`` message: the new identity is made aside (frames go on with the old face), then used from the
+        next batch on; one at a time, and a failure is that request's alone."""
+        if self.switching is not None and not self.switching.done():
+            self.stream.send_text(protocol.error_message(
+                ErrorCode.SWITCH_PENDING, "the previous source is still being prepared; send the next one after "
+                "its switched message", request="source"))
+            return
+        self.switching = asyncio.create_task(self._switch(message))
+
+    async def _switch(self, message: dict) -> None:
+        stream = self.stream
+        try:
+            identity, _ = await self._source_identity(message, stream.options.swapper)
+        except SourceFailed as failed:
+            stream.send_text(protocol.error_message(failed.code, failed.reason, request="source"))
+            return
+        stream.identity = identity  # one reference: the scheduler's next batch reads the new one
+        stream.send_text({"type": "switched", "source_id": message.get("source_id")})
 
     async def _frame(self, data: bytes) -> None:
         stream = self.stream
@@ -384,7 +422,8 @@ class LiveSession:
             rgb, kind = await asyncio.to_thread(decode_frame, image, self.limits.max_pixels, self.limits.max_side)
         except (protocol.ProtocolError, FrameRejected) as error:
             self.live.metrics.frames_refused.inc()
-            stream.send_text({"type": "error", "seq": seq, "detail": str(error)})
+            code = error.code if error.code == ErrorCode.TOO_MANY_PIXELS else ErrorCode.BAD_FRAME
+            stream.send_text(protocol.error_message(code, str(error), seq))
             return
         self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
         stream.offer(Frame(seq, float(header.get("ts", 0)), rgb, kind, time.perf_counter()))
