@@ -67,6 +67,7 @@ def cmd_swap(args) -> int:
     from swapstream.services.engine.encoder import EncodeError
     from swapstream.services.engine.errors import SwapInputError
     from swapstream.services.engine.offline import SwapOptions, run_swap
+    from swapstream.services.engine.picking import checked
     from swapstream.services.engine.swapper import FaceSwapper
     from swapstream.services.engine.swappers import create_swapper
     from swapstream.services.engine.swappers.choice import choose_swapper
@@ -94,6 +95,7 @@ def cmd_swap(args) -> int:
     target = Path(args.target)
     try:
         total = frames_planned(target, chosen)  # also checks start/end/fps against the target, before Triton
+        checked(chosen.faces, chosen.pick_time, chosen.pick_points, chosen.pick_sources, len(args.source), target)
         with triton_url(args) as url:
             client = SwapstreamClient(url)
             try:  # closed before the embedded server stops, so its health probes do not report it leaving
@@ -245,6 +247,10 @@ SWAP_EXAMPLES = """examples:
       a photo; several photos of the source person give a steadier identity; only the largest face is swapped
   swapstream swap --source me.jpg --target clip.mp4 -o swapped.mp4 --faces reference --reference them.jpg
       only the person shown in them.jpg is swapped
+  swapstream swap --source me.jpg you.jpg --target clip.mp4 -o swapped.mp4 --pick-time 3 --pick 410,180 \
+      --pick 820,200 --pick-sources 0,1
+      only the two faces under those points (pixels) in the frame at 3 s, followed through the clip; the first
+      becomes me.jpg, the second you.jpg (photo numbers from 0)
   swapstream swap --source me.jpg --target clip.mp4 -o swapped.mp4 --triton 127.0.0.1:8001
       use a running model server (`swapstream triton`) instead of starting one
 """

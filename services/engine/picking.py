@@ -72,6 +72,18 @@ def check_time(picks: PickRequest | None, duration: float) -> None:
                    f"to {duration:.2f}")
 
 
+def checked(faces: str, pick_time: float | None, pick_points, pick_sources, sources: int,
+            target: Path) -> PickRequest | None:
+    """The picks asked for, checked as far as they can be without the detector: how the options fit together, the
+    photo numbers and, for a video, the time (its probe)."""
+    asked = requested(faces, pick_time, pick_points, pick_sources)
+    if asked is not None:
+        check_sources(asked, sources)
+        if target.suffix.lower() not in IMAGE_SUFFIXES:
+            check_time(asked, probe_video(target).duration)
+    return asked
+
+
 def faces_under(boxes: np.ndarray, points: tuple[tuple[float, float], ...], when: str) -> list[int]:
     """For each point, the face whose box holds it (the nearest box centre when several do); ``SwapInputError``
     (pick_on_no_face) names the first point on no face and where the faces are."""

@@ -17,7 +17,6 @@ from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
 from swapstream.services.http.inputs import check_sources, require_face
 from swapstream.services.http.picks import check_picks
-from swapstream.services.http.picks import check_picks
 from swapstream.services.jobs.service import Busy, Service
 from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
 from swapstream.services.jobs.thumbnails import thumbnail, thumbnail_path
@@ -85,8 +84,7 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
     kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
     frames, duration = _planned(kind, target_path, limits, options)
     sources = check_sources(service, folder, source, options["score_threshold"], unless_triton_down=True)
-    check_picks(service, options, kind, target_path, len(sources))
-    check_picks(service, options, kind, target_path, len(sources))
+    check_picks(service, options, target_path, len(sources))
     inputs = {"folder": service.relative(folder), "target": service.relative(target_path),
               "sources": [service.relative(p) for p in sources], "frames": frames, "duration": duration,
               "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}

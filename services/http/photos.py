@@ -46,7 +46,7 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
         found = require_face(service, check_photo(target_path, "target", limits), "target photo",
                              options["score_threshold"])
         sources = check_sources(service, folder, source, options["score_threshold"])
-        check_picks(service, options, "photo", target_path, len(sources), found)
+        check_picks(service, options, target_path, len(sources), found)
         suffix = ".png" if target_path.suffix == ".png" else ".jpg"
         output = folder / f"swapped{suffix}"
         choice = service.choose_swapper(options.pop("swapper"))

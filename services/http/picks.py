@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swapstream.pipelines.decode import probe_video
 from swapstream.services.engine.errors import SwapInputError
-from swapstream.services.engine.picking import PickRequest, check_sources, check_time, faces_under, requested
+from swapstream.services.engine.photos import IMAGE_SUFFIXES
+from swapstream.services.engine.picking import PickRequest, checked, faces_under, requested
 from swapstream.services.http.inputs import require_face
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import UploadRejected, check_photo
@@ -19,7 +19,7 @@ def rejected(error: SwapInputError) -> UploadRejected:
 
 
 def picks_of(options: dict) -> PickRequest | None:
-    """The picks asked for, or None."""
+    """The picks asked for, or None (how the options fit together only)."""
     try:
         return requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
                          options.get("pick_sources"))
@@ -27,15 +27,12 @@ def picks_of(options: dict) -> PickRequest | None:
         raise rejected(error) from None
 
 
-def check_picks(service: Service, options: dict, kind: str, target: Path, sources: int, found=None) -> None:
+def check_picks(service: Service, options: dict, target: Path, sources: int, found=None) -> None:
     """The picks against the inputs; ``found``: the target photo's faces when the caller has detected them."""
-    asked = picks_of(options)
-    if asked is None:
-        return
     try:
-        check_sources(asked, sources)
-        if kind == "video":
-            check_time(asked, probe_video(target).duration)
+        asked = checked(options["faces"], options.get("pick_time"), options.get("pick_points"),
+                        options.get("pick_sources"), sources, target)
+        if asked is None or target.suffix.lower() not in IMAGE_SUFFIXES:
             return
         if found is None:  # a job's photo: checked now if Triton answers at once, else by its worker
             rgb = check_photo(target, "target", service.config.limits)
