@@ -34,10 +34,10 @@ from typing import Iterator
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
 from nvidia.dali import fn, pipeline_def, types
 
 from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
+from swapstream.pipelines.decode_rgb import RgbWriter
 
 # FFmpeg codec names DALI's decoder takes, per backend (DALI 2.4 docs; CPU list measured here).
 DALI_CODECS = {
@@ -47,11 +47,6 @@ DALI_CODECS = {
 # NVDEC decodes 4:2:0 only for these codecs (and no 10-bit H.264); other layouts go to PyAV.
 _GPU_PIX_FMTS = frozenset({"yuv420p", "yuvj420p", "nv12"})
 _GPU_10BIT_CODECS = frozenset({"hevc", "vp9", "av1"})
-
-# swscale defaults (nearest-neighbour chroma, approximate rounding) differ from DALI's own
-# YUV->RGB by about one level on average; these flags bring PyAV's output to DALI's
-# (measured: mean 0.09 levels on VP9 4:2:0, exact on 4:4:4 and 10-bit).
-_RGB_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 # Container signatures, to tell "not a video at all" from "a damaged video" in error messages.
 _SIGNATURES = {
@@ -222,11 +217,10 @@ class VideoReader:
         h, w = _stored_size(self.info)
         turns = self.info.rotation // 90 if upright else 0
         out_h, out_w = (w, h) if turns % 2 else (h, w)
-        # One reformatter for the whole video keeps its scaler context (frame.to_ndarray builds one per frame);
-        # one thread: on a busy machine swscale's slice threads cost more CPU than they save.
-        to_rgb = VideoReformatter()
         index, filled, pts = 0, 0, []
         batch = np.empty((self.batch_size, out_h, out_w, 3), np.uint8)
+        # One writer for the whole video keeps its scaler context (frame.to_ndarray builds one per frame).
+        to_rgb = RgbWriter()
         try:
             with open_container(self.info.path) as container:
                 stream = _video_stream(container)
@@ -234,8 +228,7 @@ class VideoReader:
                 for frame in self._kept_frames(container, stream):
                     if (frame.height, frame.width) != (h, w):
                         raise self._size_changed(index, frame.width, frame.height)
-                    rgb = to_rgb.reformat(frame, format="rgb24", interpolation=_RGB_CONVERSION, threads=1)
-                    batch[filled] = np.rot90(rgb.to_ndarray(), turns)
+                    to_rgb.write(frame, batch[filled], turns)
                     pts.append(frame.pts if frame.pts is not None else _pts_slice(self.info, index, 1)[0])
                     index += 1
                     filled += 1
@@ -365,7 +358,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = _video_stream(container, path)
         scan = _scan_packets(container, stream, path)
         _check_not_truncated(path, container, scan)
-        first_frame = _decode_first_frame(path)
+        first_frame = _decode_first_frame(path, stream, scan.first_packets)
         return _build_info(path, container, stream, scan, first_frame)
 
 
@@ -376,6 +369,11 @@ class _PacketScan:
     data_end: float  # seconds: where the last packet of any stream ends
     has_audio: bool
     audio_codec: str | None
+    first_packets: list  # the stream's first packets, to decode its first frame from (no second open)
+
+
+# A video's first frame comes out of the decoder within its first few packets (its reordering delay).
+_FIRST_PACKETS = 32
 
 
 def _check_file(path: Path) -> None:
@@ -425,6 +423,7 @@ def _scan_packets(container, stream, path: Path) -> _PacketScan:
     pts: list[int] = []
     dts_fallback = 0
     last_duration = 0
+    first_packets = []
     data_end = 0.0
     declared = stream.frames
     try:
@@ -438,6 +437,8 @@ def _scan_packets(container, stream, path: Path) -> _PacketScan:
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
             pts.append(stamp if stamp is not None else dts_fallback)
+            if len(first_packets) < _FIRST_PACKETS:
+                first_packets.append(packet)
             dts_fallback += 1
             last_duration = packet.duration or last_duration
     except av.FFmpegError as exc:
@@ -459,14 +460,15 @@ def _scan_packets(container, stream, path: Path) -> _PacketScan:
         data_end=data_end,
         has_audio=bool(audio),
         audio_codec=audio[0].codec_context.name if audio else None,
+        first_packets=first_packets,
     )
 
 
-def _decode_first_frame(path: Path):
+def _decode_first_frame(path: Path, stream, packets: list):
+    """The first frame, from the packets the scan kept (opening the file again costs FFmpeg's stream probing)."""
     try:
-        with open_container(path) as container:
-            stream = _video_stream(container, path)
-            for frame in container.decode(stream):
+        for packet in packets + [None]:  # None: the decoder gives out the frames it holds back
+            for frame in stream.codec_context.decode(packet):
                 return frame
     except av.FFmpegError as exc:
         raise VideoDecodeError(
