@@ -27,6 +27,7 @@ const PLAIN_WORDS = {
   too_long: "The video is longer than this service accepts — cut it into shorter parts.",
   frame_rate_too_high: "The video has more frames per second than this service accepts — use an ordinary frame rate, such as 30.",
   bad_option: "One of the settings is not accepted — check the values and try again.",
+  pick_on_no_face: "One of the places picked is not on a face — pick the faces inside their outlines.",
   forbidden_origin: "The service does not accept requests from this page's address — open the service's own page.",
   bad_host: "The service does not answer under this name — open it by its address.",
   not_found: "That no longer exists — it may have been deleted.",
