@@ -265,6 +265,7 @@ def _swap_photo(run: _Run, target: Path, output: Path) -> None:
 def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
     options, clock, summary = run.options, run.clock, run.summary
     reader, plan = open_part(target, options)
+    run.selector.frames_kept(plan.indices)
     info = reader.info
     _check_resolution(target, info.height, info.width)
     if info.variable_frame_rate:

@@ -94,6 +94,15 @@ class FaceSelector:
         for track_id, embedding in zip(first, embeddings):
             self._track_matches[track_id] = 1.0 - float(embedding @ self.reference) < self.reference_distance
 
+    def frames_kept(self, indices: np.ndarray | None) -> None:
+        """The run reads only these frames of the video (``start``, ``end``, ``fps``), numbered from 0 as read: the
+        frame the picks were made on is known by its place among them (when it is not read, the picks are found by
+        their look alone)."""
+        if self._picked is not None and indices is not None:
+            where = int(np.searchsorted(indices, self._picked.picks.frame_index))
+            found = where < len(indices) and indices[where] == self._picked.picks.frame_index
+            self._picked.frame_index = where if found else -1
+
     @property
     def cuts(self) -> int:
         """Cuts seen so far (picked faces only)."""
@@ -135,6 +144,7 @@ class PickedTracks:
         self.distance = distance
         self.embed = embed
         self.cuts = CutDetector()
+        self.frame_index = picks.frame_index  # the picks' frame as the run numbers its frames
         self._embeddings = np.stack([pick.embedding for pick in picks.faces])  # [P,512]
         self._pick_of: dict[int, tuple[int, float]] = {}  # track -> (pick, distance), until the next cut
 
@@ -148,7 +158,7 @@ class PickedTracks:
             for face in frame.faces:
                 if (position, face.track_id) in looks:
                     self._judge(face.track_id, looks[position, face.track_id])
-            if frame.frame_index == self.picks.frame_index:
+            if frame.frame_index == self.frame_index:
                 self._hold_the_picked(frame.faces)
             chosen += [(position, face, self.picks.faces[pick].source) for face, pick in self._nearest(frame.faces)]
         return chosen

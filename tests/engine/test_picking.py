@@ -181,3 +181,17 @@ def test_a_track_carried_across_a_cut_to_another_person_loses_the_pick():
     chosen = selector(frames[:8], tracked[:8]) + [(p + 8, f) for p, f in selector(frames[8:], tracked[8:])]
     assert [(p, f.track_id) for p, f in chosen] == [(i, 0 if i < 10 else 1) for i in range(16)]
     assert selector.cuts == 1
+
+
+def test_the_picked_frame_is_found_among_the_frames_a_trimmed_run_reads():
+    """Two faces that look alike (the look cannot tell them apart): the point decides, from the frame it was made on,
+    which a run reading only frames 2, 3, ... (start, fps) numbers 10, not 12."""
+    frames = np.zeros((14, 64, 128, 3), np.uint8)
+    boxes = [np.array([8.0, 8, 56, 56]), np.array([72.0, 8, 120, 56])]
+    same = np.tile([32.0, 32], (5, 1))
+    tracked = [TrackedFrame(i, [TrackedFace(t, boxes[t], same, same, 0.9, False) for t in (0, 1)]) for i in range(14)]
+    picks = Picks(12, 0.4, [Pick((96.0, 32.0), boxes[1], np.array([1.0, 0.0]), 0)])
+    selector = FaceSelector("all", True, 0.5, embed=lambda f, p, lm: np.tile([1.0, 0.0], (len(p), 1)), picks=picks)
+    selector.frames_kept(np.arange(2, 16))
+    chosen = selector(frames, tracked)
+    assert [f.track_id for _, f in chosen] == [0] * 10 + [1] * 4  # the right face from the picked frame on
