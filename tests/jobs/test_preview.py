@@ -170,3 +170,45 @@ def test_a_picked_face_is_the_only_one_swapped(http):
     assert changed[2] > 8 and max(changed[:2] + changed[3:]) < 3, changed
     off = preview(http, GROUP, pick_points=json.dumps([[1, 1]]))
     assert off.status_code == 422 and off.json()["code"] == "pick_on_no_face", off.text
+
+
+def test_sessions_and_identities_are_bounded(tmp_path):
+    from swapstream.services.engine.preview import IdentityCache
+    from swapstream.services.http.preview import Session, Sessions
+
+    sessions = Sessions(limit=3, idle=60)
+    kept = []
+    for number in range(5):
+        folder = tmp_path / f"{number:032x}"
+        folder.mkdir()
+        session = Session(folder.name, folder, folder / "target.mp4", None, [], "digest")
+        sessions.add(session)
+        sessions.release(session)
+        kept.append(session)
+    assert [s.folder.exists() for s in kept] == [False, False, True, True, True]  # the oldest went, with their files
+    in_use = sessions.take(kept[2].id)
+    sessions.idle = 0
+    with pytest.raises(Exception) as gone:
+        sessions.take(kept[3].id)  # expired: removed with the other idle one, never the one in use
+    assert gone.value.status == 404 and gone.value.code == "not_found"
+    assert [s.folder.exists() for s in kept[2:]] == [True, False, False]
+    sessions.release(in_use)
+
+    made = []
+    cache = IdentityCache(size=2)
+    for key in ("a", "b", "a", "c", "b"):
+        cache.get(key, lambda key=key: made.append(key) or {"id": key})
+    assert made == ["a", "b", "c", "b"] and len(cache) == 2  # "a" came from the cache; "b" had gone
+
+
+def test_a_pick_is_followed_to_other_times_of_the_clip(http):
+    first = preview(http, CLIP, time=1)
+    header = json.loads(first.headers["X-Preview"])
+    x1, y1, x2, y2 = header["faces"][0]["box"]
+    pick = {"pick_time": header["time"], "pick_points": json.dumps([[(x1 + x2) / 2, (y1 + y2) / 2]])}
+    later = preview(http, session=header["session"], time=5, **pick)
+    image(later)
+    followed = json.loads(later.headers["X-Preview"])
+    assert followed["frame"] == 150 and [f["swapped"] for f in followed["faces"]] == [True]  # re-found by its look
+    past = preview(http, session=header["session"], time=1, pick_time=9, pick_points=pick["pick_points"])
+    assert past.status_code == 422 and past.json()["code"] == "bad_option" and "pick_time" in past.json()["detail"]
