@@ -8,6 +8,7 @@ import pytest
 
 from swapstream.benchmarks.media import ffmpeg
 from swapstream.services import options
+from swapstream.services.engine.cuts import CutDetector
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.offline import SwapOptions, run_swap
 from swapstream.services.engine.picking import requested
@@ -195,3 +196,10 @@ def test_the_picked_frame_is_found_among_the_frames_a_trimmed_run_reads():
     selector.frames_kept(np.arange(2, 16))
     chosen = selector(frames, tracked)
     assert [f.track_id for _, f in chosen] == [0] * 10 + [1] * 4  # the right face from the picked frame on
+
+
+def test_the_cuts_of_the_shared_clips_are_found_and_nothing_else():
+    for clip, cuts in (("vid04_multi_small_faces_cuts_audio.mp4", [20, 82, 211]),
+                       ("vid03_square_480_expressions.mp4", [])):
+        detector = CutDetector()
+        assert [i for i, frame in enumerate(frames_of(MEDIA / clip)) if detector(frame)] == cuts, clip
