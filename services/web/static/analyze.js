@@ -56,12 +56,17 @@ async function analyse(photo) {
       apiJson("/v1/analyze", { method: "POST", body: data }),
       createImageBitmap(photo, { imageOrientation: "from-image" }),
     ]);
-    draw(image, result.faces);
-    list(result.faces);
-    status.textContent = `${result.faces.length} face${result.faces.length === 1 ? "" : "s"} found in ${result.width}×${result.height}`;
-    document.getElementById("found").hidden = false;
+    const found = result.faces.length > 0;
+    document.getElementById("found").hidden = !found;
+    document.getElementById("none-found").hidden = found;
+    if (found) {
+      draw(image, result.faces);
+      list(result.faces);
+    }
+    status.textContent = `${result.faces.length || "no"} face${result.faces.length === 1 ? "" : "s"} found in ${result.width}×${result.height}`;
   } catch (error) {
     status.textContent = "";
+    document.getElementById("found").hidden = document.getElementById("none-found").hidden = true;
     showError(error);
   }
 }
@@ -115,18 +120,24 @@ function drawPose(g, [nx, ny], pose, length, line) {
   g.lineWidth = line;
 }
 
+// The table's columns; at phone width each face is a card of "column: value" lines (style.css table.stack).
+const COLUMNS = ["face", "certainty", "box (left, top, right, bottom)", "turned (yaw)", "tilted up (pitch)",
+  "leaning (roll)", "landmarks (x, y)"];
+
 function list(faces) {
   const table = document.getElementById("faces");
   const degrees = (value) => `${value.toFixed(1)}°`;
+  const cells = (face, index) => [
+    String(index + 1),
+    face.score.toFixed(3),
+    face.box.map((v) => v.toFixed(0)).join(", "),
+    degrees(face.pose.yaw),
+    degrees(face.pose.pitch),
+    degrees(face.pose.roll),
+    face.landmarks.map(([x, y], i) => `${LANDMARK_NAMES[i]} ${x.toFixed(0)}, ${y.toFixed(0)}`).join("; "),
+  ];
   table.replaceChildren(
-    el("thead", {}, el("tr", {}, ...["#", "score", "box (x1, y1, x2, y2)", "yaw", "pitch", "roll", "landmarks (x, y)"]
-      .map((name) => el("th", {}, name)))),
+    el("thead", {}, el("tr", {}, ...COLUMNS.map((name) => el("th", { scope: "col" }, name)))),
     el("tbody", {}, ...faces.map((face, index) => el("tr", { class: "face" },
-      el("td", {}, String(index + 1)),
-      el("td", {}, face.score.toFixed(3)),
-      el("td", {}, face.box.map((v) => v.toFixed(0)).join(", ")),
-      el("td", {}, degrees(face.pose.yaw)),
-      el("td", {}, degrees(face.pose.pitch)),
-      el("td", {}, degrees(face.pose.roll)),
-      el("td", {}, face.landmarks.map(([x, y], i) => `${LANDMARK_NAMES[i]} ${x.toFixed(0)}, ${y.toFixed(0)}`).join("; "))))));
+      ...cells(face, index).map((text, column) => el("td", { "data-label": COLUMNS[column] }, text))))));
 }

@@ -10,7 +10,7 @@ const TOKEN_KEY = "swapstream-token";
 const PAGES = [["/", "Jobs"], ["/analyze", "Analyse"], ["/swap-photo", "Swap a photo"], ["/live", "Live"]];
 
 // The service's error codes in this page's words (never its API names, flags or commands); an unknown code shows
-// the API's `detail`.
+// the API's `detail`. Job errors (`error_code`) and live messages (`code`) use the same words.
 const PLAIN_WORDS = {
   no_face_in_source: "No face found in the source photo — try a photo where the face is larger and frontal.",
   no_face_in_target: "No face found in the photo to change — try one where the faces are larger and turned to the camera.",
@@ -39,12 +39,28 @@ const PLAIN_WORDS = {
   store_unavailable: "The service cannot reach its list of jobs right now — try again in a moment.",
   unavailable: "The service is not available right now — try again in a moment.",
   internal_error: "Something went wrong in the service — try again; if it keeps happening, tell whoever runs it.",
+  bad_input: "The service could not use the chosen files or settings — check them and try again.",
+  bad_request: "The service did not understand the request — reload the page and try again.",
+  unauthorized: "The service asks for its token.",
+  forbidden: "The service does not allow this.",
+  worker_lost: "The service stopped while working on this — it is tried again by itself.",
+  service_restarting: "The service restarted while working on this — it starts again by itself.",
+  encode_failed: "The result could not be written with these settings — try the default quality and speed.",
+  bad_frame: "A camera picture could not be read — the stream goes on.",
+  bad_message: "The page and the service did not understand each other — reload the page.",
+  wrong_swapper: "That face was prepared for another swapper — start again with it.",
+  switch_pending: "Still switching to the previous face — wait a moment, then try again.",
 };
+
+/** An error code in this page's words; `detail` (the service's own text) when the code is unknown or absent. */
+export function plainWords(code, detail = "") {
+  return PLAIN_WORDS[code] || detail;
+}
 
 export class ApiError extends Error {
   /** `message`: the code in the page's words, else the API's `detail`; both kept as they came. */
   constructor(status, detail, code = null) {
-    super(PLAIN_WORDS[code] || detail);
+    super(plainWords(code, detail));
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
@@ -202,7 +218,9 @@ export async function applyOptions(root = document) {
 
 function fillControl(control, option) {
   control.title = option.help;
-  if (control.tagName === "SELECT") {
+  if (control.dataset.control === "sensitivity") {
+    sensitivity(control, option);
+  } else if (control.tagName === "SELECT") {
     const except = (control.dataset.except || "").split(" ");
     control.replaceChildren(...option.choices.filter((choice) => !except.includes(choice.value)).map((choice) =>
       el("option", { value: choice.value, selected: choice.value === option.default }, choice.label)));
@@ -222,9 +240,60 @@ function fillControl(control, option) {
 /** The values of a form's option controls (`data-option`), appended to `data` by name (checkboxes: true/false). */
 export function appendOptions(form, data) {
   for (const control of form.querySelectorAll("[data-option]")) {
-    data.append(control.name, control.type === "checkbox" ? control.checked : control.value);
+    data.append(control.name, control.type === "checkbox" ? control.checked : optionValue(control));
   }
   return data;
+}
+
+// ---------------------------------------------------------------------------------------------- the sensitivity
+
+// The detector's score threshold, shown as a sensitivity: a slider whose right end finds more faces (a lower
+// threshold), with words for where it stands. The API's option is unchanged; the slider's steps are its values.
+function sensitivity(control, option) {
+  const step = option.step ?? 0.05;
+  const low = option.low_open ? option.low + step : option.low;
+  const high = option.high_open ? option.high - step : option.high;
+  const count = Math.round((high - low) / step);
+  // index 0 = the highest threshold (least sensitive)
+  const thresholds = Array.from({ length: count + 1 }, (_, i) => +(high - i * step).toFixed(6));
+  control.type = "range";
+  control.min = 0;
+  control.max = count;
+  control.step = 1;
+  control.value = thresholds.indexOf(+(+option.default).toFixed(6));
+  control.dataset.thresholds = JSON.stringify(thresholds);
+  control.dataset.normal = control.value;
+  let words = control.parentElement.querySelector(".sensitivity-words");
+  if (!words) {
+    words = el("span", { class: "hint sensitivity-words", "aria-live": "polite" });
+    control.after(words);
+  }
+  const explain = () => {
+    words.textContent = sensitivityWords(Number(control.value), Number(control.dataset.normal), count);
+    control.setAttribute("aria-valuetext", words.textContent);
+  };
+  control.addEventListener("input", explain);
+  explain();
+}
+
+function sensitivityWords(value, normal, top) {
+  if (value === normal) return "Normal (recommended): finds faces that are clear and not too small.";
+  if (value > normal) {
+    return value >= top - 3
+      ? "Very high: finds nearly every face, even tiny or turned ones — and may take other things for faces."
+      : "Higher: also finds small, turned or dim faces — may now and then take something else for a face.";
+  }
+  return value <= 2
+    ? "Very low: only the clearest, largest faces — many real faces are left out."
+    : "Lower: only clear faces — fewer mistakes, but small or turned faces may be missed.";
+}
+
+/** A control's value as the API takes it (the sensitivity slider's position is its threshold). */
+function optionValue(control) {
+  if (control.dataset.control === "sensitivity" && control.dataset.thresholds) {
+    return JSON.parse(control.dataset.thresholds)[Number(control.value)];
+  }
+  return control.value;
 }
 
 /**

@@ -3,6 +3,7 @@
 import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, showError, token, upload }
   from "/static/common.js";
 import { appendPick, filesChanged } from "/static/preview.js";
+import { errorText, progressText, summaryRows } from "/static/progress.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
 const list = document.getElementById("jobs");
@@ -76,19 +77,6 @@ function forget(id) {
 }
 
 function jobParts(job) {
-  const total = job.frames_total;
-  const running = job.state === "running";
-  // While running the store has no fps yet: frames done over the time since the job started.
-  const elapsed = running && job.started_at ? job.updated_at - job.started_at : null;
-  const fps = job.fps ?? (elapsed > 0 && job.frames_done ? job.frames_done / elapsed : null);
-  const eta = running && fps && total ? (total - job.frames_done) / fps : null;
-  const numbers = [
-    total ? `${job.frames_done} / ${total} frames` : `${job.frames_done} frames`,
-    fps ? `${fps.toFixed(1)} fps` : null,
-    eta != null ? `ETA ${seconds(eta)}` : null,
-    `${job.faces_swapped} faces swapped`,
-    `attempt ${job.attempts} of ${job.max_attempts}`,
-  ].filter(Boolean).join(" · ");
   const final = ["done", "failed", "cancelled"].includes(job.state);
   return [
     el("div", { class: "head" },
@@ -97,8 +85,8 @@ function jobParts(job) {
       el("span", { class: "muted" }, new Date(job.created_at * 1000).toLocaleString())),
     el("progress", { max: "1", value: String(job.progress), class: job.state,
       "aria-label": `progress of job ${job.id.slice(0, 8)}` }),
-    el("div", { class: "numbers" }, `${Math.round(job.progress * 100)} % · ${numbers}`),
-    job.error ? el("div", { class: "job-error" }, job.error) : null,
+    el("div", { class: "numbers" }, progressText(job)),
+    job.error ? el("div", { class: "job-error", title: job.error }, errorText(job)) : null,
     el("div", { class: "actions" },
       job.state === "done" ? el("button", { type: "button", onclick: () => openResult(job.id) }, "Show the result") : null,
       el("button", { type: "button", class: "danger", onclick: () => remove(job) },
@@ -223,16 +211,7 @@ async function openResult(id) {
 }
 
 function summary(job) {
-  const stats = job.stats || {};
-  const rows = [
-    ["frames", job.frames_total],
-    ["faces swapped", job.faces_swapped],
-    ["frames without a face", stats.frames_without_face ?? "–"],
-    ["frames per second", job.fps ? job.fps.toFixed(1) : "–"],
-    ["time", job.started_at && job.finished_at ? seconds(job.finished_at - job.started_at) : "–"],
-    ...Object.entries(stats.stage_seconds || {}).map(([stage, s]) => [`${stage} (stage time)`, seconds(s)]),
-    ...(stats.notes || []).map((note) => ["note", note]),
-  ];
+  const rows = summaryRows(job);
   return el("table", {}, el("tbody", {}, ...rows.map(([name, value]) => el("tr", {}, el("th", {}, name), el("td", {}, String(value))))));
 }
 
