@@ -4,6 +4,7 @@ import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, s
   from "/static/common.js";
 import { appendPick, filesChanged } from "/static/preview.js";
 import { errorText, progressText, summaryRows } from "/static/progress.js";
+import { decorate, following, pager } from "/static/gallery.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
 const list = document.getElementById("jobs");
@@ -64,6 +65,7 @@ function show(job) {
   item.dataset.state = job.state;
   item.dataset.updatedAt = job.updated_at;
   item.replaceChildren(...jobParts(job).filter(Boolean));
+  decorate(item, job);
 }
 
 function order() {
@@ -152,6 +154,7 @@ async function readEvents(body, onEvent) {
 }
 
 function applyEvent(name, data) {
+  if (!following(data.total)) return; // an older page is shown (gallery.js)
   if (name === "snapshot") {
     for (const id of [...jobs.keys()]) if (!data.jobs.some((job) => job.id === id)) forget(id);
   }
@@ -193,6 +196,7 @@ async function openResult(id) {
     resultPhoto.hidden = originalPhoto.hidden = isVideo;
     if (isVideo) {
       resultVideo.src = resultUrl;
+      originalVideo.dataset.offset = job.options.start ?? 0; // a trimmed job's result starts there (compare.js)
       originalVideo.src = originalUrl;
     } else {
       resultPhoto.src = resultUrl;
@@ -229,13 +233,6 @@ function closeResult() {
 
 document.getElementById("close-result").addEventListener("click", closeResult);
 
-// The original follows the swapped video: play, pause and seek together.
-{
-  const result = document.getElementById("result-video");
-  const original = document.getElementById("original-video");
-  result.addEventListener("play", () => { original.currentTime = result.currentTime; original.play().catch(() => {}); });
-  result.addEventListener("pause", () => original.pause());
-  result.addEventListener("seeked", () => { original.currentTime = result.currentTime; });
-}
-
+// Pages of older jobs (gallery.js); the result's original follows the swapped video in compare.js.
+pager({ show, forget, ids: () => [...jobs.keys()], order }, list);
 follow();
