@@ -12,8 +12,10 @@ Three kinds of threads share the work of a round:
   so its answers stay in order.
 
 So the detect of round N+1 runs while round N is swapped and blended: ``LiveLimits.pipeline`` rounds are alive at
-once, from their gathering to their last answer (1: one round at a time). Tracking runs in the swap thread because
-it must see each stream's frames in order, after the frame before has been swapped.
+once, from their gathering to their last answer (1: one round at a time). Round N+1 is gathered just in time: when
+the swap thread should be done with round N less the time a detect takes (both measured), so that its frames are the
+newest and other streams' frames can join. Tracking runs in the swap thread because it must see each stream's frames
+in order, after the frame before has been swapped.
 
 When some streams have no frame yet, a round waits up to ``window_ms`` for them, but not past the moment when its
 oldest frame, with the time a round takes (measured), would pass the latency budget ``latency_ms``. Why each round's
@@ -47,12 +49,17 @@ from swapstream.services.triton.client import Detections, TritonCallError
 log = logging.getLogger("swapstream.live")
 
 ENCODERS = 2            # encoder threads (JPEG/WebP encoding releases the GIL)
-ROUND_SMOOTHING = 0.3   # weight of the newest round in the measured time a round takes
+ROUND_SMOOTHING = 0.3   # weight of the newest measure in the running averages of times
 SHARED_STAGES = ("detect", "track", "align", "swap", "blend")
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
+
+
+def _smoothed(average: float, seconds: float) -> float:
+    """A measured time's running average (the first measure as it is)."""
+    return seconds if average == 0 else ROUND_SMOOTHING * seconds + (1 - ROUND_SMOOTHING) * average
 
 
 def size_groups(sizes: list[tuple[int, int]], waste: float = 2.0) -> list[list[int]]:
@@ -123,6 +130,9 @@ class Scheduler(threading.Thread):
         self._stopping = False
         self._rounds = 0               # rounds alive (under ``_wake``)
         self._round_seconds = 0.0      # measured: from a round's gathering to its last answer
+        self._detect_seconds = 0.0     # measured: a round's detect
+        self._swap_seconds = 0.0       # measured: a frame's share of its round's track, align, swap and blend
+        self._swap_free_at = 0.0       # when the swap thread should be done with its round (0: idle)
         self._detected: queue.Queue = queue.Queue()  # rounds for the swap thread: at most ``pipeline``
         self._swap_thread = threading.Thread(target=self._swap_loop, name="live-swap", daemon=True)
         self._encoders = [queue.Queue() for _ in range(ENCODERS)]
@@ -179,6 +189,8 @@ class Scheduler(threading.Thread):
                     same = [item for item in batch if item[0].options.swapper == name]
                     for positions in size_groups([frame.rgb.shape[:2] for _, frame in same]):
                         groups += self._detect_apart(Group([same[i] for i in positions], rnd))
+                with self._wake:
+                    self._detect_seconds = _smoothed(self._detect_seconds, time.perf_counter() - rnd.taken)
                 self._detected.put(groups)
         finally:  # the rounds gathered are finished, then the swap thread and the encoders end
             self._detected.put(None)
@@ -194,6 +206,7 @@ class Scheduler(threading.Thread):
                     self._wake.wait(timeout=1.0)
                 if self._stopping:
                     return None
+                self._wait_for_the_swap_thread()
                 end = self._wait_for_others()
                 streams = self._streams[self._turn:] + self._streams[:self._turn]
                 self._turn = (self._turn + 1) % max(len(self._streams), 1)
@@ -209,6 +222,16 @@ class Scheduler(threading.Thread):
         if overlapped:
             self.metrics.rounds_overlapped.inc()
         return batch
+
+    def _wait_for_the_swap_thread(self) -> None:
+        """While a round is being swapped, the next one is detected just in time for the swap thread (``_wake``
+        held): taken earlier, its frames would only wait for it, older, while newer frames replace the ones not yet
+        taken and other streams' frames join."""
+        while not self._stopping and self._rounds > 0:
+            left = self._swap_free_at - self._detect_seconds - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.wait(left)
 
     def _full(self) -> bool:
         ready = sum(s.ready() for s in self._streams)
@@ -255,8 +278,16 @@ class Scheduler(threading.Thread):
     def _swap_loop(self) -> None:
         try:
             while (groups := self._detected.get()) is not None:
+                started, frames = time.perf_counter(), sum(len(group.items) for group in groups)
+                with self._wake:
+                    self._swap_free_at = started + self._swap_seconds * frames
                 for group in groups:
                     self._swap_group(group)
+                with self._wake:
+                    if frames:
+                        self._swap_seconds = _smoothed(self._swap_seconds, (time.perf_counter() - started) / frames)
+                    self._swap_free_at = 0.0
+                    self._wake.notify()
         finally:
             for jobs in self._encoders:
                 jobs.put(None)
@@ -336,9 +367,7 @@ class Scheduler(threading.Thread):
             if rnd.left > 0:
                 return
             self._rounds -= 1
-            seconds = time.perf_counter() - rnd.taken
-            self._round_seconds = seconds if self._round_seconds == 0 else (
-                ROUND_SMOOTHING * seconds + (1 - ROUND_SMOOTHING) * self._round_seconds)
+            self._round_seconds = _smoothed(self._round_seconds, time.perf_counter() - rnd.taken)
             self._wake.notify()
 
     def _server_failed(self, group: Group, positions, error: TritonCallError) -> None:
