@@ -71,6 +71,8 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--targets", nargs="+", metavar="NAME",
                        help="quality: shared clips and photos (names in ../shared/media) or paths (default: all)")
     bench.add_argument("--judge-every", type=int, default=6, help="quality: judge every Nth frame of a clip (6)")
+    bench.add_argument("--tracking", choices=["mesh", "detector"], default="mesh",
+                       help="quality: how faces are followed between frames, as swap's --tracking (mesh)")
     bench.add_argument("--out", default="bench-results", help="results folder (bench-results)")
     bench.set_defaults(func=cmd_bench)
 
@@ -96,7 +98,8 @@ def cmd_bench(args) -> int:
             from swapstream.benchmarks.quality import quality_summary_text, run_quality_bench, write_quality_results
 
             try:
-                results = run_quality_bench(config, args.swapper, args.frames or 90, args.judge_every, args.targets)
+                results = run_quality_bench(config, args.swapper, args.frames or 90, args.judge_every, args.targets,
+                                            args.tracking)
             except JudgeUnavailable as error:
                 raise ValueError(str(error)) from None
             written = write_quality_results(results, config.out)

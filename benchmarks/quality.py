@@ -28,6 +28,7 @@ from swapstream.benchmarks.harness import BenchConfig, bench_setup
 from swapstream.benchmarks.judge import SAME_PERSON, Judge
 from swapstream.benchmarks.media import iter_frames
 from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.mesh_tracking import VideoLocator
 from swapstream.services.engine.photos import read_photo
 from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
 from swapstream.services.engine.swappers import create_swapper
@@ -35,6 +36,7 @@ from swapstream.services.engine.swappers.choice import choose_swapper
 from swapstream.services.engine.swappers.mesh import face_meshes
 from swapstream.services.engine.tracking import FaceTracker, TrackedFace, TrackedFrame, crop_jitter
 from swapstream.services.triton.client import SwapstreamClient
+from swapstream.services.options import default
 from swapstream.services.triton.repository import shared_dir
 
 CLIPS = ("vid01_talking_head_1280x720_audio.mp4", "vid03_square_480_expressions.mp4",
@@ -108,9 +110,11 @@ def _mesh_jitter(sequences: dict[int, list[np.ndarray]]) -> float | None:
 
 
 class QualityRun:
-    def __init__(self, engine: FaceSwapper, identity: dict, person: np.ndarray, judge: Judge, judge_every: int):
+    def __init__(self, engine: FaceSwapper, identity: dict, person: np.ndarray, judge: Judge, judge_every: int,
+                 tracking: str = "mesh"):
         self.engine, self.identity, self.person, self.judge = engine, identity, person, judge
         self.judge_every = judge_every
+        self.tracking = tracking  # how faces are followed between frames (engine/mesh_tracking.py)
         self.clock = StageClock()
 
     def swap(self, frames: np.ndarray, tracked: list[TrackedFrame], first: int, result: TargetQuality,
@@ -124,13 +128,14 @@ class QualityRun:
         index = np.array([p for p, _ in chosen], np.int32)
         matrices = similarity_to(np.stack([f.landmarks for _, f in chosen]), "ffhq_512", FACE_SIZE)
         aligned = self.engine.aligner(frames, index, matrices)
-        faces, masks = self.engine.swapper.swap(aligned, [self.identity], self.clock)
+        tracked = self.engine.tracked_meshes(aligned, chosen, matrices, self.clock)
+        faces, masks = self.engine.swapper.swap(aligned, [self.identity], self.clock, tracked)
         swapped = self.engine.blender(frames, faces, masks, index, matrices)
         result.seam_delta_e += _seam(aligned, faces, masks)
         for (_, face) in chosen:
             landmarks.setdefault(face.track_id, []).append(face.landmarks)
         if self.engine.swapper.name == "mesh":  # the mesh the swap followed, back in frame pixels
-            found, _ = face_meshes(self.engine.client, aligned)
+            found, _ = tracked or face_meshes(self.engine.client, aligned)
             for (_, face), mesh, matrix in zip(chosen, found, matrices):
                 inverse = cv2.invertAffineTransform(matrix)
                 meshes.setdefault(face.track_id, []).append(mesh[:, :2] @ inverse[:, :2].T + inverse[:, 2])
@@ -153,6 +158,7 @@ class QualityRun:
         """The first ``max_frames`` frames, detected and tracked as the product does, swapped in batches."""
         result = TargetQuality(path.name)
         tracker = FaceTracker(fps=30.0)
+        locate = VideoLocator(self.engine, self.tracking, score_threshold=default("score_threshold"), clock=self.clock)
         pending: dict[int, np.ndarray] = {}
         landmarks: dict[int, list] = {}
         meshes: dict[int, list] = {}
@@ -173,11 +179,12 @@ class QualityRun:
             chunk = [frame for _, frame in zip(range(min(BATCH, max_frames - start)), frames)]
             if not chunk:
                 break
-            found = self.engine.detect(np.stack(chunk), clock=self.clock)
+            found = locate(np.stack(chunk))
             for offset, frame in enumerate(chunk):
                 pending[start + offset] = frame
                 mine = found.frame_index == offset
-                ready += tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                ready += tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine],
+                                      new_shot=found.new_shot[offset], meshes=found.meshes[mine])
             start += len(chunk)
             swap_ready(final=False)
         ready += tracker.flush()
@@ -185,6 +192,8 @@ class QualityRun:
         jitters = [crop_jitter(np.stack(seq)) for seq in landmarks.values() if len(seq) >= 3]
         result.crop_jitter = float(np.mean(jitters)) if jitters else None
         result.mesh_jitter = _mesh_jitter(meshes)
+        if self.tracking == "mesh":
+            result.notes.append(f"detector ran on {locate.follower.detected} of {locate.follower.frames} frames")
         return result
 
     def photo(self, path: Path) -> TargetQuality:
@@ -217,7 +226,7 @@ def swap_cost(engine: FaceSwapper, identity: dict, clip: Path) -> dict[str, floa
 
 
 def run_quality_bench(config: BenchConfig, swapper: str | None, max_frames: int, judge_every: int,
-                      targets: list[str] | None = None) -> dict:
+                      targets: list[str] | None = None, tracking: str = "mesh") -> dict:
     media = shared_dir() / "media"
     source = config.source or media / SOURCE
     judge = Judge()
@@ -232,7 +241,7 @@ def run_quality_bench(config: BenchConfig, swapper: str | None, max_frames: int,
             found = engine.detect(rgb[None])
             largest = int(np.argmax(np.prod(found.boxes[:, 2:] - found.boxes[:, :2], axis=1)))
             person = judge.descriptors(rgb, found.boxes[largest:largest + 1])[0]
-            run = QualityRun(engine, identity, person, judge, judge_every)
+            run = QualityRun(engine, identity, person, judge, judge_every, tracking)
             rows = []
             for name in targets or [*CLIPS, *PHOTOS]:
                 path = Path(name) if Path(name).is_file() else media / name
@@ -246,6 +255,7 @@ def run_quality_bench(config: BenchConfig, swapper: str | None, max_frames: int,
         finally:
             client.close()
     return {"swapper": choice.name, "why": choice.reason, "source": source.name, "max_frames": max_frames,
+            "tracking": tracking,
             "judge_every": judge_every, "targets": rows, "cost": cost, "notes": notes + run.clock.notes()}
 
 

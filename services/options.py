@@ -212,6 +212,9 @@ SWAP = _table(
     Option("score_threshold", float, 0.6, "detector score threshold", low=0.1, high=1.0, high_open=True, step=0.05,
            form=True),
     SMOOTHING,
+    Option("tracking", str, "mesh", "how faces are followed between frames: mesh (each face's mesh gives its next "
+           "crop; the detector runs every 10 frames, at cuts and when a face is lost) or detector (every frame)",
+           choices=("mesh", "detector")),
     Option("batch_size", int, 16, "frames per batch", low=1, high=64, step=1, form=True),
     Option("encoder", str, "libx264", "ffmpeg video encoder (libx264, libx265, libvpx-vp9 ...)"),
     Option("crf", int, 18, "encoder quality, lower is better", low=0, high=51, step=1, form=True),

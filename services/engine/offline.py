@@ -20,6 +20,7 @@ import numpy as np
 from swapstream.services.engine.clock import STAGES, StageClock
 from swapstream.services.engine.encoder import VideoWriter, write_image
 from swapstream.services.engine.errors import SwapInputError
+from swapstream.services.engine.mesh_tracking import VideoLocator
 from swapstream.services.engine.photos import IMAGE_SUFFIXES, MAX_PIXELS, read_photo
 from swapstream.services.engine.picking import find_picks, identities, requested
 from swapstream.services.engine.selection import FaceSelector
@@ -47,6 +48,7 @@ class SwapOptions:
     preset: str = default("preset")
     audio: bool = default("audio")
     device: str = default("device")
+    tracking: str = default("tracking")            # mesh | detector (engine/mesh_tracking.py)
     pick_time: float | None = default("pick_time")  # the faces under pick_points then (engine/picking.py)
     pick_points: object = default("pick_points")
     pick_sources: object = default("pick_sources")
@@ -235,14 +237,17 @@ def _detect_and_track(run: _Run, batches: Iterable[tuple[int, np.ndarray]],
                       fps: float) -> Iterator[tuple[np.ndarray, TrackedFrame]]:
     """(start index, frames) batches -> (frame, its tracked faces) in order, once each frame is final."""
     tracker = FaceTracker(max_gap=run.options.max_gap, fps=fps)
+    locate = VideoLocator(run.swapper, run.options.tracking, score_threshold=run.options.score_threshold,
+                          clock=run.clock)
     pending: dict[int, np.ndarray] = {}
     for start, frames in batches:
-        found = run.detect(frames)
+        found = locate(frames)
         for offset, frame in enumerate(frames):
             pending[start + offset] = frame
             mine = found.frame_index == offset
             with run.clock("track"):
-                done = tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine])
+                done = tracker.push(start + offset, found.boxes[mine], found.landmarks[mine], found.scores[mine],
+                                    new_shot=found.new_shot[offset], meshes=found.meshes[mine])
             yield from ((pending.pop(t.frame_index), t) for t in done)
     with run.clock("track"):
         done = tracker.flush()

@@ -15,6 +15,7 @@ from swapstream.pipelines.resize import Downscaler
 from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import SwapInputError, no_face_code
+from swapstream.services.engine.mesh_tracking import meshes_to_crops
 from swapstream.services.engine.photos import read_photo
 from swapstream.services.engine.swappers.base import Swapper
 from swapstream.services.engine.tracking import TrackedFace
@@ -148,6 +149,23 @@ class FaceSwapper:
         matrices = similarity_to(np.stack([f.landmarks for _, f in faces]), "ffhq_512", FACE_SIZE)
         with clock("align"):
             aligned = self.aligner(frames, frame_index, matrices)
-        swapped, masks = self.swapper.swap(aligned, identities, clock)
+        swapped, masks = self.swapper.swap(aligned, identities, clock, self.tracked_meshes(aligned, faces, matrices,
+                                                                                           clock))
         with clock("blend"):
             return self.blender(frames, swapped, masks, frame_index, matrices)
+
+    def tracked_meshes(self, aligned: np.ndarray, faces: list[tuple[int, TrackedFace]], matrices: np.ndarray,
+                        clock: StageClock) -> tuple[np.ndarray, np.ndarray] | None:
+        """(meshes [K,468,3] in the crops, presence [K]) from the faces' tracked meshes, for a swapper that follows
+        them; a face without one (e.g. a detection whose mesh was not found) gets it found in its crop now."""
+        have = np.array([face.mesh is not None for _, face in faces])
+        if not self.swapper.follows_meshes or not have.any():
+            return None
+        meshes = np.zeros((len(faces), 468, 3), np.float32)
+        presence = np.ones(len(faces), np.float32)
+        meshes[have] = meshes_to_crops(np.stack([face.mesh for _, face in faces if face.mesh is not None]),
+                                       matrices[have])
+        if not have.all():
+            with clock("swap"):
+                meshes[~have], presence[~have] = self.client.facemesh(aligned[~have])
+        return meshes, presence

@@ -17,7 +17,10 @@ Per track, in the order the frames are final:
 - ``landmarks``: ``raw_landmarks`` through a One-Euro filter (Casiez, Roussel, Vogel, CHI 2012), one per
   coordinate, fed with the frame timestamps;
 - ``box``: the detected/interpolated box through its own One-Euro filter with the same settings (not
-  derived from the landmarks, so that a box keeps YuNet's framing of the head).
+  derived from the landmarks, so that a box keeps YuNet's framing of the head);
+- ``mesh``: when the frames come with face meshes (``mesh_tracking``), the 468-point mesh in frame pixels
+  through its own One-Euro filter with the same settings (interpolated across a gap like the landmarks); what the
+  mesh swap warps with, so the swapped face does not shake with the mesh network's frame-to-frame noise.
 
 The filter's speed term is measured in face sizes per second (the speed in pixels divided by the square
 root of the box area), so ``beta`` means the same for a face 60 or 600 pixels wide.
@@ -57,6 +60,7 @@ class TrackedFace:
     raw_landmarks: np.ndarray  # [5,2] as detected, or interpolated when filled
     score: float               # detector score (interpolated when filled)
     filled: bool               # True: the detector missed this face here, it was interpolated
+    mesh: np.ndarray | None = None  # [468,3] smoothed face mesh in frame pixels, when the frames came with meshes
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ class _Observation:
     landmarks: np.ndarray  # [5,2] float64
     score: float
     filled: bool = False
+    mesh: np.ndarray | None = None  # [468,3] float64
+
+
+def _blend(a: np.ndarray | None, b: np.ndarray | None, w: float) -> np.ndarray | None:
+    return None if a is None or b is None else (1 - w) * a + w * b
 
 
 @dataclass
@@ -130,6 +139,7 @@ class _Track:
         self.box_velocity: np.ndarray | None = None  # per frame, known from the second detection on
         self.landmark_velocity: np.ndarray | None = None
         self.box_filter, self.landmark_filter = (OneEuroFilter(*filters), OneEuroFilter(*filters))
+        self.mesh_filter = OneEuroFilter(*filters)
 
     def predict(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.box_velocity is None:
@@ -151,8 +161,9 @@ class _Track:
 
     def smooth(self, obs: _Observation, t: float) -> TrackedFace:
         scale = _face_size(obs.box)
+        mesh = None if obs.mesh is None else self.mesh_filter(obs.mesh, t, scale)
         return TrackedFace(self.id, self.box_filter(obs.box, t, scale), self.landmark_filter(obs.landmarks, t, scale),
-                           obs.landmarks.copy(), obs.score, obs.filled)
+                           obs.landmarks.copy(), obs.score, obs.filled, mesh)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -214,9 +225,10 @@ class FaceTracker:
         return len(self._pending)
 
     def push(self, frame_index: int, boxes, landmarks, scores, timestamp: float | None = None,
-             new_shot: bool = False) -> list[TrackedFrame]:
+             new_shot: bool = False, meshes=None) -> list[TrackedFrame]:
         """Add the detections of the next frame; return the frames that became final, in order.
 
+        ``meshes`` [k,468,3] (frame pixels; a NaN row: none for that face) are smoothed per track with the rest.
         ``new_shot=True`` (a scene cut found by the caller) ends every track first: without it a face at
         about the same place after a cut continues the old track, and a gap could be filled across the cut.
         """
@@ -228,7 +240,7 @@ class FaceTracker:
         timestamp = frame_index / self.fps if timestamp is None else float(timestamp)
         if timestamp <= self._last_timestamp:
             raise ValueError(f"timestamps must increase (frame {frame_index}: {timestamp})")
-        detections = _as_observations(boxes, landmarks, scores)
+        detections = _as_observations(boxes, landmarks, scores, meshes)
         self._next_frame, self._last_timestamp = frame_index + 1, timestamp
 
         if new_shot:
@@ -295,7 +307,7 @@ class FaceTracker:
             a, b = track.last, detection
             self._pending[missing - first_pending].faces[track.id] = _Observation(
                 (1 - w) * a.box + w * b.box, (1 - w) * a.landmarks + w * b.landmarks,
-                (1 - w) * a.score + w * b.score, filled=True)
+                (1 - w) * a.score + w * b.score, filled=True, mesh=_blend(a.mesh, b.mesh, w))
 
     def _end_lost_tracks(self, frame_index: int) -> None:
         for track in self._live_tracks():
@@ -310,14 +322,21 @@ class FaceTracker:
         return TrackedFrame(frame.frame_index, faces)
 
 
-def _as_observations(boxes, landmarks, scores) -> list[_Observation]:
+def _as_observations(boxes, landmarks, scores, meshes=None) -> list[_Observation]:
     boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float64).reshape(-1, 4)
     landmarks = np.zeros((0, 5, 2)) if landmarks is None else np.asarray(landmarks, np.float64).reshape(-1, 5, 2)
     scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, np.float64).reshape(-1)
     if not len(boxes) == len(landmarks) == len(scores):
         raise ValueError(f"one box, 5 landmarks and one score per face: got {len(boxes)} boxes, "
                          f"{len(landmarks)} landmark sets, {len(scores)} scores")
-    return [_Observation(b, lm, float(s)) for b, lm, s in zip(boxes, landmarks, scores)]
+    if meshes is None:
+        meshes = [None] * len(boxes)
+    else:
+        meshes = np.asarray(meshes, np.float64).reshape(-1, 468, 3)
+        if len(meshes) != len(boxes):
+            raise ValueError(f"one mesh per face: got {len(meshes)} meshes for {len(boxes)} faces")
+        meshes = [None if np.isnan(m).any() else m for m in meshes]
+    return [_Observation(b, lm, float(s), mesh=m) for b, lm, s, m in zip(boxes, landmarks, scores, meshes)]
 
 
 class CausalFaceTracker(FaceTracker):
@@ -341,7 +360,7 @@ class CausalFaceTracker(FaceTracker):
         for track in self._live_tracks():
             if track.id not in frame.faces:
                 last = track.last
-                frame.faces[track.id] = _Observation(last.box, last.landmarks, last.score, filled=True)
+                frame.faces[track.id] = _Observation(last.box, last.landmarks, last.score, filled=True, mesh=last.mesh)
 
 
 def crop_jitter(landmark_sequence: np.ndarray) -> float:

@@ -14,6 +14,7 @@ from swapstream.services.engine.clock import StageClock
 class Swapper(ABC):
     name: str                                   # "mesh" | "simswap"
     identity_template: tuple[str, int]          # which aligned crop the source needs, e.g. ("ffhq_512", 512)
+    follows_meshes: bool = False                # swap warps with face meshes it may be handed (``meshes``)
 
     @abstractmethod
     def identity(self, crops: np.ndarray) -> dict[str, np.ndarray]:
@@ -21,8 +22,12 @@ class Swapper(ABC):
         ``identity_template``. A dict of arrays (stored as .npz for stored sources); several photos -> one dict."""
 
     @abstractmethod
-    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
+    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
+             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(faces [K,512,512,3] uint8, masks [K,512,512]) for ``aligned`` [K,512,512,3] uint8 FFHQ-512 crops.
+
+        ``meshes``: (face meshes [K,468,3] in the crops' pixels, presence [K]) already found for these faces (the
+        tracker's, smoothed across frames), for a swapper that ``follows_meshes``; None: it finds them itself.
 
         ``identities``: one (for all faces) or K (one per face, as live streams send them). The time spent is
         counted to ``clock``'s stages (``swap`` at least). The faces are blended back by ``pipelines/blend.py``."""

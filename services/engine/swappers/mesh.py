@@ -34,6 +34,7 @@ def face_meshes(client: SwapstreamClient, crops: np.ndarray) -> tuple[np.ndarray
 
 class MeshSwapper(Swapper):
     name = "mesh"
+    follows_meshes = True
     identity_template = ("ffhq_512", mesh_warp.SIZE)
 
     def __init__(self, client: SwapstreamClient):
@@ -57,7 +58,8 @@ class MeshSwapper(Swapper):
                 "skin": np.stack([mesh_warp.source_skin(c, m) for c, m in zip(crops, meshes)]),
                 "pose": poses}
 
-    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
+    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
+             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         aligned = np.asarray(aligned, np.uint8)
         count = len(aligned)
         if len(identities) not in (1, count):
@@ -67,7 +69,7 @@ class MeshSwapper(Swapper):
         if count == 0:
             return faces, masks
         with clock("swap"):
-            meshes, presence = face_meshes(self.client, aligned)
+            meshes, presence = face_meshes(self.client, aligned) if meshes is None else meshes
             poses = mesh_warp.mesh_pose(meshes)
             for k in range(count):
                 if presence[k] < MIN_PRESENCE:

@@ -26,7 +26,8 @@ class SimSwap(Swapper):
         """{"embedding": [512]}: the mean of the photos' ArcFace embeddings, L2-normalised."""
         return {"embedding": mean_identity(self.client.identity(crops))}
 
-    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
+    def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
+             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         embeddings = np.stack([np.asarray(i["embedding"], np.float32).reshape(512) for i in identities])
         with clock("swap"):
             return self.client.swap(aligned, embeddings)
