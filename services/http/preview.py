@@ -107,12 +107,6 @@ class Sessions:
             del self._items[session.id]
             remove_folder(session.folder)
 
-    def close(self) -> None:
-        with self._lock:
-            for session in self._items.values():
-                remove_folder(session.folder)
-            self._items.clear()
-
 
 async def get_sessions(request: Request) -> Sessions:
     state = request.app.state
@@ -123,9 +117,10 @@ async def get_sessions(request: Request) -> Sessions:
 
 PREVIEW_HEADER = (
     "JSON: `session` (send it instead of the files next time), `frame` (its index), `time` (its presentation time, "
-    "s), `duration` (s, 0 for a photo), `frames`, `fps`, `width`, `height`, `swapper`, `identity_cached`, "
-    "`faces_swapped` and `faces`: [{`number` (1, 2, ... left to right), `box` [x1, y1, x2, y2] in frame pixels, "
-    "`score`, `swapped`}]; no face found at that time: `faces` is empty and the frame is the original")
+    "s), `duration` (s, 0 for a photo), `frames`, `fps`, `width`, `height`, `swapper`, `identity_cached`, `notes` "
+    "(e.g. a source photo with several faces), `faces_swapped` and `faces`: [{`number` (1, 2, ... left to right), "
+    "`box` [x1, y1, x2, y2] in frame pixels, `score`, `swapped`}]; no face found at that time: `faces` is empty and "
+    "the frame is the original")
 
 
 @router.post("/preview", summary="One swapped frame at a chosen time, with the faces found in it numbered",
@@ -211,11 +206,12 @@ def _answer(service: Service, sessions: Sessions, session: Session, seconds: flo
     choice = service.choose_swapper(options["swapper"])
     call = {"score_threshold": options["score_threshold"], "clock": StageClock()}
     notes: list[str] = []
+    # read before the photo swapper is taken: the other photo requests wait only for the networks
+    frame = frame_at(info, seconds) if info is not None else FrameAt(0, 0.0, read_photo(session.target))
     with service.photo_swapper(choice.name) as swapper:
         made, cached = sessions.identities.get(
             (choice.name, call["score_threshold"], session.digest, asked and asked.sources is not None),
             lambda: identities(swapper, session.sources, asked, notes, **call))
-        frame = frame_at(info, seconds) if info is not None else FrameAt(0, 0.0, read_photo(session.target))
         picks = session.picks_for(asked, call["score_threshold"],
                                   lambda: find_picks(swapper, session.target, asked, **call))
         reference = None
@@ -229,7 +225,7 @@ def _answer(service: Service, sessions: Sessions, session: Session, seconds: flo
               "duration": round(info.duration, 4) if info else 0.0, "frames": info.frame_count if info else 1,
               "fps": round(float(info.fps), 4) if info else 0.0, "width": width, "height": height,
               "swapper": choice.name, "identity_cached": cached, "faces_swapped": result.faces_swapped,
-              "faces": [face.view() for face in result.faces]}
+              "faces": [face.view() for face in result.faces], "notes": [service.public(n) for n in notes]}
     return Response(encode_frame(result.rgb, "JPEG", JPEG_QUALITY), media_type="image/jpeg",
                     headers={"X-Preview": json.dumps(header, separators=(",", ":")), "X-Swapper": choice.name,
                              "Cache-Control": "no-store"})
