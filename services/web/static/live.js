@@ -1,5 +1,6 @@
-// The /live page: the camera streams JPEG frames to WS /v1/live and the swapped frames come back onto a canvas.
-import { apiJson, applyOptions, clearError, showError, upload } from "/static/common.js";
+// The /live page: the camera streams JPEG frames to WS /v1/live and the swapped frames come back onto a canvas;
+// while streaming, the face can be switched (a `source` message), the view mirrored, shown full screen and recorded.
+import { apiJson, applyOptions, clearError, plainWords, showError, upload } from "/static/common.js";
 
 // The WS /v1/live protocol is defined in services/live/protocol.py; tests/web/test_live_page.py checks that these
 // constants are the same.
@@ -18,6 +19,18 @@ const MAX_BUFFERED = 1 << 20;        // bytes unsent in the socket past which a 
 const LATENCY_WINDOW = 60;           // answers the shown latency is the median of
 const FPS_WINDOW_MS = 2000;
 const STOP_GRACE_MS = 10000;         // after `stop`, how long the service may take to answer what it holds
+const RECORD_TYPES = ["video/webm;codecs=vp9", "video/webm;codecs=vp8", "video/webm", "video/mp4"];
+
+// A close of the stream in this page's words (its code), else the service's reason.
+const CLOSE_WORDS = {
+  1008: "The service refused the connection — reload the page and start again.",
+  1009: "The photo or a camera picture was too large for the service — try a smaller photo.",
+  1013: "The service is busy — try again in a moment.",
+  4400: "The service could not start the stream with this photo — try another photo.",
+  4404: "The face photo is no longer on the service — pick it again and start.",
+  4408: "The stream stopped: no camera picture reached the service for a while.",
+  4422: plainWords("no_face_in_source"),
+};
 
 const $ = (id) => document.getElementById(id);
 const form = $("live-form");
@@ -38,6 +51,8 @@ function setRunning(running) {
   $("start").disabled = running;
   $("stop").disabled = !running;
   for (const input of form.querySelectorAll("input, select")) input.disabled = running;
+  $("switch-source").disabled = !running;
+  $("record").disabled = !running;
 }
 
 // ------------------------------------------------------------------------------------------------ frames on the wire
@@ -58,13 +73,22 @@ function unpackFrame(buffer) {
 }
 
 function closeText(event) {
-  return `${event.reason || "the connection ended without a reason"} (close code ${event.code})`;
+  return CLOSE_WORDS[event.code] || event.reason || `the connection ended (close code ${event.code})`;
 }
 
 // ---------------------------------------------------------------------------------------------------------- figures
 
 function newStats() {
   return { sent: 0, answered: 0, refused: 0, dropped: 0, skipped: 0, latencies: [], answeredAt: [] };
+}
+
+// Drops are the stream working as meant: the service swaps the newest picture and skips the older ones.
+function skippedText(stats) {
+  const skipped = stats.dropped + stats.skipped;
+  const camera = stats.sent + stats.skipped;
+  if (!skipped) return "none";
+  return `${skipped} of ${camera} camera pictures (${Math.round(100 * skipped / camera)} %): only the newest is `
+    + "swapped, so the view stays current";
 }
 
 function median(values) {
@@ -82,7 +106,7 @@ function showStats(stats, header) {
     $("latency").textContent = `${Math.round(median(stats.latencies))} ms median of the last ${stats.latencies.length}`
       + ` · ${Math.round(last)} ms last`;
   }
-  $("dropped").textContent = `${stats.dropped}` + (stats.skipped ? ` (and ${stats.skipped} not sent: the connection was busy)` : "");
+  $("skipped").textContent = skippedText(stats);
   $("counts").textContent = `${stats.sent} / ${stats.answered} / ${stats.refused}`;
   if (header) {
     $("faces-found").textContent = String(header.faces ?? "–");
@@ -118,8 +142,8 @@ function openSocket(sourceId, ticket, options) {
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") return;
       const message = JSON.parse(event.data);
-      if (message.type === "ready") resolve(ws);
-      else if (message.type === "error") reject(new Error(`The service refused the stream: ${message.detail}`));
+      if (message.type === "ready") { ws.swapper = message.swapper; resolve(ws); }
+      else if (message.type === "error") reject(new Error(plainWords(message.code, message.detail)));
     };
     ws.onerror = () => {}; // the close event that follows says why
     ws.onclose = (event) => reject(new Error(`The service closed the stream: ${closeText(event)}`));
@@ -179,19 +203,28 @@ async function onAnswer(current, buffer) {
       swapped.width = bitmap.width;
       swapped.height = bitmap.height;
     }
-    swappedContext.drawImage(bitmap, 0, 0);
+    drawSwapped(bitmap);
   }
   bitmap.close();
-  showStats(stats, header);
+  if (!current.stopping) showStats(stats, header); // after Stop the figures stand still
+
 }
 
 function onText(current, message) {
+  if (message.type === "switched") {
+    status("Streaming: now wearing the new face.");
+    return;
+  }
   if (message.type !== "error") return;
+  const words = plainWords(message.code, message.detail);
   if (message.seq != null) {
     current.stats.refused += 1;
-    status(`Frame ${message.seq} refused: ${message.detail}`);
+    status(`A camera picture was refused: ${words}`);
+  } else if (message.request === "source") {
+    status("Streaming, with the face from before.");
+    showError(`The new face could not be used: ${words}`);
   } else {
-    showError(`The service: ${message.detail}`);
+    showError(words);
   }
 }
 
@@ -201,7 +234,122 @@ function release(current) {
   camera.srcObject = null;
   if (session === current) session = null;
   setRunning(false);
+  showStats(current.stats); // the final counts, then the figures stand still
+  $("fps").textContent = "–"; // nothing comes back any more
+  if (recorder) recorder.stop();
 }
+
+// ------------------------------------------------------------------------------------ mirror, full screen, record
+
+// The mirror flips the drawing itself (not only its look), so a recording is what was seen.
+function drawSwapped(image) {
+  swappedContext.save();
+  if ($("mirror").checked) {
+    swappedContext.translate(swapped.width, 0);
+    swappedContext.scale(-1, 1);
+  }
+  swappedContext.drawImage(image, 0, 0);
+  swappedContext.restore();
+}
+
+$("mirror").addEventListener("change", () => {
+  camera.classList.toggle("mirrored", $("mirror").checked);
+  // the last picture turns at once, not at the next answer
+  const copy = document.createElement("canvas");
+  [copy.width, copy.height] = [swapped.width, swapped.height];
+  copy.getContext("2d").drawImage(swapped, 0, 0);
+  swappedContext.save();
+  swappedContext.translate(swapped.width, 0);
+  swappedContext.scale(-1, 1);
+  swappedContext.drawImage(copy, 0, 0);
+  swappedContext.restore();
+});
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) {
+    document.exitFullscreen().catch(showError);
+  } else {
+    $("swapped-view").requestFullscreen().catch(() => showError("This browser did not allow full screen here."));
+  }
+}
+$("fullscreen").addEventListener("click", toggleFullscreen);
+swapped.addEventListener("dblclick", toggleFullscreen);
+document.addEventListener("fullscreenchange", () => {
+  $("fullscreen").textContent = document.fullscreenElement ? "Leave full screen" : "Full screen";
+});
+
+let recorder = null;
+let recordingUrl = null;
+
+function startRecording() {
+  const type = RECORD_TYPES.find((kind) => window.MediaRecorder?.isTypeSupported(kind));
+  if (!type) {
+    showError("This browser cannot record video: use another browser to record.");
+    return;
+  }
+  const chunks = [];
+  const started = performance.now();
+  const rec = new MediaRecorder(swapped.captureStream(30), { mimeType: type });
+  rec.ondataavailable = (event) => { if (event.data.size) chunks.push(event.data); };
+  rec.onstop = () => {
+    clearInterval(rec.clock);
+    recorder = null;
+    $("record").textContent = "Record";
+    $("record-state").classList.remove("recording");
+    const blob = new Blob(chunks, { type: type.split(";")[0] });
+    if (recordingUrl) URL.revokeObjectURL(recordingUrl);
+    recordingUrl = URL.createObjectURL(blob);
+    const link = $("recording");
+    link.href = recordingUrl;
+    const extension = type.startsWith("video/mp4") ? "mp4" : "webm";
+    link.download = `swapped-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}.${extension}`;
+    link.textContent = `Download the recording (${seconds((performance.now() - started) / 1000)}, `
+      + `${(blob.size / 1e6).toFixed(1)} MB)`;
+    link.hidden = false;
+    $("record-state").textContent = "";
+  };
+  rec.start(1000);
+  rec.clock = setInterval(() => {
+    $("record-state").textContent = `● recording ${seconds((performance.now() - started) / 1000)}`;
+  }, 500);
+  recorder = rec;
+  $("record").textContent = "Stop recording";
+  $("record-state").textContent = "● recording";
+  $("record-state").classList.add("recording");
+  $("recording").hidden = true;
+}
+
+$("record").addEventListener("click", () => (recorder ? recorder.stop() : startRecording()));
+
+function seconds(value) {
+  return value < 60 ? `${Math.round(value)} s` : `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
+}
+
+// ------------------------------------------------------------------------------------------- switch the face
+
+async function switchSource() {
+  const current = session;
+  const file = $("switch-source").files[0];
+  if (!current?.ws || !file) return;
+  clearError();
+  try {
+    status("Preparing the new face…");
+    const data = new FormData();
+    data.append("source", file);
+    if (current.ws.swapper) data.append("swapper", current.ws.swapper); // the stream's own
+    const source = await upload("/v1/sources", data);
+    if (session !== current || current.ws.readyState !== WebSocket.OPEN) return;
+    current.sourceId = source.id; // a reconnect goes on with the new face
+    current.ws.send(JSON.stringify({ type: "source", source_id: source.id }));
+    status("Switching to the new face…");
+  } catch (error) {
+    status("Streaming, with the face from before.");
+    showError(error);
+  } finally {
+    $("switch-source").value = "";
+  }
+}
+$("switch-source").addEventListener("change", switchSource);
 
 async function start() {
   clearError();
