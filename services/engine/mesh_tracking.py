@@ -25,6 +25,7 @@ from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.swappers.mesh import MIN_PRESENCE
 from swapstream.services.engine.tracking import box_iou
+from swapstream.services.options import default
 
 if TYPE_CHECKING:
     from swapstream.services.engine.swapper import FaceSwapper
@@ -145,7 +146,7 @@ class _Candidate:
 
 
 def locate(engine: FaceSwapper, frames: np.ndarray, image_sizes: np.ndarray | None, followers: list[MeshFollower],
-           *, score_threshold: float, clock: StageClock) -> Located:
+           *, score_threshold: float = default("score_threshold"), clock: StageClock) -> Located:
     """The faces of ``frames`` [N,H,W,3] (padded to one size: each frame's (h, w) in ``image_sizes``), frame n
     belonging to ``followers[n]`` (one per video or stream; a video's frames in order, one per call)."""
     sizes = np.asarray(image_sizes) if image_sizes is not None else np.tile(frames.shape[1:3], (len(frames), 1))

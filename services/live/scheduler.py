@@ -42,6 +42,7 @@ from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.stream import Frame, LiveStream
 from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.mesh_tracking import locate
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.tracking import TrackedFace
 from swapstream.services.triton.client import Detections, TritonCallError
@@ -262,7 +263,8 @@ class Scheduler(threading.Thread):
         try:
             detector = self.swappers("detect", group.swapper)
             group.frames, sizes = pad_to_one_size([frame.rgb for _, frame in group.items])
-            group.found = detector.detect(group.frames, image_sizes=sizes, clock=group.clock)
+            group.found = locate(detector, group.frames, sizes, [stream.follower for stream, _ in group.items],
+                                 clock=group.clock)  # faces followed by their mesh; the detector when due
             return [group]
         except TritonCallError as error:  # the server's failure, not a frame's: every frame of the group
             self._server_failed(group, range(len(group.items)), error)
@@ -302,7 +304,7 @@ class Scheduler(threading.Thread):
                 mine = found.frame_index == position
                 try:
                     faces[position] = stream.track(frame, found.boxes[mine], found.landmarks[mine],
-                                                   found.scores[mine])
+                                                   found.scores[mine], found.meshes[mine])
                 except Exception as error:  # noqa: BLE001 - this stream's frame only; the others go on
                     self._failed(group.round, stream, frame, error, restart=True)
         if faces:

@@ -15,6 +15,7 @@ import numpy as np
 
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.protocol import pack_frame
+from swapstream.services.engine.mesh_tracking import MeshFollower
 from swapstream.services.engine.selection import FaceSelector
 from swapstream.services.engine.tracking import CausalFaceTracker, TrackedFace
 
@@ -127,12 +128,13 @@ class LiveStream:
     def restart_tracking(self) -> None:
         """A fresh tracker (at the start, and after a frame failed: its state may be what failed)."""
         self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
+        self.follower = MeshFollower()  # its faces followed by their mesh (engine/mesh_tracking.py)
 
-    def track(self, frame: Frame, boxes, landmarks, scores) -> list[TrackedFace]:
+    def track(self, frame: Frame, boxes, landmarks, scores, meshes=None) -> list[TrackedFace]:
         """The faces to swap in this frame: tracked causally, smoothed (unless turned off), selected."""
         seconds = max(frame.ts / 1000.0, self._last_time + 1e-3)  # the tracker needs increasing times
         self._last_time = seconds
-        (tracked,) = self._tracker.push(self._frames, boxes, landmarks, scores, timestamp=seconds)
+        (tracked,) = self._tracker.push(self._frames, boxes, landmarks, scores, timestamp=seconds, meshes=meshes)
         self._frames += 1
         return self._selector.pick(tracked.faces)
 
