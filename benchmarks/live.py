@@ -18,25 +18,31 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import cv2
 import httpx
 import numpy as np
 
 from swapstream.benchmarks import report
 from swapstream.benchmarks.harness import BenchConfig, bench_setup
 from swapstream.services.jobs.process import ServiceProcess
-from swapstream.services.live.client import Frame, LiveError, LiveStats, LiveStream, endpoints, open_stream, \
-    percentile, read_input, upload_source
+from swapstream.services.live.client import Frame, LiveError, LiveStats, LiveStream, encode_jpeg, endpoints, \
+    open_stream, percentile, upload_source
 from swapstream.services.triton.repository import shared_dir
 
 MODES = {"batched": (), "frame_by_frame": ("--live-max-batch", "1")}
-DEFAULT_CLIP = "vid03_square_480_expressions.mp4"   # 480x480 at 30 frames/s: a webcam-sized talking face
+DEFAULT_CLIP = "vid01_talking_head_1280x720_audio.mp4"   # a talking face at 30 frames/s, made a camera's 640x480
+CAMERA = (640, 480)     # every clip's frames are scaled to cover this and centre-cropped: what a webcam page sends
 SOURCES = ("img01_single_frontal_obama.jpg", "img03_single_frontal_rose_leslie.jpg")  # alternate per stream
 QUALITY = 80
 WARMUP_FRAMES = 15
+SERVICE_START_SECONDS = 600   # a shared, loaded machine starts a service slowly
 BATCH_METRIC = "swapstream_live_batch_frames"
+ROUNDS_METRIC = "swapstream_live_rounds_total"
+OVERLAPPED_METRIC = "swapstream_live_rounds_overlapped_total"
 FIELDS = ["mode", "streams", "frames_sent", "frames_received", "frames_dropped", "frames_refused",
           "frames_unaccounted", "dropped_percent", "p50_ms", "p95_ms", "p99_ms", "fps_per_stream", "fps_total",
-          "seconds", "batches", "mean_batch", "max_batch"]
+          "seconds", "batches", "mean_batch", "max_batch", "overlapped", "server_cpu_ms_per_frame"]
 RATIO_FIELDS = ["streams", "batched_fps_total", "frame_by_frame_fps_total", "batched_over_frame_by_frame",
                 "batched_p95_ms", "frame_by_frame_p95_ms"]
 
@@ -73,15 +79,68 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict:
             "max_batch": largest, "buckets": delta}
 
 
-def _scrape(process: ServiceProcess) -> dict[str, float]:
-    return histogram(httpx.get(f"{process.url}/metrics", timeout=30).text, BATCH_METRIC)
+def counters(metrics_text: str, name: str) -> dict[str, float]:
+    """A Prometheus counter's series {labels: value} from /metrics text ("" for one without labels)."""
+    values = {}
+    for line in metrics_text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == name or series.startswith(name + "{"):
+            values[series[len(name):].strip("{}")] = float(value)
+    return values
+
+
+def _scrape(process: ServiceProcess) -> dict:
+    text = httpx.get(f"{process.url}/metrics", timeout=30).text
+    return {"batches": histogram(text, BATCH_METRIC), "rounds": counters(text, ROUNDS_METRIC),
+            "overlapped": counters(text, OVERLAPPED_METRIC).get("", 0.0)}
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (gone ones skipped)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes and everything below them, as /proc counts it now."""
+    ticks = 0
+    for pid in {p for root in pids for p in _tree(root)}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(service: Service) -> list[int]:
+    """The service process and the Triton servers below this process (the embedded one; none with --triton)."""
+    tritons = [pid for pid in _tree(os.getpid())[1:]
+               if Path(f"/proc/{pid}/comm").exists() and Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"]
+    return [service.process.process.pid, *tritons]
+
+
+def scheduler_figures(before: dict, after: dict) -> dict:
+    """Between two scrapes: the batch sizes, why each batch's gathering ended, and how many overlapped another."""
+    ends = {key.split('"')[1]: value - before["rounds"].get(key, 0.0) for key, value in after["rounds"].items()}
+    return {**batch_sizes(before["batches"], after["batches"]), "ends": ends,
+            "overlapped": after["overlapped"] - before["overlapped"]}
 
 
 def start_service(stack: ExitStack, work: Path, triton_url: str, mode: str, sources: list[Path],
                   swapper: str | None = None) -> Service:
     """A service with the sources stored for ``swapper`` (None: the service's default)."""
-    process = stack.enter_context(ServiceProcess(work / f"data-{mode}", "--triton", triton_url, "--max-streams",
-                                                 "64", *MODES[mode]))
+    process = ServiceProcess(work / f"data-{mode}", "--triton", triton_url, "--max-streams", "64", *MODES[mode])
+    stack.push(process)  # stopped on the way out, also when it does not start
+    process.start(timeout=SERVICE_START_SECONDS)
     with process.client() as http:
         ids = [upload_source(http, [source], swapper) for source in sources]
         used = {http.get(f"/v1/sources/{source_id}").json()["swapper"] for source_id in ids}
@@ -117,6 +176,24 @@ def run_streams(service: Service, frames: list[Frame], streams: int, seed: int =
     return results  # type: ignore[return-value]
 
 
+def camera_frames(path: Path, size: tuple[int, int] = CAMERA, quality: int = QUALITY) -> tuple[float, list[Frame]]:
+    """(frame rate, the clip's frames as a camera page sends them): ``size`` (scaled to cover it, centre-cropped),
+    JPEG at ``quality``."""
+    width, height = size
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 30)
+        frames = []
+        for seq, frame in enumerate(container.decode(stream)):
+            bgr = frame.to_ndarray(format="bgr24")
+            scale = max(width / bgr.shape[1], height / bgr.shape[0])
+            bgr = cv2.resize(bgr, (max(width, round(bgr.shape[1] * scale)), max(height, round(bgr.shape[0] * scale))),
+                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            top, left = (bgr.shape[0] - height) // 2, (bgr.shape[1] - width) // 2
+            frames.append(Frame(seq, seq / fps, encode_jpeg(bgr[top:top + height, left:left + width], quality)))
+    return fps, frames
+
+
 def looped(frames: list[Frame], count: int | None, fps: float) -> list[Frame]:
     """``count`` frames at ``fps`` (default: the clip once): the clip cut, or played again from its start."""
     count = count or len(frames)
@@ -138,7 +215,8 @@ def figures(mode: str, stats: list[LiveStats], batches: dict) -> dict:
             "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
             "p99_ms": percentile(latencies, 99), "fps_per_stream": float(np.mean(per_stream)),
             "fps_total": received / seconds if seconds else 0.0, "seconds": seconds,
-            **{k: batches[k] for k in ("batches", "mean_batch", "max_batch")}, "batch_buckets": batches["buckets"],
+            **{k: batches[k] for k in ("batches", "mean_batch", "max_batch", "overlapped")},
+            "batch_buckets": batches["buckets"], "batch_ends": batches["ends"],
             "close": sorted({s.close for s in stats}), "errors": [e for s in stats for e in s.errors][:10]}
 
 
@@ -167,10 +245,9 @@ def run_live_bench(config: BenchConfig, streams: list[int], say=print, swapper: 
                                 "sources": [str(s) for s in sources], "quality": QUALITY,
                                 "triton": config.triton or "embedded"}, "runs": []}
     with bench_setup(config) as setup, ExitStack() as stack:
-        video, clip_frames = read_input(str(setup.clip), QUALITY)
-        frames = looped(list(clip_frames), frames_wanted, video.fps)
-        results["clip"] = {"path": str(setup.clip), "frames": len(frames), "fps": video.fps,
-                           "size": [video.width, video.height],
+        fps, clip_frames = camera_frames(setup.clip)
+        frames = looped(clip_frames, frames_wanted, fps)
+        results["clip"] = {"path": str(setup.clip), "frames": len(frames), "fps": fps, "size": list(CAMERA),
                            "mean_jpeg_kb": float(np.mean([len(f.data) for f in frames]) / 1024)}
         results["environment"] = {"cpus": len(os.sched_getaffinity(0)),
                                   "startup_seconds": setup.startup_seconds}
@@ -183,9 +260,12 @@ def run_live_bench(config: BenchConfig, streams: list[int], say=print, swapper: 
         for count in streams:
             for mode, service in services.items():
                 say(f"live: {count} stream{'s' if count > 1 else ''}, {mode} ...")
-                before = _scrape(service.process)
+                before, cpu = _scrape(service.process), cpu_seconds(server_pids(service))
                 stats = run_streams(service, frames, count, seed=count)
-                results["runs"].append(figures(mode, stats, batch_sizes(before, _scrape(service.process))))
+                cpu = cpu_seconds(server_pids(service)) - cpu
+                run = figures(mode, stats, scheduler_figures(before, _scrape(service.process)))
+                run["server_cpu_ms_per_frame"] = 1000 * cpu / run["frames_received"] if run["frames_received"] else None
+                results["runs"].append(run)
     results["ratios"] = ratios(results["runs"])
     return results
 
@@ -204,9 +284,10 @@ def live_summary_text(results: dict) -> str:
             f"{clip['fps']:.3g} frames/s, JPEG q{results['config']['quality']} ~{clip['mean_jpeg_kb']:.0f} KB; "
             f"{results['environment']['cpus']} CPUs; swapper {results['config'].get('swapper')}")
     rows = [[r["mode"], r["streams"], r["fps_total"], r["fps_per_stream"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
-             r["dropped_percent"], r["mean_batch"], r["max_batch"]] for r in results["runs"]]
+             r["dropped_percent"], r["mean_batch"], r["max_batch"], r["overlapped"], r["server_cpu_ms_per_frame"]]
+            for r in results["runs"]]
     table = report._table(["mode", "streams", "fps total", "fps/stream", "p50 ms", "p95 ms", "p99 ms", "dropped %",
-                           "mean batch", "max batch"], rows)
+                           "mean batch", "max batch", "overlapped", "server CPU ms/frame"], rows)
     ratio_rows = [[r["streams"], r["batched_fps_total"], r["frame_by_frame_fps_total"],
                    report._fmt(r["batched_over_frame_by_frame"], 2), r["batched_p95_ms"], r["frame_by_frame_p95_ms"]]
                   for r in results["ratios"]]
