@@ -1,7 +1,8 @@
 """The model bound: the repository's networks alone, in this process, at each batch size, no I/O.
 
-For every batch size B, the ``detect`` ensemble runs on B real frames (at the detector's size, as the
-pipeline sends them) and the ``swap`` ensemble on B real aligned faces; each step is timed. The bound on
+For every batch size B, ``detect`` runs on B real frames (at the detector's size, as the pipeline sends them) and
+YuNet alone on their detector input (``detect`` is one graph, its glue folded around YuNet: the difference is the
+glue), and the ``swap`` ensemble on B real aligned faces; each step is timed. The bound on
 frames/s for a clip with F faces per frame is ``1 / (t_detector + F * t_swap_networks)`` per frame.
 Networks exported with a fixed batch of 1 (the real SimSwap, ArcFace, GFPGAN) are run once per item:
 ``per_item`` says so. The glue graphs (pre/post-processing) are timed too and give a second, lower
@@ -12,8 +13,10 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
+import onnxruntime as ort
 
 from swapstream.benchmarks.inprocess import InProcessModels
+from swapstream.services.triton import glue
 from swapstream.services.triton.repository import NETWORKS
 
 DETECTOR = "yunet"
@@ -34,12 +37,21 @@ def _time_steps(models: InProcessModels, ensemble: str, inputs: dict, repeats: i
     return {step: statistics.median(run[step] for run in runs) for step in runs[0]}
 
 
+def _detector_input(frames: np.ndarray) -> np.ndarray:
+    """What YuNet is given inside ``detect`` for these frames."""
+    session = ort.InferenceSession(glue.detect_preprocess().SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["DETECTOR_INPUT"], {"IMAGES": frames})[0]
+
+
 def measure_bound(models: InProcessModels, detector_frames: np.ndarray, faces: np.ndarray, embedding: np.ndarray,
                   batch_sizes: list[int], faces_per_frame: float, repeats: int = 3) -> list[dict]:
     """One row per batch size: per-step ms per item, and the bound in frames/s and faces/s."""
     rows = []
     for batch in batch_sizes:
-        detect = _time_steps(models, "detect", {"IMAGES": _repeat_to(detector_frames, batch)}, repeats)
+        frames = _repeat_to(detector_frames, batch)
+        whole = _time_steps(models, "detect", {"IMAGES": frames}, repeats)["detect"]
+        network = _time_steps(models, DETECTOR, {"input": _detector_input(frames)}, repeats)[DETECTOR]
+        detect = {DETECTOR: network, "detect glue": max(whole - network, 0.0)}
         swap = _time_steps(models, "swap", {"FACES": _repeat_to(faces, batch),
                                             "SOURCE_EMBEDDING": embedding.reshape(1, 512)}, repeats)
         per_frame = {step: seconds / batch for step, seconds in detect.items()}

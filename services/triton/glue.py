@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 
 from swapstream.pipelines.templates import estimate_similarity, template_points
-from swapstream.services.triton.onnx_graph import Graph
+from onnx import version_converter
+
+from swapstream.services.triton.onnx_graph import IR_VERSION, OPSET, Graph, fold
 
 DETECT_SIZE = 640
 SCORE_THRESHOLD = 0.6
@@ -186,6 +188,24 @@ def detect_postprocess() -> "onnx.ModelProto":
              "LANDMARKS", "float32", ["K", 5, 2])
     g.output(g.cast(image, "int32"), "FRAME_INDEX", "int32", ["K"])
     return g.model("swapstream detect post-processing: YuNet decoding, threshold, NMS")
+
+
+DETECT_PASSED_ON = ("PADDED_SIZE", "SCALE", "VALID_SIZES")  # from pre- to post-processing, around the network
+
+
+def detect_folded(yunet: onnx.ModelProto) -> "onnx.ModelProto":
+    """The whole ``detect``: ``detect_preprocess``, YuNet and ``detect_postprocess`` as one graph, one run.
+
+    As an ensemble of three, each step ran in its own Python-backend process here, and the float32 detector input
+    (47 MB for 16 frames at 640) and YuNet's outputs were copied between them. The same operations in one graph
+    give the same detections (tests/triton/test_detect.py)."""
+    network = version_converter.convert_version(yunet, OPSET)
+    network.ir_version = IR_VERSION
+    (network_input,) = network.graph.input
+    with_input = fold(detect_preprocess(), network, [("DETECTOR_INPUT", network_input.name)],
+                      keep=DETECT_PASSED_ON, prefixes=("pre/", "yunet/"))
+    links = [(v.name, v.name) for v in network.graph.output] + [(name, name) for name in DETECT_PASSED_ON]
+    return fold(with_input, detect_postprocess(), links, prefixes=("", "post/"))
 
 
 # -------------------------------------------------------------------------------------------- identity

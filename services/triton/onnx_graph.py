@@ -5,7 +5,7 @@ import itertools
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, compose, helper, numpy_helper
 
 OPSET = 20  # GridSample (16), Resize antialias / Pad axes (18), AffineGrid (20)
 IR_VERSION = 9  # onnxruntime >= 1.15 and Triton's native ONNX Runtime backend >= 23.05 read it
@@ -72,3 +72,39 @@ class Graph:
             model.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(model, full_check=True)
         return model
+
+
+def _prefix_inner_names(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """A copy whose node and inner tensor names start with ``prefix`` (graph inputs and outputs keep theirs)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    inner = {i.name for i in graph.initializer} | {name for node in graph.node for name in node.output}
+    renamed = {name: prefix + name for name in inner - keep}
+    for initializer in graph.initializer:
+        initializer.name = renamed.get(initializer.name, initializer.name)
+    for index, node in enumerate(graph.node):
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        node.name = f"{prefix}{node.name or index}"
+    del graph.value_info[:]
+    return out
+
+
+def fold(first: onnx.ModelProto, second: onnx.ModelProto, links: list[tuple[str, str]], *,
+         keep: tuple[str, ...] = (), prefixes: tuple[str, str] = ("a/", "b/")) -> onnx.ModelProto:
+    """One graph running ``first`` then ``second``: ``links`` are (output of first, input of second); the
+    inputs of both that are not linked stay inputs; ``keep``: outputs of first that stay outputs too. Both must
+    use the default domain at this ``OPSET``.
+
+    Triton runs each model of an ensemble in its own backend process here (the Python backend): every tensor
+    handed from one step to the next is copied through shared memory. Folded, it stays inside one run."""
+    first, second = _prefix_inner_names(first, prefixes[0]), _prefix_inner_names(second, prefixes[1])
+    outputs = list(keep) + [v.name for v in second.graph.output]
+    merged = compose.merge_models(first, second, io_map=links, outputs=outputs)
+    # The networks' own exports name unrelated sizes alike (YuNet calls every stride's anchor count "dim"); once
+    # inner, those declarations would make onnxruntime plan one buffer for tensors of different sizes.
+    del merged.graph.value_info[:]
+    onnx.checker.check_model(merged)
+    return merged

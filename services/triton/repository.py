@@ -31,6 +31,8 @@ NETWORKS = {"yunet": "yunet", "arcface": "arcface_simswap", "simswap": "simswap_
             "bisenet": "bisenet"}
 # Networks served with a reduction appended to their graph (``model.onnx`` is then written, never linked).
 REDUCED = {"bisenet": glue.with_parser_labels}
+# Models built from a network with its glue folded into its graph: folder -> (network folder, builder).
+FOLDED = {"detect": ("yunet", glue.detect_folded)}
 # Networks converted from a file inside an installed wheel when the repository is built (cached): folder -> builder.
 CONVERTED = {"facemesh": facemesh.build}
 REQUIRED_REAL = {"yunet"}  # a detector stand-in would find no faces: the real YuNet is small and in shared/
@@ -63,7 +65,7 @@ def weight_dirs_for(models: str | Path | None) -> list[Path]:
 class ModelSource:
     model: str
     kind: str          # "real", "stand-in", "cost-true" (a stand-in with the real architecture), "converted",
-                       # "glue" or "ensemble"
+                       # "glue", "folded" (a network with its glue in one graph) or "ensemble"
     detail: str        # the weights' path, or what was built
 
 
@@ -74,8 +76,6 @@ class RepositoryError(RuntimeError):
 def _glue_builders(manifest: dict[str, ModelEntry]) -> dict:
     swapper, parser, restorer = manifest["simswap_256"], manifest["bisenet"], manifest["gfpgan_1.4"]
     return {
-        "detect_preprocess": glue.detect_preprocess,
-        "detect_postprocess": glue.detect_postprocess,
         "identity_preprocess": lambda: glue.identity_preprocess(manifest["arcface_simswap"]),
         "identity_postprocess": glue.identity_postprocess,
         "swap_preprocess": lambda: glue.swap_preprocess(swapper, parser),
@@ -168,6 +168,11 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
         if name in builders:
             onnx.save(builders[name](), str(target))
             sources.append(ModelSource(name, "glue", "built from services/glue.py"))
+        elif name in FOLDED:
+            network, fold = FOLDED[name]
+            path = _required_real(manifest[NETWORKS[network]], weight_dirs)
+            onnx.save(fold(onnx.load(str(path))), str(target))
+            sources.append(ModelSource(name, "folded", f"{path} with its glue from services/glue.py, one graph"))
         elif name in CONVERTED:
             try:
                 model, how = CONVERTED[name]()
@@ -177,11 +182,9 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
             sources.append(ModelSource(name, "converted", how))
         elif name in NETWORKS:
             entry = manifest[NETWORKS[name]]
+            if name in REQUIRED_REAL:
+                _required_real(entry, weight_dirs)
             kind, path = _weights(entry, weight_dirs)
-            if kind == "absent" and name in REQUIRED_REAL:
-                raise RepositoryError(
-                    f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
-                    f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
             reduce = REDUCED.get(name, lambda model: model)
             if kind == "absent":
                 onnx.save(reduce(standins.BUILDERS[entry.key](entry)), str(target))
@@ -201,6 +204,15 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
         else:
             raise RepositoryError(f"model_repository/{name} is neither glue, a network nor an ensemble")
     return sources
+
+
+def _required_real(entry: ModelEntry, weight_dirs: list[Path]) -> Path:
+    kind, path = _weights(entry, weight_dirs)
+    if kind == "absent":
+        raise RepositoryError(
+            f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
+            f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
+    return path
 
 
 def _with_dynamic_batch(path: Path) -> tuple[onnx.ModelProto | None, str]:

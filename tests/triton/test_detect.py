@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from swapstream.services.triton import glue
 from swapstream.services.triton.glue import DETECT_SIZE, NMS_THRESHOLD, SCORE_THRESHOLD
-from tests.helpers.media import YUNET_REFERENCE, read_rgb
+from tests.helpers.media import SHARED, YUNET_REFERENCE, read_rgb
 
 PHOTOS = ["img01_single_frontal_obama.jpg", "img03_single_frontal_rose_leslie.jpg", "img05_profile_left.jpeg",
           "img07_group6_t1.jpg", "img09_group3_glasses_voc.jpg"]
@@ -65,9 +66,9 @@ def test_batch_of_different_sizes_in_one_call(client, triton):
         slot[:image.shape[0], :image.shape[1]] = image
     sizes = np.array([i.shape[:2] for i in images], np.int32)
 
-    yunet_runs = _execution_count(triton, "yunet")
+    runs = _execution_count(triton, "detect")
     found = client.detect(batch, image_sizes=sizes)
-    assert _execution_count(triton, "yunet") == yunet_runs + 1  # one batched YuNet run for the 5 images
+    assert _execution_count(triton, "detect") == runs + 1  # one batched run (YuNet inside detect) for the 5 images
 
     for index, image in enumerate(images):
         mine = found.frame_index == index
@@ -99,3 +100,27 @@ def _opencv_at_size(rgb, size):
 def _execution_count(triton, model: str) -> int:
     stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(model, as_json=True)
     return int(stats["model_stats"][0].get("execution_count", 0))
+
+
+def test_the_folded_graph_finds_what_the_three_steps_found(client):
+    """``detect`` is pre-processing, YuNet and post-processing folded into one graph: the same detections as the
+    three graphs run one after the other (as the ensemble ran them), to 1e-3 px and 1e-5 in score."""
+    import onnxruntime as ort
+
+    def session(model):
+        return ort.InferenceSession(model if isinstance(model, str) else model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+
+    pre, post = session(glue.detect_preprocess()), session(glue.detect_postprocess())
+    network = session(str(SHARED / "models" / "yunet_s_dynamic.onnx"))
+    images = np.stack([cv2.resize(read_rgb(p), (640, 480)) for p in PHOTOS])
+    detector_input, padded, scale, valid = pre.run(None, {"IMAGES": images})
+    feed = dict(zip([o.name for o in network.get_outputs()], network.run(None, {"input": detector_input})))
+    feed.update(PADDED_SIZE=padded, SCALE=scale, VALID_SIZES=valid)
+    boxes, scores, landmarks, frame_index = post.run(None, feed)
+    found = client.detect(images)
+    assert len(found) == len(boxes) >= 12
+    np.testing.assert_array_equal(found.frame_index, frame_index)
+    np.testing.assert_allclose(found.boxes, boxes, atol=1e-3)
+    np.testing.assert_allclose(found.landmarks, landmarks, atol=1e-3)
+    np.testing.assert_allclose(found.scores, scores, atol=1e-5)
