@@ -20,9 +20,9 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo
+from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.photos import read_photo
-from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.picking import PickRequest, check_time, find_picks, identities, requested
 from swapstream.services.engine.picking import check_sources as check_pick_sources
 from swapstream.services.engine.preview import (FrameAt, IdentityCache, file_digest, frame_at, frame_index_at,
@@ -198,6 +198,9 @@ def _answer(service: Service, sessions: Sessions, session: Session, seconds: flo
     info = session.info
     if info is not None:
         _check_time(info, seconds)
+    if options["faces"] == "reference" and session.reference is None:
+        raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap: send the files "
+                                  "again with it", ErrorCode.MISSING_REFERENCE)
     asked = requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
                       options.get("pick_sources"))
     if info is not None:

@@ -140,6 +140,9 @@ def test_refusals_carry_a_code(http, service, no_face, tmp_path):
     bad = preview(http, fake, time=1)
     assert bad.status_code == 422 and bad.json()["code"] == "not_a_video", bad.text
     assert str(service.data) not in bad.json()["detail"]
+    session = json.loads(preview(http, GROUP).headers["X-Preview"])["session"]
+    no_reference = preview(http, session=session, faces="reference")
+    assert no_reference.status_code == 422 and no_reference.json()["code"] == "missing_reference", no_reference.text
     gone = preview(http, session="0" * 32, time=1)
     assert gone.status_code == 404 and gone.json()["code"] == "not_found"
     nothing = preview(http, time=1)

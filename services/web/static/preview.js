@@ -117,6 +117,7 @@ slider.addEventListener("input", () => {
 for (const name of ["faces", "swapper", "score_threshold", "reference_distance", "smoothing"]) {
   form.elements[name]?.addEventListener("change", () => {
     if (name === "faces" && form.faces.value !== "all") state.pick = null; // picking is "these faces", not another rule
+    if (name === "faces" && form.faces.value === "reference") state.session = null; // the reference photo goes too
     if (state.session) request();
   });
 }
