@@ -215,3 +215,11 @@ def test_a_pick_is_followed_to_other_times_of_the_clip(http):
     assert followed["frame"] == 150 and [f["swapped"] for f in followed["faces"]] == [True]  # re-found by its look
     past = preview(http, session=header["session"], time=1, pick_time=9, pick_points=pick["pick_points"])
     assert past.status_code == 422 and past.json()["code"] == "bad_option" and "pick_time" in past.json()["detail"]
+
+
+def test_a_preview_may_send_a_jobs_files_and_no_more():
+    from swapstream.services.jobs.uploads import UploadLimits
+
+    limits = UploadLimits(max_video_bytes=50 << 20, max_photo_bytes=2 << 20)
+    assert limits.request_limit("/v1/preview") == limits.request_limit("/v1/jobs") == limits.max_request_bytes
+    assert limits.request_limit("/v1/swap-image") < limits.max_request_bytes
