@@ -93,3 +93,13 @@ def test_the_cli_writes_only_the_part_with_its_sound_at_the_cap_and_rate(triton,
         right = np.abs(output[k] - shrunk[index]).mean()
         wrong = min(np.abs(output[k] - shrunk[j]).mean() for j in (index - 15, index + 15))
         assert right < 6 and right < wrong, (k, index, right, wrong)
+
+
+def test_the_reader_gives_exactly_the_kept_frames_from_the_middle_of_the_video():
+    from swapstream.pipelines.decode import open_video
+
+    whole = np.concatenate([batch.frames for batch in open_video(VID04, "cpu", 16, decoder="pyav")])
+    plan = plan_frames(probe_video(VID04), 3.0, 5.5, fps=12)  # starts between key frames, every 2nd-3rd frame
+    batches = list(open_video(VID04, "cpu", 16, keep=plan.indices))
+    assert [b.start for b in batches] == [0, 16] and sum(len(b) for b in batches) == len(plan.indices) == 30
+    assert np.array_equal(np.concatenate([b.frames for b in batches]), whole[plan.indices])

@@ -190,3 +190,21 @@ def test_pages_of_older_jobs_and_the_gallery_at_phone_width(service, browser):
         wait_until(page, "document.querySelector('#jobs li[data-id] .target-name')?.textContent === 'clip-54.mp4'")
         assert "jobs 1–50 of" in page.inner_text("nav.pager")
     assert (ARTIFACTS / "jobs-gallery-phone.png").is_file()
+
+
+def test_the_photo_slider_by_touch_at_phone_width(service, browser):
+    with open_page(browser, service.url + "/swap-photo", viewport=PHONE) as watched:  # a touch screen
+        page = watched.page
+        page.set_input_files("input[name=source]", str(OBAMA))
+        page.set_input_files("input[name=target]", str(ROSE))
+        page.click("#swap")
+        page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
+        wait_until(page, "document.getElementById('swapped-photo').naturalWidth > 0")
+        stage = page.locator("#swapped .compare-stage")
+        stage.scroll_into_view_if_needed()
+        box = stage.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        page.touchscreen.tap(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+        assert 23 <= value(page, LINE) <= 27
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        watched.screenshot("compare-photo-phone", full_page=False)
