@@ -62,7 +62,7 @@ def canvas_rgb(page) -> np.ndarray:
 
 def wait_answers(page, more: int) -> None:
     count = page.evaluate(ANSWERED)
-    wait_until(page, f"{ANSWERED} >= {count + more}", timeout=90_000)
+    wait_until(page, f"{ANSWERED} >= {count + more}", timeout=180_000)
 
 
 def face_shift(client, swapped: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -89,7 +89,7 @@ def test_switch_mirror_full_screen_record_and_stop(service, browser, camera_clip
         page.select_option("#swapper", "simswap")  # the stand-ins' known colour shift tells the two people apart
         page.evaluate(COUNT_SOCKETS)
         page.click("#start")
-        wait_until(page, f"{ANSWERED} >= 3", timeout=90_000)
+        wait_until(page, f"{ANSWERED} >= 3", timeout=240_000)  # the first answers wait for the shapes' first runs
         as_obama = canvas_rgb(page)
 
         # the face switched while streaming: one socket all along

@@ -196,9 +196,9 @@ def test_each_page_at_phone_width(service, browser, path, name):
         watched.screenshot(f"words-{name}-phone")
 
 
-PROGRESS = """async (updates) => {
+PROGRESS = """async ([id, updates]) => {
   const { progressText } = await import("/static/progress.js");
-  const base = { id: "j", state: "running", frames_total: 216, faces_swapped: 0, attempts: 1, max_attempts: 3,
+  const base = { id, state: "running", frames_total: 216, faces_swapped: 0, attempts: 1, max_attempts: 3,
                  progress: 0, result: null, duration: 7.2, started_at: 0 };
   return updates.map(([at, frames]) => progressText({ ...base, updated_at: at, frames_done: frames,
                                                       faces_swapped: frames, progress: frames / 216 }));
@@ -207,8 +207,8 @@ PROGRESS = """async (updates) => {
 
 def test_the_time_left_shows_only_once_it_is_stable(service, browser):
     with open_page(browser, service.url + "/analyze") as watched:
-        steady = watched.page.evaluate(PROGRESS, [[20, 16], [22, 32], [24, 48], [26, 64], [28, 80]])
-        erratic = watched.page.evaluate(PROGRESS, [[20, 16], [21, 32], [29, 48], [30, 64], [40, 80]])
+        steady = watched.page.evaluate(PROGRESS, ["a", [[20, 16], [22, 32], [24, 48], [26, 64], [28, 80]]])
+        erratic = watched.page.evaluate(PROGRESS, ["b", [[20, 16], [21, 32], [29, 48], [30, 64], [40, 80]]])
     assert steady[0] == "7 % · 16 / 216 frames · 16 faces swapped · attempt 1 of 3", steady  # one face a frame
     assert "8.0 fps" in steady[1] and not any("left" in text for text in steady[:3]), steady
     assert "about 19 s left" in steady[3] and "about 17 s left" in steady[4], steady  # 136 frames at 8 fps

@@ -88,7 +88,7 @@ function jobParts(job) {
     el("progress", { max: "1", value: String(job.progress), class: job.state,
       "aria-label": `progress of job ${job.id.slice(0, 8)}` }),
     el("div", { class: "numbers" }, progressText(job)),
-    job.error ? el("div", { class: "job-error", title: job.error }, errorText(job)) : null,
+    errorText(job) ? el("div", { class: "job-error", title: job.error }, errorText(job)) : null,
     el("div", { class: "actions" },
       job.state === "done" ? el("button", { type: "button", onclick: () => openResult(job.id) }, "Show the result") : null,
       el("button", { type: "button", class: "danger", onclick: () => remove(job) },

@@ -59,9 +59,9 @@ export function progressText(job) {
   return parts.filter(Boolean).join(" · ");
 }
 
-/** The job's error (or why it waits) in the page's words; null when it has none. */
+/** The job's error (or why it waits) in the page's words; null when it has none, or finished well after all. */
 export function errorText(job) {
-  return job.error ? plainWords(job.error_code, job.error) : null;
+  return job.error && job.state !== "done" ? plainWords(job.error_code, job.error) : null;
 }
 
 /** [name, value] rows of a finished job's summary: a photo's has no frames, speed or frames without a face. */
