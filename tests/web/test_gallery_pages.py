@@ -159,7 +159,7 @@ def test_a_trimmed_job_in_the_gallery_and_its_result_compared(service, browser):
         wait_until(page, f"document.querySelectorAll('#jobs li[data-id]').length === {count + 1}")
         again = page.get_attribute("#jobs li[data-id]", "data-id")
         assert again != job_id and page.inner_text(f"#job-{again} .target-name") == "Holiday at the beach <1>.mp4"
-        page.wait_for_selector(f"#job-{again}[data-state=done]", timeout=240_000)
+        page.wait_for_selector(f"#job-{again}[data-state=running]", timeout=120_000)  # its files were found
 
 
 def test_pages_of_older_jobs_and_the_gallery_at_phone_width(service, browser):
