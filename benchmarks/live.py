@@ -4,8 +4,9 @@ peers serve each user).
 
 One embedded Triton (or ``--triton``) serves two ``swapstream serve`` processes, one per mode. For each stream count
 both modes run in turn (so that a change in the machine's load touches both alike). Each stream is the
-``swapstream live`` client's ``LiveStream`` on the same pre-encoded JPEG frames, started at a random phase within
-one frame interval (cameras are not in step). The batch sizes formed come from the service's ``/metrics``.
+``swapstream live`` client's ``LiveStream`` on the same pre-encoded JPEG frames (640x480, as a camera page sends
+them), started at a random phase within one frame interval (cameras are not in step). The batch sizes formed come
+from the service's ``/metrics``; the server's CPU per answered frame from ``/proc``.
 """
 from __future__ import annotations
 
