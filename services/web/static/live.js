@@ -17,7 +17,8 @@ const RECONNECT_PAUSE_MS = 500;      // between two tries
 const MAX_WIDTH = 640;               // frames are sent at most this wide (the camera's own size when smaller)
 const MAX_BUFFERED = 1 << 20;        // bytes unsent in the socket past which a camera frame is skipped, not queued
 const LATENCY_WINDOW = 60;           // answers the shown latency is the median of
-const FPS_WINDOW_MS = 2000;
+const FPS_WINDOW_MS = 2000;          // frames/s back: over the last 2 s, or (slower) the last two answers ...
+const FPS_LONGEST_MS = 10000;        // ... of the last 10 s
 const STOP_GRACE_MS = 10000;         // after `stop`, how long the service may take to answer what it holds
 const RECORD_TYPES = ["video/webm;codecs=vp9", "video/webm;codecs=vp8", "video/webm", "video/mp4"];
 
@@ -98,9 +99,11 @@ function median(values) {
 
 function showStats(stats, header) {
   const now = performance.now();
-  stats.answeredAt = stats.answeredAt.filter((t) => now - t <= FPS_WINDOW_MS);
-  const span = stats.answeredAt.length > 1 ? now - stats.answeredAt[0] : 0;
-  $("fps").textContent = span > 0 ? ((stats.answeredAt.length - 1) * 1000 / span).toFixed(1) : "–";
+  stats.answeredAt = stats.answeredAt.filter((t) => now - t <= FPS_LONGEST_MS);
+  const recent = stats.answeredAt.filter((t) => now - t <= FPS_WINDOW_MS);
+  const used = recent.length > 1 ? recent : stats.answeredAt.slice(-2);
+  const span = used.length > 1 ? now - used[0] : 0;
+  $("fps").textContent = span > 0 ? ((used.length - 1) * 1000 / span).toFixed(1) : "–";
   if (stats.latencies.length) {
     const last = stats.latencies[stats.latencies.length - 1];
     $("latency").textContent = `${Math.round(median(stats.latencies))} ms median of the last ${stats.latencies.length}`
