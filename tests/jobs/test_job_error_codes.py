@@ -49,6 +49,17 @@ def test_fail_keeps_the_code_and_an_older_store_gets_the_column(tmp_path):
     JobStore(f"sqlite:///{path}").close()  # opened again: the column is there, nothing added twice
 
 
+def test_a_job_whose_worker_went_silent_says_so(tmp_path):
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        job = store.create({}, {}, max_attempts=1)
+        store.claim("elsewhere:1:token:0")  # another host's worker, silent from now on
+        (released,) = store.recover(lambda worker: False, stale_after=0.0)
+        assert (released.id, released.state, released.error_code) == (job.id, "failed", "worker_lost"), released
+    finally:
+        store.close()
+
+
 def test_a_job_the_worker_fails_answers_its_code(tmp_path, triton):
     clip = cut(MEDIA / "vid03_square_480_expressions.mp4", tmp_path / "clip.mp4", 8)
     with ServiceProcess(tmp_path / "data", "--triton", triton.grpc_url, "--workers", "1") as service, \
