@@ -26,6 +26,7 @@ class Judge:
         self._dlib = dlib
         self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+        self._shape68 = dlib.shape_predictor(models.pose_predictor_model_location())
 
     def descriptors(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """[K,128] descriptors of the faces in ``boxes`` ([K,4] x1, y1, x2, y2) of one RGB image."""
@@ -35,6 +36,17 @@ class Judge:
             box = self._dlib.rectangle(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
             out[k] = np.array(self._net.compute_face_descriptor(image, self._shape(image, box)), np.float32)
         return out
+
+    def eye_openness(self, rgb: np.ndarray, box) -> float:
+        """The eye aspect ratio of the face in ``box`` (x1, y1, x2, y2), dlib's 68 points, both eyes averaged: the
+        lids' distance over the eye's width, about 0.3 open and under 0.2 closed."""
+        image = np.ascontiguousarray(rgb, dtype=np.uint8)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        shape = self._shape68(image, self._dlib.rectangle(x1, y1, x2, y2))
+        points = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
+        ratios = [(np.linalg.norm(e[1] - e[5]) + np.linalg.norm(e[2] - e[4])) / (2 * np.linalg.norm(e[0] - e[3]))
+                  for e in (points[36:42], points[42:48])]
+        return float(np.mean(ratios))
 
     @staticmethod
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,6 +7,10 @@ head pose is closest is warped onto the face's mesh (``mesh_warp``). Faces the s
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
 import numpy as np
 
 from swapstream.services.engine.clock import StageClock
@@ -21,6 +25,9 @@ MIN_PRESENCE = 0.5  # Face Mesh's face-presence score (a sigmoid) below which a 
 # vid04 0.25-0.38.
 MAX_AWAY = 0.18
 
+# The faces of a batch warp side by side: OpenCV and numpy release the GIL in nearly all of a face's work.
+WARP_THREADS = min(4, os.cpu_count() or 1)
+
 UNTOUCHED_NO_MESH = "faces left untouched by the mesh swapper: no face mesh found (blurred, tiny or hidden faces)"
 UNTOUCHED_FOLDED = "faces left untouched by the mesh swapper: head turned too far (the face mesh folds over)"
 
@@ -30,6 +37,11 @@ def face_meshes(client: SwapstreamClient, crops: np.ndarray) -> tuple[np.ndarray
     model's own window, the one measured closest to MediaPipe's two-pass mesh (see the facemesh model)."""
     meshes, presence = client.facemesh(crops)
     return meshes.astype(np.float32, copy=False), presence
+
+
+@cache
+def _warp_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(WARP_THREADS, thread_name_prefix="mesh-warp")
 
 
 class MeshSwapper(Swapper):
@@ -71,14 +83,18 @@ class MeshSwapper(Swapper):
         with clock("swap"):
             meshes, presence = face_meshes(self.client, aligned) if meshes is None else meshes
             poses = mesh_warp.mesh_pose(meshes)
+            warps = []
             for k in range(count):
                 if presence[k] < MIN_PRESENCE:
                     clock.note(UNTOUCHED_NO_MESH)
                     continue
                 source = identities[0] if len(identities) == 1 else identities[k]
                 n = int(np.argmin(np.abs(np.asarray(source["pose"]) - poses[k]).sum(axis=1)))
-                if not mesh_warp.swap_face(aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
-                                           source["triangles"][n], source["skin"][n], faces[k], masks[k],
-                                           max_away=MAX_AWAY):
+                # Each face writes only its own faces[k] and masks[k].
+                warps.append(_warp_pool().submit(
+                    mesh_warp.swap_face, aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
+                    source["triangles"][n], source["skin"][n], faces[k], masks[k], max_away=MAX_AWAY))
+            for warp in warps:
+                if not warp.result():
                     clock.note(UNTOUCHED_FOLDED)
         return faces, masks

@@ -5,11 +5,12 @@ every triangle of the source mesh is mapped affinely onto the same triangle of t
 first move part of the way to the source's (``with_source_shape``: the face's proportions are much of who it is).
 The triangles are rasterised into one label image (far triangles first, so the near side of a turned head covers the
 far side; triangles that face away from the camera in the target are dropped), which gives a dense target -> source
-map for a single ``cv2.remap``. The warped face is then colour matched to the target's skin (LAB mean and spread),
-and the mask that blends it in is the target's face oval, feathered, with holes where the target must show through:
-its mouth interior (between the inner lips), its eyes (blinks and gaze are the target's; the mesh does not follow
-blinks), and wherever the source showed hair instead of skin. All per-pixel work is done inside the face's box, not
-the crop.
+map for a single ``cv2.remap``. The warped face is blurred to the target's sharpness (a small or soft face gets a soft
+paste), colour matched to the target's skin (LAB mean and spread, then its shading), and half of its expression lines
+give way to the target's. The mask that blends it in is the target's face oval, feathered, with holes where the target
+must show through: its mouth (lips and interior: the target's mouth moves and no source lips are pasted), its eyes and
+lids (blinks and gaze are the target's; the mesh does not follow blinks), and wherever the source showed hair instead
+of skin. All per-pixel work is done inside the face's box, not the crop.
 """
 from __future__ import annotations
 
@@ -47,15 +48,25 @@ SHADING_SIGMA = 24.0    # the target's shading is matched at scales above this (
 CONTRAST_RANGE = (0.8, 1.25)  # the colour match may change the source's spread by at most this factor
 SKIN_DISTANCE = 3.0     # a source pixel further than this (Mahalanobis, LAB) from its cheeks' skin is not skin
 RIM_WIDTH = 8           # hair is what is not skin and reaches this close to the source's face oval
+EYE_GROW = 6            # eye holes grow by this much: the target's lids and lashes, so its blinks show
+# The target's detail coarser than this (px) replaces CREASE_SHARE of the source's outside the features (grown by
+# CREASE_FEATURES px): the source's expression lines (a smile's folds) fade and the target's come through. More
+# costs identity: vid01's mean dlib distance 0.49 with none, 0.54 at half, 0.61 all (judged the source in 10 %).
+CREASE_SIGMA = 3.0
+CREASE_SHARE = 0.5
+CREASE_FEATURES = 6
+DETAIL_SIGMA = 1.5      # sharpness is the detail finer than this relative to that finer than 4x it
+BLUR_STEPS = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6, 8.0, 11.0, 16.0)
 _MARGIN = int(3 * FEATHER_SIGMA) + 2
 # How far the target mesh's inner points move towards the source's (fitted onto it in 3-D). dlib's judge, mean
 # distance to the source (0.6 = same person) on vid01, vid03, img03: 0 -> 0.61, 0.49, 0.62 (vid01 judged the source in
-# 10 % of frames); 0.5 -> 0.48, 0.45, 0.53 (100 %); 1 (2-D fit) -> 0.46, 0.46, 0.55 with the lips stretched between
-# the source's outer and the target's inner lip ring.
-SOURCE_SHAPE = 0.5
-# Points that stay the target's: the outline (no seam, the target's jaw and hair edge) and the eye and inner-lip
-# rings, the mask's holes through which the target's eyes and mouth interior show.
-_TARGET_POINTS = np.array(sorted(set(FACE_OVAL + EYE_RIGHT + EYE_LEFT + LIPS_INNER)))
+# 10 % of frames); 0.5 -> 0.48, 0.45, 0.53 (100 %). With the target's lips kept (the mask's mouth hole is the outer
+# lip ring) the source's mouth can no longer tear, so more of its shape comes through: 0.8 on vid01, vid04, img03,
+# img07 0.49, 0.49, 0.55, 0.55 against 0.49, 0.51, 0.53, 0.55 at 0.5.
+SOURCE_SHAPE = 0.8
+# Points that stay the target's: the outline (no seam, the target's jaw and hair edge) and the eye and lip rings, the
+# mask's holes through which the target's eyes and mouth show.
+_TARGET_POINTS = np.array(sorted(set(FACE_OVAL + EYE_RIGHT + EYE_LEFT + LIPS_INNER + LIPS_OUTER)))
 
 
 class Box:
@@ -284,6 +295,43 @@ def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> n
     return cv2.add(face, difference, dtype=cv2.CV_8U)  # rounded and saturated
 
 
+def _detail(grey: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute fine detail (the image less its blur at DETAIL_SIGMA) over ``region``."""
+    fine = cv2.absdiff(grey, cv2.GaussianBlur(grey, (0, 0), DETAIL_SIGMA))
+    coarse = cv2.absdiff(grey, cv2.GaussianBlur(grey, (0, 0), 4 * DETAIL_SIGMA))
+    return float(cv2.mean(fine, mask=region)[0]) / max(float(cv2.mean(coarse, mask=region)[0]), 1e-3)
+
+
+def match_sharpness(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``face`` blurred (the least of BLUR_STEPS) until its fine detail over ``region`` is no more than ``target``'s:
+    a small or soft target face (upscaled into the 512 crop) gets a paste as soft as itself, not a sharp photo."""
+    if cv2.countNonZero(region) < 100:
+        return face
+    wanted = _detail(cv2.cvtColor(target, cv2.COLOR_RGB2GRAY).astype(np.float32), region)
+    grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    if _detail(grey, region) <= wanted:
+        return face
+    for sigma in BLUR_STEPS:
+        if _detail(cv2.GaussianBlur(grey, (0, 0), sigma), region) <= wanted:
+            break
+    return cv2.GaussianBlur(face, (0, 0), sigma)
+
+
+def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``face`` with CREASE_SHARE of its detail coarser than CREASE_SIGMA replaced by ``target``'s, less where
+    ``keep`` (uint8, 255: the features, which stay the source's)."""
+    face32 = face.astype(np.float32)
+    difference = cv2.GaussianBlur(target.astype(np.float32), (0, 0), CREASE_SIGMA) \
+        - cv2.GaussianBlur(face32, (0, 0), CREASE_SIGMA)
+    weight = (CREASE_SHARE / 255) * (255 - keep.astype(np.float32))[..., None]
+    return cv2.convertScaleAbs(face32 + weight * difference)  # all >= 0 after rounding: only the saturation acts
+
+
+def _hole(inside: np.ndarray, grow: int, sigma: float) -> np.ndarray:
+    """A hole of the mask: ``inside`` all target, fading out ``grow`` px further."""
+    return np.maximum(_feather(cv2.dilate(inside, _disc(grow)), sigma), inside)
+
+
 def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
               triangles: np.ndarray, skin: np.ndarray, face: np.ndarray, mask: np.ndarray, keep_eyes: bool = True,
               max_away: float = 1.0) -> bool:
@@ -304,15 +352,17 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
     solid = np.minimum(oval, warped_skin)
     region = cv2.threshold(solid, 127, 255, cv2.THRESH_BINARY)[1]
     region[_features(box, target_mesh, 4) > 0] = 0
+    inner = cv2.erode(solid, _disc(OVAL_INSET))
+    warped = match_sharpness(warped, here, cv2.threshold(inner, 127, 255, cv2.THRESH_BINARY)[1])
     matched = colour_match(warped, here, region)
     if SHADING_SIGMA:
         matched = match_shading(matched, here, region)
-    base = _feather(cv2.erode(solid, _disc(OVAL_INSET)), FEATHER_SIGMA)
-    holes = [box.points(target_mesh, LIPS_INNER)]
+    base = _feather(inner, FEATHER_SIGMA)
+    matched = transfer_creases(matched, here, _feather(_features(box, target_mesh, CREASE_FEATURES), CREASE_SIGMA))
+    hole = _hole(box.fill([box.points(target_mesh, LIPS_OUTER)]), HOLE_GROW, HOLE_SIGMA)
     if keep_eyes:
-        holes += [box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)]
-    inside = box.fill(holes)
-    hole = np.maximum(_feather(cv2.dilate(inside, _disc(HOLE_GROW)), HOLE_SIGMA), inside)  # inside: all target
+        eyes = box.fill([box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)])
+        hole = np.maximum(hole, _hole(eyes, EYE_GROW, EYE_GROW / 2))
     mask[box.slices] = cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255)
     face[box.slices] = np.where(covered[..., None], matched, here)
     return True
