@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from swapstream.benchmarks.media import iter_frames
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.mesh_tracking import DETECT_EVERY, VideoLocator, five_points
 from swapstream.services.engine.swapper import FaceSwapper
@@ -15,6 +16,7 @@ from tests.helpers.judge import SAME_PERSON, distances_to, judge
 from tests.helpers.media import MEDIA, frames_of, read_rgb
 
 SOURCE = "img01_single_frontal_obama.jpg"
+VID01 = "vid01_talking_head_1280x720_audio.mp4"
 FRAMES = 30
 
 
@@ -88,8 +90,7 @@ def test_a_lost_face_makes_the_detector_run_at_once(engine, vid03):
 
 
 def test_a_scene_cut_makes_the_detector_run_and_starts_a_new_shot(engine, vid03):
-    other = frames_of(MEDIA / "vid01_talking_head_1280x720_audio.mp4")[:8]
-    other = np.stack([cv2.resize(f, (480, 270))[:, :] for f in other])
+    other = np.stack([cv2.resize(f, (480, 270)) for _, f in zip(range(6), iter_frames(MEDIA / VID01))])
     frames = vid03[:12].copy()
     frames[6:, :270] = other[:6]
     frames[6:, 270:] = 0
