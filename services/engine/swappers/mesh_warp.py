@@ -300,8 +300,8 @@ def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> n
 
 def _detail(grey: np.ndarray, region: np.ndarray) -> float:
     """Mean absolute fine detail (the image less its blur at DETAIL_SIGMA) over ``region``."""
-    fine = cv2.absdiff(grey, cv2.GaussianBlur(grey, (0, 0), DETAIL_SIGMA))
-    coarse = cv2.absdiff(grey, cv2.GaussianBlur(grey, (0, 0), 4 * DETAIL_SIGMA))
+    fine = cv2.absdiff(grey, _feather(grey, DETAIL_SIGMA))
+    coarse = cv2.absdiff(grey, _feather(grey, 4 * DETAIL_SIGMA))
     return float(cv2.mean(fine, mask=region)[0]) / max(float(cv2.mean(coarse, mask=region)[0]), 1e-3)
 
 
@@ -315,9 +315,9 @@ def match_sharpness(face: np.ndarray, target: np.ndarray, region: np.ndarray) ->
     if _detail(grey, region) <= wanted:
         return face
     for sigma in BLUR_STEPS:
-        if _detail(cv2.GaussianBlur(grey, (0, 0), sigma), region) <= wanted:
+        if _detail(_feather(grey, sigma), region) <= wanted:
             break
-    return cv2.GaussianBlur(face, (0, 0), sigma)
+    return _feather(face, sigma)
 
 
 def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray) -> np.ndarray:
