@@ -23,6 +23,7 @@ import numpy as np
 from swapstream.pipelines.align import invert_affine
 from swapstream.pipelines.templates import estimate_similarity, template_points
 from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.cuts import CutDetector
 from swapstream.services.engine.swappers.mesh import MIN_PRESENCE
 from swapstream.services.engine.tracking import box_iou
 from swapstream.services.options import default
@@ -35,9 +36,6 @@ MODES = ("mesh", "detector")
 # The detector looks for new faces every this many frames (a third of a second at 30 frames/s) even while every
 # face is followed; a face entering is found within it.
 DETECT_EVERY = 10
-# A scene cut: the mean change of a 32x18 grey thumbnail, in grey levels. Measured on the shared clips: frame to
-# frame at most 0.9 in vid01 and vid03, up to 16 in vid04's fast moves and fades, 26-30 at vid04's three cuts.
-CUT_LEVEL = 20.0
 # Followed faces whose boxes overlap more than this are one face followed twice: the more present one stays.
 SAME_FACE_IOU = 0.5
 # A detection this close to a followed face (IoU of the boxes) is that face (the tracker's own threshold).
@@ -101,14 +99,11 @@ class MeshFollower:
     frames: int = 0                 # frames located
     detected: int = 0               # frames the detector ran on
     _since_detection: int | None = None
-    _thumbnail: np.ndarray | None = None
+    _cuts: CutDetector = field(default_factory=CutDetector)
 
     def wants_detection(self, frame: np.ndarray) -> tuple[bool, bool]:
         """(run the detector on ``frame``, it starts a new shot); called once per frame, in order."""
-        small = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (32, 18), interpolation=cv2.INTER_AREA)
-        small = small.astype(np.float32)
-        cut = self._thumbnail is not None and float(np.abs(small - self._thumbnail).mean()) > CUT_LEVEL
-        self._thumbnail = small
+        cut = self._cuts(frame)
         if cut:
             self.faces = []
         due = self._since_detection is None or self._since_detection + 1 >= self.detect_every

@@ -44,3 +44,16 @@ def check_sources(service: Service, folder: Path, sources: list[Upload], score_t
                      unless_triton_down=unless_triton_down)
         paths.append(path)
     return paths
+
+
+def save_reference(service: Service, folder: Path, reference: Upload | None, score_threshold: float, *,
+                   unless_triton_down: bool = False) -> Path:
+    """The reference photo of faces=reference saved in ``folder`` and checked (limits, header, a face)."""
+    if reference is None:
+        raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap",
+                             ErrorCode.MISSING_REFERENCE)
+    limits = service.config.limits
+    _, path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
+    require_face(service, check_photo(path, "reference", limits), "reference photo", score_threshold,
+                 unless_triton_down=unless_triton_down)
+    return path

@@ -15,7 +15,7 @@ from swapstream.services.engine.trim import check_for_photo, plan_frames
 from swapstream.services.http.deps import ServiceDep, StoreDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
-from swapstream.services.http.inputs import check_sources, require_face
+from swapstream.services.http.inputs import check_sources, save_reference
 from swapstream.services.http.picks import check_picks
 from swapstream.services.jobs.service import Busy, Service
 from swapstream.services.jobs.store import FINAL, STATES, JobStore, QueueFull
@@ -59,14 +59,21 @@ def submit_job(
     config = service.config
     if service.store.counts().get("queued", 0) >= config.max_queued:
         raise _queue_full(config.max_queued)
+    names = {"target": display_name(target.filename), "sources": [display_name(s.filename) for s in source]}
+    if reference is not None and options["faces"] == "reference":
+        names["reference"] = display_name(reference.filename)
+    return _queue(service, options, names,
+                  lambda folder: _save_inputs(service, folder, target, source, reference, options))
+
+
+def _queue(service: Service, options: dict, names: dict, fill) -> JSONResponse:
+    """A new job whose files ``fill(folder)`` puts in a fresh upload folder (returning the job's ``inputs``); the
+    folder goes again when the job is not made."""
+    config = service.config
     folder = new_folder(service.data_dir / "uploads")
     try:
-        inputs = _save_inputs(service, folder, target, source, reference, options)
-        names = {"target": display_name(target.filename), "sources": [display_name(s.filename) for s in source]}
-        if reference is not None and "reference" in inputs:
-            names["reference"] = display_name(reference.filename)
-        job = service.store.create(options, inputs, max_attempts=config.max_attempts, max_queued=config.max_queued,
-                                   names=names)
+        job = service.store.create(options, fill(folder), max_attempts=config.max_attempts,
+                                   max_queued=config.max_queued, names=names)
     except QueueFull:
         remove_folder(folder)
         raise _queue_full(config.max_queued) from None
@@ -89,13 +96,8 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
               "sources": [service.relative(p) for p in sources], "frames": frames, "duration": duration,
               "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}
     if options["faces"] == "reference":
-        if reference is None:
-            raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap",
-                                 ErrorCode.MISSING_REFERENCE)
-        _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
-        require_face(service, check_photo(reference_path, "reference", limits), "reference photo",
-                     options["score_threshold"], unless_triton_down=True)
-        inputs["reference"] = service.relative(reference_path)
+        inputs["reference"] = service.relative(
+            save_reference(service, folder, reference, options["score_threshold"], unless_triton_down=True))
     return inputs
 
 
@@ -203,20 +205,11 @@ def run_again(job_id: str, service: ServiceDep):
                              ErrorCode.DISK_FULL)
     if service.store.counts().get("queued", 0) >= config.max_queued:
         raise _queue_full(config.max_queued)
-    folder = new_folder(service.data_dir / "uploads")
-    try:
+
+    def linked(folder) -> dict:
         link_folder(old, folder)
         moved = service.relative(folder)
-        inputs = {key: (value.replace(job.inputs["folder"], moved, 1) if key in ("folder", "target", "reference")
-                        else [s.replace(job.inputs["folder"], moved, 1) for s in value] if key == "sources" else value)
-                  for key, value in job.inputs.items()}
-        again = service.store.create(job.options, inputs, max_attempts=config.max_attempts,
-                                     max_queued=config.max_queued, names=job.names)
-    except QueueFull:
-        remove_folder(folder)
-        raise _queue_full(config.max_queued) from None
-    except BaseException:
-        remove_folder(folder)
-        raise
-    service.pool.notify()
-    return JSONResponse(job_view(again), status_code=201, headers={"Location": f"/v1/jobs/{again.id}"})
+        return {key: (value.replace(job.inputs["folder"], moved, 1) if key in ("folder", "target", "reference")
+                      else [s.replace(job.inputs["folder"], moved, 1) for s in value] if key == "sources" else value)
+                for key, value in job.inputs.items()}
+    return _queue(service, job.options, job.names, linked)

@@ -31,7 +31,7 @@ from swapstream.services.engine.selection import FaceSelector, Picks
 from swapstream.services.http.deps import ServiceDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
-from swapstream.services.http.inputs import check_sources, require_face
+from swapstream.services.http.inputs import check_sources, save_reference
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import (UploadRejected, check_photo, check_video, new_folder, remove_folder,
                                               save_upload, without_path)
@@ -179,12 +179,7 @@ def _new_session(service: Service, sessions: Sessions, target: UploadFile, sourc
             _check_time(info, seconds)
         reference_path = None
         if options["faces"] == "reference":
-            if reference is None:
-                raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap",
-                                     ErrorCode.MISSING_REFERENCE)
-            _, reference_path = save_upload(reference, folder, "reference", "reference", {"photo"}, limits)
-            require_face(service, check_photo(reference_path, "reference", limits), "reference photo",
-                         options["score_threshold"])
+            reference_path = save_reference(service, folder, reference, options["score_threshold"])
         paths = check_sources(service, folder, sources, options["score_threshold"])
         session = Session(folder.name, folder, target_path, info, paths, file_digest(paths), reference_path)
     except BaseException:

@@ -137,6 +137,22 @@ def test_run_again_and_thumbnail_refusals(http):
     assert gone.status_code == 410 and gone.json()["code"] == "gone" and "submit the files again" in gone.json()["detail"]
 
 
+def test_a_reference_photo_is_checked_named_and_kept_by_run_again(http, service):
+    before = {p.name for p in (service.data / "uploads").iterdir()}
+    missing = _submit(http, target=GROUP, faces="reference")
+    assert missing.status_code == 422 and missing.json()["code"] == "missing_reference", missing.text
+    assert {p.name for p in (service.data / "uploads").iterdir()} == before
+    files = [("target", (GROUP.name, GROUP.read_bytes(), "image/jpeg")),
+             ("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg")),
+             ("reference", ("her.jpg", GROUP.read_bytes(), "image/jpeg"))]
+    job = http.post("/v1/jobs", files=files, data={"faces": "reference"})
+    assert job.status_code == 201 and job.json()["names"]["reference"] == "her.jpg", job.text
+    again = http.post(f"/v1/jobs/{job.json()['id']}/again").json()
+    assert again["names"] == job.json()["names"] and again["options"]["faces"] == "reference"
+    for made in (job.json(), again):
+        assert wait_for(http, made["id"], {"done", "failed"})["state"] == "done"
+
+
 @pytest.mark.parametrize("form, message", [
     ({"start": 7.5}, "start 7.5 s is not inside the video, which lasts 7.2 s"),
     ({"start": 4, "end": 2}, "start 4 s must come before end 2 s"),
