@@ -47,6 +47,16 @@ SERVER_FAULTS = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "Stat
                  "StatusCode.INTERNAL", "StatusCode.UNKNOWN", "StatusCode.RESOURCE_EXHAUSTED"}
 # Of those, the ones that also say the server cannot be reached now: it is taken out until a probe answers.
 UNREACHABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+# A model the server knows without a loaded version: the server is loading or unloading it (starting, or stopping
+# after a SIGTERM), so it is taken out like an unreachable one rather than the call failed as a bad request.
+NOT_LOADED = "has no available versions"
+
+
+def _server_fault(error: InferenceServerException) -> tuple[bool, bool]:
+    """(the server failed the call, not the request; it cannot serve now and is taken out)."""
+    if error.status() == "StatusCode.NOT_FOUND" and NOT_LOADED in (error.message() or ""):
+        return True, True
+    return error.status() in SERVER_FAULTS, error.status() in UNREACHABLE
 
 
 class TritonTargetError(ValueError):
@@ -228,10 +238,11 @@ class TritonPool:
             try:
                 return self._call_memory(server, model, layout, timeout)
             except InferenceServerException as error:
-                if error.status() not in SERVER_FAULTS:
+                fault, unreachable = _server_fault(error)
+                if not fault:
                     raise PoolCallError(server.address, error) from error
                 first_error = first_error or (server.address, error)
-                if error.status() in UNREACHABLE:
+                if unreachable:
                     self._take_out(server, _short(error))
                 if len(tried) < len(self.servers()):
                     log.warning("Triton model '%s' failed on %s (%s); sending the call to another server", model,

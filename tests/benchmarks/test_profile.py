@@ -5,6 +5,7 @@ from __future__ import annotations
 from swapstream.benchmarks.profile import JOB_RATE, SERVER_RATE, job_table, markdown, server_table
 
 DECODE = "swapstream/pipelines/decode.py"
+DECODE_RGB = "swapstream/pipelines/decode_rgb.py"
 
 
 def _line_of(root, path: str, text: str) -> int:
@@ -15,12 +16,13 @@ def _line_of(root, path: str, text: str) -> int:
 def test_job_samples_go_to_their_stage_and_part(tmp_path):
     from swapstream.benchmarks.profile import ROOT
 
-    convert = _line_of(ROOT, DECODE, "to_rgb.reformat(")
+    writes = _line_of(ROOT, DECODE, "to_rgb.write(")
+    convert = _line_of(ROOT, DECODE_RGB, "self._reformatter.reformat(")
     decoding = _line_of(ROOT, DECODE, "for frame in container.decode(stream)")
     thread = "thread (1): Thread-1 (work);run (threading.py:975);"
     raw = tmp_path / "job.raw"
     raw.write_text("\n".join([
-        f"{thread}VideoReader._pyav_batches ({DECODE}:{convert}) 30",
+        f"{thread}VideoReader._pyav_batches ({DECODE}:{writes});RgbWriter.write ({DECODE_RGB}:{convert}) 30",
         f"{thread}VideoReader._pyav_batches ({DECODE}:{decoding}) 20",
         f"{thread}FaceSwapper.detect (swapstream/services/engine/swapper.py:76);Downscaler.__call__ "
         "(swapstream/pipelines/resize.py:40);BatchedPipeline.run_into (swapstream/pipelines/align.py:200);"

@@ -201,7 +201,7 @@ def test_a_frozen_triton_is_restarted_and_nothing_waits_for_it_then_sigterm_stop
             http.timeout = 60
             assert wait_for(http, stuck["id"], {"cancelled", "done", "failed"}, timeout=120)["state"] == "cancelled"
             job = wait_for(http, later.json()["id"], {"done", "failed"}, timeout=300)
-            assert job["state"] == "done", job
+            assert job["state"] == "done", (job["error_code"], job["error"], service.log()[-3000:])
             assert "has not answered" in service.log()
             assert not _alive(frozen)
             reaper, server = _reaper_and_server(service)

@@ -170,8 +170,10 @@ function sendFrame(current) {
   current.encoding = true;
   capture.toBlob(async (blob) => {
     current.encoding = false;
-    if (!blob || session !== current || current.stopping || current.ws.readyState !== WebSocket.OPEN) return;
+    const open = () => session === current && !current.stopping && current.ws.readyState === WebSocket.OPEN;
+    if (!blob || !open()) return;
     const image = await blob.arrayBuffer();
+    if (!open()) return; // closed (a draining replica, Stop) while the bytes were read
     current.seq += 1;
     current.ws.send(packFrame({ seq: current.seq, ts: capturedAt }, image));
     current.stats.sent += 1;
