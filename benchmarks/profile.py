@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage of a job sample: the first of these found in its stack, innermost frame first.
 STAGE_MARKERS = [
-    ("Downscaler", "detect"), ("SwapstreamClient.detect", "detect"), ("FaceTracker", "track"),
-    ("Aligner", "align"), ("SwapstreamClient.swap", "swap"), ("Blender", "blend"), ("VideoWriter", "encode"),
+    ("Downscaler", "detect"), ("SwapstreamClient.detect", "detect"), ("SwapstreamClient.facemesh", "follow"),
+    ("VideoLocator", "follow"), ("MeshFollower", "follow"), ("FaceTracker", "track"),
+    ("Aligner", "align"), ("SwapstreamClient.swap", "swap"), ("MeshSwapper", "swap"), ("Blender", "blend"),
+    ("VideoWriter", "encode"),
     ("VideoReader", "decode"), ("probe_video", "decode"), ("open_video", "decode"), ("_batches", "re-batch"),
     ("_drain", "queues"), ("_put", "queues"), ("source_embedding", "source identity"), ("<module>", "start-up"),
     ("build", "start-up"), ("__init__", "start-up"),
