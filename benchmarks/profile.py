@@ -33,6 +33,7 @@ STAGE_MARKERS = [
     ("Downscaler", "detect"), ("SwapstreamClient.detect", "detect"), ("SwapstreamClient.facemesh", "follow"),
     ("VideoLocator", "follow"), ("MeshFollower", "follow"), ("FaceTracker", "track"),
     ("Aligner", "align"), ("SwapstreamClient.swap", "swap"), ("MeshSwapper", "swap"), ("Blender", "blend"),
+    ("swap_face", "swap"),
     ("VideoWriter", "encode"),
     ("VideoReader", "decode"), ("probe_video", "decode"), ("open_video", "decode"), ("_batches", "re-batch"),
     ("_drain", "queues"), ("_put", "queues"), ("source_embedding", "source identity"), ("<module>", "start-up"),
@@ -47,6 +48,10 @@ PART_RULES = [
     (r"(?<!_)Pipeline\.run|_run_once|_pipe\.run|run_into", "DALI compute"),
     (r"stack|\.copy\(|ascontiguousarray|empty_like|batch\[filled\]|np\.array\(", "copy"),
     (r"\.write\(|stdin", "pipe to ffmpeg"), (r"Condition\.wait|\.get\(|\.put\(", "waiting"),
+    # the mesh swap's steps (mesh_warp.py), run in its thread pool
+    (r"^(warp_map|_label_map) ", "mesh warp"), (r"^(transfer_creases|_detail) ", "expression lines"),
+    (r"^(colour_match|match_shading) ", "colour match"),
+    (r"^(_feather|_smooth_inside|_hole|_features|match_sharpness|Box\.fill) ", "mask and sharpness"),
 ]
 SERVER_PARTS = [(r"Session\.run", "onnxruntime"), (r"as_numpy|get_input_tensor|_feeds", "input copy"),
                 (r"pb_utils\.Tensor|ascontiguousarray|_respond", "output copy")]
