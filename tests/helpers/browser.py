@@ -9,6 +9,8 @@ expression with ``new Function`` inside the page).
 """
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import time
@@ -16,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import cv2
+import numpy as np
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -106,3 +110,33 @@ def wait_until(page: Page, expression: str, timeout: float = 30_000, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"still false after {timeout / 1000:.0f} s: {expression}")
         time.sleep(interval)
+
+
+def figures(**values) -> None:
+    """Measured numbers for the README, kept beside the screenshots in ``web-figures.json`` (never asserted)."""
+    path = ARTIFACTS / "web-figures.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**known, **values}, indent=2))
+    print(values)
+
+
+_IMAGE_PIXELS = """(id) => {
+  const image = document.getElementById(id);
+  const canvas = document.createElement("canvas");
+  canvas.width = image.naturalWidth;
+  canvas.height = image.naturalHeight;
+  canvas.getContext("2d").drawImage(image, 0, 0);
+  return canvas.toDataURL("image/png");
+}"""
+
+
+def rgb_from_data_url(url: str) -> np.ndarray:
+    """A ``data:image/png;base64,...`` URL's pixels, [H,W,3] uint8 RGB."""
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def image_rgb(page: Page, image_id: str) -> np.ndarray:
+    """The pixels of the page's ``<img id=image_id>`` at its natural size, [H,W,3] uint8 RGB."""
+    return rgb_from_data_url(page.evaluate(_IMAGE_PIXELS, image_id))

@@ -4,8 +4,6 @@ Every page is opened through ``open_page``: any console error, page error or fai
 Screenshots go to ``tests/artifacts/`` (desktop and phone width)."""
 from __future__ import annotations
 
-import base64
-import json
 import time
 
 import cv2
@@ -14,7 +12,7 @@ import pytest
 
 from swapstream.benchmarks.media import cut, ffmpeg
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import ARTIFACTS, DESKTOP, PHONE, chromium, open_page, wait_until
+from tests.helpers.browser import DESKTOP, PHONE, chromium, figures, image_rgb, open_page, rgb_from_data_url, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -49,20 +47,6 @@ def browser(tmp_path_factory):
 def http(service):
     with service.client() as client:
         yield client
-
-
-def figures(**values) -> None:
-    """Measured numbers for the README, kept beside the screenshots (never asserted)."""
-    path = ARTIFACTS / "web-figures.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**known, **values}, indent=2))
-    print(values)
-
-
-def rgb_from_data_url(url: str) -> np.ndarray:
-    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 GRAB = """async ([id, time]) => {
@@ -212,22 +196,12 @@ def test_swap_a_photo_shows_it_beside_the_target(service, browser):
         wait_until(page, "document.getElementById('swapped-photo').complete && "
                                "document.getElementById('target-photo').naturalWidth > 0")
         assert page.inner_text("#swapped-caption") == "swapped: 1 face"
-        swapped = rgb_from_data_url(page.evaluate(IMAGE_PIXELS, "swapped-photo"))
-        target = rgb_from_data_url(page.evaluate(IMAGE_PIXELS, "target-photo"))
+        swapped = image_rgb(page, "swapped-photo")
+        target = image_rgb(page, "target-photo")
         watched.screenshot("swap-photo-desktop")
     assert swapped.shape == target.shape
     changed = np.abs(swapped.astype(int) - target.astype(int)).max(axis=2) > 8
     assert 0.02 < changed.mean() < 0.5  # the face changed, not the whole photo
-
-
-IMAGE_PIXELS = """(id) => {
-  const image = document.getElementById(id);
-  const canvas = document.createElement("canvas");
-  canvas.width = image.naturalWidth;
-  canvas.height = image.naturalHeight;
-  canvas.getContext("2d").drawImage(image, 0, 0);
-  return canvas.toDataURL("image/png");
-}"""
 
 
 # ------------------------------------------------------------------------------------------------ every page, phone

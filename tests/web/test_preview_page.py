@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from swapstream.services.jobs.process import ServiceProcess, wait_for
-from tests.helpers.browser import ARTIFACTS, DESKTOP, PHONE, chromium, open_page, wait_until
+from tests.helpers.browser import DESKTOP, PHONE, chromium, figures, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -38,15 +38,6 @@ def browser():
 def http(service):
     with service.client() as client:
         yield client
-
-
-def figures(**values) -> None:
-    """Measured numbers for the README, kept beside the screenshots (never asserted)."""
-    path = ARTIFACTS / "web-figures.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**known, **values}, indent=2))
-    print(values)
 
 
 def move_slider(page, seconds: float) -> None:

@@ -3,28 +3,17 @@ numbered, one of the six faces of img07 is picked (by click; keyboard toggles to
 Any console error, page error or failed request fails the test."""
 from __future__ import annotations
 
-import base64
 
-import cv2
 import numpy as np
 import pytest
 
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import PHONE, chromium, open_page, wait_until
+from tests.helpers.browser import PHONE, chromium, image_rgb, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
 GROUP = MEDIA / "img07_group6_t1.jpg"
 ROSE = MEDIA / "img03_single_frontal_rose_leslie.jpg"
-
-PIXELS = """(id) => {
-  const image = document.getElementById(id);
-  const canvas = document.createElement("canvas");
-  canvas.width = image.naturalWidth;
-  canvas.height = image.naturalHeight;
-  canvas.getContext("2d").drawImage(image, 0, 0);
-  return canvas.toDataURL("image/png");
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +27,6 @@ def service(tmp_path_factory, triton):
 def browser():
     with chromium() as running:
         yield running
-
-
-def rgb(page, image_id: str) -> np.ndarray:
-    png = np.frombuffer(base64.b64decode(page.evaluate(PIXELS, image_id).split(",", 1)[1]), np.uint8)
-    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(int)
 
 
 def test_one_face_of_six_picked_on_the_photo_is_the_only_one_replaced(service, browser):
@@ -81,7 +65,8 @@ def test_one_face_of_six_picked_on_the_photo_is_the_only_one_replaced(service, b
                          "document.getElementById('swapped-photo').naturalWidth > 0 && "
                          "document.getElementById('target-photo').naturalWidth > 0")
         assert page.inner_text("#swapped-caption") == "swapped: 1 face"
-        swapped, target = rgb(page, "swapped-photo"), rgb(page, "target-photo")
+        swapped = image_rgb(page, "swapped-photo").astype(int)
+        target = image_rgb(page, "target-photo").astype(int)
     changes = []
     for x1, y1, x2, y2 in (np.array(box).astype(int) for box in boxes):
         w, h = x2 - x1, y2 - y1
