@@ -140,3 +140,14 @@ def rgb_from_data_url(url: str) -> np.ndarray:
 def image_rgb(page: Page, image_id: str) -> np.ndarray:
     """The pixels of the page's ``<img id=image_id>`` at its natural size, [H,W,3] uint8 RGB."""
     return rgb_from_data_url(page.evaluate(_IMAGE_PIXELS, image_id))
+
+
+def swap_photo(page: Page, source: Path, target: Path) -> None:
+    """On /swap-photo: chooses the photos, swaps, and waits until both pictures are shown."""
+    page.set_input_files("input[name=source]", str(source))
+    page.set_input_files("input[name=target]", str(target))
+    page.click("#swap")
+    page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
+    wait_until(page, "document.getElementById('swapped-photo').complete && "
+                     "document.getElementById('swapped-photo').naturalWidth > 0 && "
+                     "document.getElementById('target-photo').naturalWidth > 0")

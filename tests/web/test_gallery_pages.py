@@ -10,7 +10,7 @@ import pytest
 
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.jobs.store import JobStore
-from tests.helpers.browser import ARTIFACTS, PHONE, chromium, open_page, wait_until
+from tests.helpers.browser import ARTIFACTS, PHONE, chromium, open_page, swap_photo, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -78,12 +78,7 @@ def check_split_shows_each_side(page, stage: str, line: str) -> None:
 def test_the_photo_slider_by_mouse_and_keyboard_and_zoom(service, browser):
     with open_page(browser, service.url + "/swap-photo") as watched:
         page = watched.page
-        page.set_input_files("input[name=source]", str(OBAMA))
-        page.set_input_files("input[name=target]", str(ROSE))
-        page.click("#swap")
-        page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
-        wait_until(page, "document.getElementById('swapped-photo').naturalWidth > 0 && "
-                         "document.getElementById('target-photo').naturalWidth > 0")
+        swap_photo(page, OBAMA, ROSE)
         assert page.inner_text("#swapped-caption") == "swapped: 1 face"  # the page's own caption is kept
         assert value(page, LINE) == 50 and page.is_visible("#swapped .compare-bar button[aria-label='zoom in']")
         drag(page, "#swapped .compare-stage", 0.5, 0.8)
@@ -195,11 +190,7 @@ def test_pages_of_older_jobs_and_the_gallery_at_phone_width(service, browser):
 def test_the_photo_slider_by_touch_at_phone_width(service, browser):
     with open_page(browser, service.url + "/swap-photo", viewport=PHONE) as watched:  # a touch screen
         page = watched.page
-        page.set_input_files("input[name=source]", str(OBAMA))
-        page.set_input_files("input[name=target]", str(ROSE))
-        page.click("#swap")
-        page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
-        wait_until(page, "document.getElementById('swapped-photo').naturalWidth > 0")
+        swap_photo(page, OBAMA, ROSE)
         stage = page.locator("#swapped .compare-stage")
         stage.scroll_into_view_if_needed()
         box = stage.bounding_box()

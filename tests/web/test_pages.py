@@ -12,7 +12,8 @@ import pytest
 
 from swapstream.benchmarks.media import cut, ffmpeg
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import DESKTOP, PHONE, chromium, figures, image_rgb, open_page, rgb_from_data_url, wait_until
+from tests.helpers.browser import (DESKTOP, PHONE, chromium, figures, image_rgb, open_page, rgb_from_data_url,
+                                  swap_photo, wait_until)
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -189,12 +190,7 @@ def test_a_selfie_from_the_camera_is_analysed(service, browser):
 def test_swap_a_photo_shows_it_beside_the_target(service, browser):
     with open_page(browser, service.url + "/swap-photo") as watched:
         page = watched.page
-        page.set_input_files("input[name=source]", str(OBAMA))
-        page.set_input_files("input[name=target]", str(ROSE))
-        page.click("#swap")
-        page.wait_for_selector("#swapped:not([hidden])", timeout=60_000)
-        wait_until(page, "document.getElementById('swapped-photo').complete && "
-                               "document.getElementById('target-photo').naturalWidth > 0")
+        swap_photo(page, OBAMA, ROSE)
         assert page.inner_text("#swapped-caption") == "swapped: 1 face"
         swapped = image_rgb(page, "swapped-photo")
         target = image_rgb(page, "target-photo")
