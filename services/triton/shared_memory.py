@@ -29,6 +29,7 @@ import mmap
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ PREFIX = "swapstream_client_"
 MIN_BYTES = 64 * 1024  # smaller tensors ride in the message: a copy into the region would save nothing
 HEADROOM = 1.5         # a region is made this much bigger than the call that needed it
 ALIGN = 64             # each tensor's offset in the region
+# A region was once still registered after its release right after a call, under load (a request the server had
+# not let go of yet, presumably); the unregistration is tried again a few times, 0.75 s at most.
+UNREGISTER_TRIES = 5
 
 
 def _host_tag() -> str:
@@ -135,10 +139,18 @@ class Region:
 
     def release(self) -> None:
         """Unregisters the region (best effort: the server may be gone) and unmaps it."""
-        try:
-            self._client.unregister_system_shared_memory(self.name)
-        except InferenceServerException:
-            pass
+        refusal = ""
+        for attempt in range(UNREGISTER_TRIES):
+            try:
+                self._client.unregister_system_shared_memory(self.name)
+                break
+            except InferenceServerException as error:
+                if error.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+                    break  # the server is gone, and its registrations with it
+                refusal = error.message()
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            log.warning("Triton kept shared-memory region %s registered: %s", self.name, refusal)
         self.bytes = None
         try:
             self._map.close()

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from swapstream.services.triton import shared_memory as shm
 from swapstream.services.triton.balancer import TritonPool
@@ -162,7 +164,13 @@ def test_a_region_the_server_lost_is_registered_again(own_client, plain, triton)
     client.swap(crops, np.ones(512, np.float32))
     (lost,) = next(iter(pool.memory_regions().values()))
     with grpcclient.InferenceServerClient(triton.grpc_url) as admin:  # as a restarted server would have forgotten it
-        admin.unregister_system_shared_memory(lost)
+        for _ in range(50):  # Triton refuses while the finished call still holds the region, for a moment
+            try:
+                admin.unregister_system_shared_memory(lost)
+                break
+            except InferenceServerException as error:
+                assert "in use" in error.message(), error
+                time.sleep(0.05)
     got = client.swap(crops, np.ones(512, np.float32))
     assert all(np.array_equal(g, w) for g, w in zip(got, plain.swap(crops, np.ones(512, np.float32))))
     (again,) = next(iter(pool.memory_regions().values()))
