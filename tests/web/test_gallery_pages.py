@@ -10,7 +10,7 @@ import pytest
 
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.jobs.store import JobStore
-from tests.helpers.browser import ARTIFACTS, PHONE, chromium, open_page, swap_photo, wait_until
+from tests.helpers.browser import ARTIFACTS, PHONE, open_page, swap_photo, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -23,12 +23,6 @@ LINE = "#swapped .compare-line"
 def service(tmp_path_factory, triton):
     data = tmp_path_factory.mktemp("gallery-web") / "data"
     with ServiceProcess(data, "--triton", triton.grpc_url, "--max-queued", "100") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
         yield running
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import DESKTOP, PHONE, chromium, open_page, wait_until
+from tests.helpers.browser import DESKTOP, PHONE, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -24,12 +24,6 @@ API_WORDS = ("curl", "--", "score_threshold", "source_id", "POST", "/v1/", "deta
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, triton):
     with ServiceProcess(tmp_path_factory.mktemp("words") / "data", "--triton", triton.grpc_url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
         yield running
 
 

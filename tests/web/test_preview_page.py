@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from swapstream.services.jobs.process import ServiceProcess, wait_for
-from tests.helpers.browser import DESKTOP, PHONE, chromium, figures, open_page, wait_until
+from tests.helpers.browser import DESKTOP, PHONE, figures, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -25,12 +25,6 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def service(tmp_path_factory, triton):
     data = tmp_path_factory.mktemp("preview-page") / "data"
     with ServiceProcess(data, "--triton", triton.grpc_url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
         yield running
 
 

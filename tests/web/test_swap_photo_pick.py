@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import PHONE, chromium, image_rgb, open_page, wait_until
+from tests.helpers.browser import PHONE, image_rgb, open_page, wait_until
 from tests.helpers.media import MEDIA
 from tests.helpers.service import OBAMA
 
@@ -20,12 +20,6 @@ ROSE = MEDIA / "img03_single_frontal_rose_leslie.jpg"
 def service(tmp_path_factory, triton):
     data = tmp_path_factory.mktemp("pick-page") / "data"
     with ServiceProcess(data, "--triton", triton.grpc_url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
         yield running
 
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from swapstream.services.jobs.process import ServiceProcess
-from tests.helpers.browser import chromium, open_page
+from tests.helpers.browser import open_page
 
 TOKEN = "right-token-3f9a"
 
@@ -15,12 +15,6 @@ TOKEN = "right-token-3f9a"
 def service(tmp_path_factory, triton):
     data = tmp_path_factory.mktemp("web-token") / "data"
     with ServiceProcess(data, "--triton", triton.grpc_url, "--token", TOKEN) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as running:
         yield running
 
 
