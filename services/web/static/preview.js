@@ -4,6 +4,7 @@
 // picked faces are swapped, and the job gets `pick_time` and `pick_points`. One preview request is in flight at a
 // time; a slider moved meanwhile asks again for where it ended, once.
 import { ApiError, appendOptions, api, el, showError } from "/static/common.js";
+import { centre, clearPicksOnFacesChange, faceButton, togglePick } from "/static/faces.js";
 
 const form = document.getElementById("submit-form");
 const root = document.getElementById("preview");
@@ -113,10 +114,10 @@ slider.addEventListener("input", () => {
   request();
 });
 
-// A change of the faces, the swapper or the sensitivity shows at once.
+// A change of the faces, the swapper or the sensitivity shows at once; picking is "these faces", not another rule.
+clearPicksOnFacesChange(form.faces, () => { state.pick = null; });
 for (const name of ["faces", "swapper", "score_threshold", "reference_distance", "smoothing"]) {
   form.elements[name]?.addEventListener("change", () => {
-    if (name === "faces" && form.faces.value !== "all") state.pick = null; // picking is "these faces", not another rule
     if (name === "faces" && form.faces.value === "reference") state.session = null; // the reference photo goes too
     if (state.session) request();
   });
@@ -228,31 +229,19 @@ function drawFaces() {
   for (const old of original.querySelectorAll(".face-box")) old.remove();
   const { width, height } = state.frame;
   const pickedHere = state.pick && Math.abs(state.pick.time - state.frame.time) < 1e-3;
-  for (const face of state.faces) {
-    const [x1, y1, x2, y2] = face.box;
-    const picked = Boolean(pickedHere && state.pick.numbers.has(face.number));
-    const box = el("button", { type: "button", class: `face-box${face.swapped ? " swapped" : ""}`,
-      "aria-pressed": String(picked), "aria-label": `face ${face.number}${picked ? ", picked" : ""}`,
-      "data-number": String(face.number), onclick: () => toggle(face.number) },
-      el("span", {}, String(face.number)));
-    // CSSOM (not a style attribute): allowed by the page's Content-Security-Policy
-    Object.assign(box.style, { left: `${(100 * x1) / width}%`, top: `${(100 * y1) / height}%`,
-      width: `${(100 * (x2 - x1)) / width}%`, height: `${(100 * (y2 - y1)) / height}%` });
-    original.append(box);
-  }
+  original.append(...state.faces.map((face) => faceButton(face, width, height,
+    Boolean(pickedHere && state.pick.numbers.has(face.number)), toggle, face.swapped ? "swapped" : "")));
 }
 
 /** Picks (or unpicks) a face of the frame shown; a pick made at another frame is replaced. Picking swaps the faces
- * picked, so the faces setting goes back to "all". */
+ * picked, so the faces setting goes back to "all" (faces.js). */
 function toggle(number) {
   const time = state.frame.time;
   if (!state.pick || Math.abs(state.pick.time - time) >= 1e-3) state.pick = { time, numbers: new Set(), points: [] };
   const numbers = state.pick.numbers;
-  if (numbers.has(number)) numbers.delete(number); else numbers.add(number);
-  state.pick.points = state.faces.filter((face) => numbers.has(face.number))
-    .map(({ box: [x1, y1, x2, y2] }) => [Math.round((x1 + x2) / 2), Math.round((y1 + y2) / 2)]);
+  togglePick(numbers, number, form.faces);
+  state.pick.points = state.faces.filter((face) => numbers.has(face.number)).map((face) => centre(face.box));
   if (!numbers.size) state.pick = null;
-  if (form.faces.value !== "all") form.faces.value = "all";
   request();
 }
 

@@ -4,6 +4,7 @@
 // `pick_points` (the picked faces' centres, in the photo's pixels) and, with several source photos, `pick_sources`
 // (which photo each picked face becomes).
 import { api, apiJson, appendOptions, applyOptions, clearError, dropZones, el, showError } from "/static/common.js";
+import { centre, clearPicksOnFacesChange, faceButton, markPicked, togglePick } from "/static/faces.js";
 
 const form = document.getElementById("swap-form");
 const status = document.getElementById("status");
@@ -28,7 +29,13 @@ dropZones((input) => { if (input === form.target) findFaces(); else showSources(
 form.target.addEventListener("change", findFaces);
 form.source.addEventListener("change", showSources);
 form.score_threshold.addEventListener("change", () => { if (form.target.files[0]) findFaces(); });
-unpickButton.addEventListener("click", () => { found.picked.clear(); showPicks(); });
+unpickButton.addEventListener("click", unpick);
+clearPicksOnFacesChange(form.faces, () => { if (found.picked.size) unpick(); }); // picking is "these faces"
+
+function unpick() {
+  found.picked.clear();
+  showPicks();
+}
 
 // --------------------------------------------------------------------------------------------- the faces found
 
@@ -65,34 +72,18 @@ async function findFaces() {
     .map((box, index) => ({ number: index + 1, box }));
   found.url = URL.createObjectURL(target);
   frame.replaceChildren(el("img", { src: found.url, alt: "the target photo, its faces outlined" }),
-    ...found.faces.map(faceButton));
+    ...found.faces.map((face) => faceButton(face, found.width, found.height, false, toggle)));
   showPicks();
 }
 
-function faceButton(face) {
-  const [x1, y1, x2, y2] = face.box;
-  const button = el("button", { type: "button", class: "face-box", "data-number": String(face.number),
-    onclick: () => toggle(face.number) }, el("span", {}, String(face.number)));
-  // CSSOM, not a style attribute: the page's Content-Security-Policy allows it
-  Object.assign(button.style, { left: `${(100 * x1) / found.width}%`, top: `${(100 * y1) / found.height}%`,
-    width: `${(100 * (x2 - x1)) / found.width}%`, height: `${(100 * (y2 - y1)) / found.height}%` });
-  return button;
-}
-
 function toggle(number) {
-  if (found.picked.has(number)) found.picked.delete(number); else found.picked.add(number);
-  if (found.picked.size && form.faces.value !== "all") form.faces.value = "all"; // picking is "these faces"
+  togglePick(found.picked, number, form.faces);
   showPicks();
 }
 
 /** The buttons' pressed state, the words under the photo and, with several source photos, who becomes whom. */
 function showPicks() {
-  for (const button of frame.querySelectorAll(".face-box")) {
-    const number = Number(button.dataset.number);
-    const picked = found.picked.has(number);
-    button.setAttribute("aria-pressed", String(picked));
-    button.setAttribute("aria-label", `face ${number}${picked ? ", picked" : ""}`);
-  }
+  for (const button of frame.querySelectorAll(".face-box")) markPicked(button, found.picked.has(Number(button.dataset.number)));
   const count = found.faces.length;
   const picked = found.picked.size;
   if (!count) {
@@ -130,10 +121,7 @@ function appendPicks(data) {
   if (!numbers.length) return;
   const boxes = new Map(found.faces.map((face) => [face.number, face.box]));
   data.set("faces", "all");
-  data.append("pick_points", JSON.stringify(numbers.map((number) => {
-    const [x1, y1, x2, y2] = boxes.get(number);
-    return [Math.round((x1 + x2) / 2), Math.round((y1 + y2) / 2)];
-  })));
+  data.append("pick_points", JSON.stringify(numbers.map((number) => centre(boxes.get(number)))));
   const chosen = [...sourcesList.querySelectorAll("select")].map((select) => select.value);
   if (sourcesList.hidden || chosen.every((value) => value === "")) return;
   if (chosen.some((value) => value === "")) {
