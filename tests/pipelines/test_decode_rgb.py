@@ -53,3 +53,20 @@ def test_the_reader_gives_the_accurate_packed_conversion_byte_for_byte(tmp_path,
     with av.open(str(path)) as container:
         default = next(container.decode(video=0)).to_ndarray(format="rgb24")
     assert np.abs(default.astype(int) - want[0]).max() > 2
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_turned_write_is_np_rot90_of_the_unturned_one(turns):
+    """RgbWriter turns with cv2.rotate into the batch; the direction is np.rot90's (counter-clockwise)."""
+    from swapstream.pipelines.decode_rgb import RgbWriter
+    with av.open(str(VID03)) as container:
+        frame = next(container.decode(video=0))
+    writer = RgbWriter()
+    plain = np.empty((frame.height, frame.width, 3), np.uint8)
+    writer.write(frame, plain)
+    want = np.rot90(plain, turns)
+    turned = np.full(want.shape, 7, np.uint8)
+    out_ptr = turned.ctypes.data
+    writer.write(frame, turned, turns)
+    assert turned.ctypes.data == out_ptr  # written in place, not rebound
+    np.testing.assert_array_equal(turned, want)
