@@ -27,6 +27,7 @@ that failed: a frame is tracked once).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -259,19 +260,24 @@ class Scheduler(threading.Thread):
 
     def _detect_apart(self, group: Group) -> list[Group]:
         """The group with its faces found (one ``detect`` call); when that fails (not the inference server), again
-        frame by frame, so that only the frame that fails gets an error."""
+        frame by frame, so that only the frame that fails gets an error. Each frame is located once: the retry starts
+        from its stream's follower as it was before the failed call (which may have advanced some of them)."""
+        followers = [stream.detect_follower() for stream, _ in group.items]
+        before = [copy.deepcopy(f) for f in followers] if len(followers) > 1 else None  # small: meshes, a thumbnail
         try:
             detector = self.swappers("detect", group.swapper)
             group.frames, sizes = pad_to_one_size([frame.rgb for _, frame in group.items])
-            group.found = locate(detector, group.frames, sizes, [stream.follower for stream, _ in group.items],
+            group.found = locate(detector, group.frames, sizes, followers,
                                  clock=group.clock)  # faces followed by their mesh; the detector when due
             return [group]
         except TritonCallError as error:  # the server's failure, not a frame's: every frame of the group
             self._server_failed(group, range(len(group.items)), error)
         except Exception as error:  # noqa: BLE001 - one frame must not fail the others, nor stop the streams
-            if len(group.items) == 1:
+            if before is None:
                 self._failed(group.round, *group.items[0], error)
                 return []
+            for (stream, _), follower in zip(group.items, before):
+                stream.follower = follower
             return [done for item in group.items for done in self._detect_apart(Group([item], group.round))]
         return []
 
@@ -316,7 +322,9 @@ class Scheduler(threading.Thread):
         positions = list(faces)
         frames = group.frames if len(positions) == len(group.items) else group.frames[positions]
         chosen = [(i, face) for i, position in enumerate(positions) for face in faces[position]]
-        identities = [group.items[position][0].identity for position in positions for _ in faces[position]]
+        identities = []  # each frame's identity read once: a source switch mid-round must not split a frame's faces
+        for position in positions:
+            identities += [group.items[position][0].identity] * len(faces[position])
         try:
             out = self.swappers("swap", group.swapper).swap_frames(frames, chosen, identities, group.clock)
         except TritonCallError as error:

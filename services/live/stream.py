@@ -59,8 +59,10 @@ class LiveStream:
         self._waiting: Frame | None = None
         self._in_flight = 0              # frames taken by the scheduler and not yet delivered
         self._dropped: list[int] = []    # reported in the next answer
+        self.follower = MeshFollower()   # the scheduler's detect thread only: faces followed by their mesh
+        self._fresh_follower = False     # set by the swap thread, applied by the detect thread (``detect_follower``)
         # the scheduler's swap thread only:
-        self.restart_tracking()
+        self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
         self._selector = FaceSelector(options.faces, options.smoothing)
         self._frames = 0
         self._last_time = -1.0
@@ -126,9 +128,17 @@ class LiveStream:
         return frame
 
     def restart_tracking(self) -> None:
-        """A fresh tracker (at the start, and after a frame failed: its state may be what failed)."""
+        """Tracking afresh after a frame failed (its state may be what failed), called from the swap thread: a fresh
+        tracker now; the detect thread uses the follower concurrently, so it gets a fresh one before its next locate."""
         self._tracker = CausalFaceTracker(max_gap=HOLD_FRAMES)
-        self.follower = MeshFollower()  # its faces followed by their mesh (engine/mesh_tracking.py)
+        self._fresh_follower = True
+
+    def detect_follower(self) -> MeshFollower:
+        """The follower for the next locate (detect thread only): a fresh one after ``restart_tracking``."""
+        if self._fresh_follower:
+            self._fresh_follower = False
+            self.follower = MeshFollower()  # its faces followed by their mesh (engine/mesh_tracking.py)
+        return self.follower
 
     def track(self, frame: Frame, boxes, landmarks, scores, meshes=None) -> list[TrackedFace]:
         """The faces to swap in this frame: tracked causally, smoothed (unless turned off), selected."""
