@@ -199,13 +199,20 @@ export async function apiJson(path, options = {}) {
 // ------------------------------------------------------------------------------------------------- the options
 
 let optionTable = null; // GET /v1/options, fetched once per page
+const applied = new WeakMap(); // root -> the promise of its controls filled (one per root, shared by every caller)
 
 /**
  * Fills every control marked `data-option="table.name"` (e.g. `swap.faces`) from the service's options table: a
  * select gets the choices (less those in `data-except`), a number input its bounds, step and default, a checkbox
- * its default. The pages write no choice, default or bound themselves.
+ * its default. The pages write no choice, default or bound themselves. Returns one promise per root, the same to
+ * every caller: await it before reading the controls (it rejects when the table could not be had).
  */
-export async function applyOptions(root = document) {
+export function applyOptions(root = document) {
+  if (!applied.has(root)) applied.set(root, fillOptions(root));
+  return applied.get(root);
+}
+
+async function fillOptions(root) {
   optionTable ??= apiJson("/v1/options");
   const table = await optionTable;
   for (const control of root.querySelectorAll("[data-option]")) {

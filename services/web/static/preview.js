@@ -3,7 +3,7 @@
 // the faces found outlined and numbered on the original. Clicking a face (or Enter/Space on it) picks it: only the
 // picked faces are swapped, and the job gets `pick_time` and `pick_points`. One preview request is in flight at a
 // time; a slider moved meanwhile asks again for where it ended, once.
-import { ApiError, appendOptions, api, el, showError } from "/static/common.js";
+import { ApiError, appendOptions, api, applyOptions, el, showError } from "/static/common.js";
 import { centre, clearPicksOnFacesChange, faceButton, togglePick } from "/static/faces.js";
 
 const form = document.getElementById("submit-form");
@@ -150,14 +150,14 @@ function previewForm(withFiles) {
   return data;
 }
 
-/** The option controls are filled from the service's table (common.js applyOptions) before the first request. */
-async function optionsReady() {
-  while (!form.faces.options.length) await new Promise((resolve) => setTimeout(resolve, 50));
-}
-
 async function fetchFrame() {
   if (!state.target || !form.source.files.length) return;
-  await optionsReady();
+  try {
+    await applyOptions(); // the option controls are filled from the service's table before the first request
+  } catch {
+    status.textContent = ""; // the page's error box says why (jobs.js)
+    return;
+  }
   if (form.faces.value === "reference" && !form.reference.files[0]) {
     status.textContent = "Add the photo of the person to replace to see the swap.";
     return;
