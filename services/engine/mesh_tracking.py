@@ -158,7 +158,9 @@ def locate(engine: FaceSwapper, frames: np.ndarray, image_sizes: np.ndarray | No
                   - set(detect))
     if lost:  # a followed face's mesh is gone: the detector looks at that frame now, not at the next due one
         again = _detected(engine, frames, sizes, lost, score_threshold, clock)
-        keep = [k for k, c in enumerate(candidates) if c.offset is None or presence[k] >= MIN_PRESENCE]
+        # a followed face still present stays unless a new detection is that face (as in ``_followed``)
+        keep = [k for k, c in enumerate(candidates) if c.offset is None
+                or (presence[k] >= MIN_PRESENCE and not _overlapped(c.position, c.box[None], again)[0])]
         new_meshes, new_presence = _meshes(engine, frames, again, clock)
         candidates = [candidates[k] for k in keep] + again
         meshes, presence = np.concatenate([meshes[keep], new_meshes]), np.concatenate([presence[keep], new_presence])
@@ -178,16 +180,22 @@ def _detected(engine: FaceSwapper, frames: np.ndarray, sizes: np.ndarray, positi
             for i, lm, box, s in zip(found.frame_index, found.landmarks, found.boxes, found.scores)]
 
 
+def _overlapped(position: int, boxes: np.ndarray, detected: list[_Candidate]) -> np.ndarray:
+    """[n] bool: which ``boxes`` [n,4] of frame ``position`` a detection of that frame overlaps (the same face)."""
+    mine = np.array([c.box for c in detected if c.position == position]).reshape(-1, 4)
+    if not len(boxes):
+        return np.zeros(0, bool)
+    return box_iou(boxes, mine).max(axis=1, initial=0.0) >= DETECTION_IOU
+
+
 def _followed(followers: list[MeshFollower], detected: list[_Candidate], detect: set[int]) -> list[_Candidate]:
     """The followed faces of every frame, less those a detection of that frame overlaps."""
     out = []
     for position, follower in enumerate(followers):
         landmarks, boxes = follower.predicted()
-        mine = np.array([c.box for c in detected if c.position == position]).reshape(-1, 4)
-        overlap = box_iou(boxes, mine).max(axis=1, initial=0.0) if len(boxes) else np.zeros(0)
+        overlap = _overlapped(position, boxes, detected) if position in detect else np.zeros(len(boxes), bool)
         out += [_Candidate(position, lm, box, f.presence, f.offset)
-                for lm, box, f, o in zip(landmarks, boxes, follower.faces, overlap)
-                if not (position in detect and o >= DETECTION_IOU)]
+                for lm, box, f, o in zip(landmarks, boxes, follower.faces, overlap) if not o]
     return out
 
 

@@ -8,10 +8,10 @@ import pytest
 
 from swapstream.benchmarks.media import iter_frames
 from swapstream.services.engine.clock import StageClock
-from swapstream.services.engine.mesh_tracking import DETECT_EVERY, VideoLocator, five_points
+from swapstream.services.engine.mesh_tracking import DETECT_EVERY, DETECTION_IOU, VideoLocator, five_points
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.swappers.mesh import MeshSwapper
-from swapstream.services.engine.tracking import FaceTracker, crop_jitter
+from swapstream.services.engine.tracking import FaceTracker, box_iou, crop_jitter
 from tests.helpers.judge import SAME_PERSON, distances_to, judge
 from tests.helpers.media import MEDIA, frames_of, read_rgb
 
@@ -87,6 +87,26 @@ def test_a_lost_face_makes_the_detector_run_at_once(engine, vid03):
     assert gone in ran and gone not in range(0, FRAMES, DETECT_EVERY)
     assert [len(found) for _, found in located[gone:gone + 3]] == [0, 0, 0]
     assert len(located[gone + 3][1]) == 1  # found again once it is back (the detector runs while nothing is followed)
+
+
+def test_a_face_followed_while_another_is_lost_is_reported_once(engine, vid03):
+    """Two faces; one is hidden mid-clip, so the detector runs again on that frame: the other face, still followed
+    by its mesh and found again by the detector, is one face in that frame, not two (one track, swapped once)."""
+    face = cv2.resize(read_rgb("img03_single_frontal_rose_leslie.jpg"), (160, 160), interpolation=cv2.INTER_AREA)
+    wide = np.zeros((FRAMES, 480, 960, 3), np.uint8)
+    wide[:, :, :480] = vid03
+    wide[:, :, 480:] = 120
+    gone = 14  # not a frame the detector is due on
+    wide[:gone, 160:320, 700:860] = face
+    wide[gone + 3:, 160:320, 700:860] = face
+    located = locate_all(engine, wide)
+    ran = [n for n, (detected, _) in enumerate(located) if detected]
+    assert gone in ran and gone not in range(0, FRAMES, DETECT_EVERY)
+    counts = [len(found) for _, found in located]
+    assert counts[:gone] == [2] * gone and counts[gone:gone + 3] == [1, 1, 1]
+    for n, (_, found) in enumerate(located):
+        overlap = box_iou(found.boxes, found.boxes) - np.eye(len(found))
+        assert not (overlap >= DETECTION_IOU).any(), n
 
 
 def test_a_scene_cut_makes_the_detector_run_and_starts_a_new_shot(engine, vid03):
