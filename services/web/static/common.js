@@ -332,7 +332,8 @@ export async function upload(path, formData, onProgress = () => {}) {
   }
 }
 
-/** Labels marked data-drop take a file dropped on them into their file input; then onDrop(input). */
+/** Labels marked data-drop take a file dropped on them into their file input, which then fires `change` (as when
+ * the files are chosen); then onDrop(input), for a page that does more on a drop than on a choice. */
 export function dropZones(onDrop = () => {}) {
   for (const zone of document.querySelectorAll("[data-drop]")) {
     const input = zone.querySelector("input[type=file]");
@@ -342,6 +343,7 @@ export function dropZones(onDrop = () => {}) {
       event.preventDefault();
       zone.classList.remove("over");
       input.files = event.dataTransfer.files;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
       onDrop(input);
     });
   }

@@ -2,7 +2,7 @@
 // (GET /v1/jobs/events, read with fetch so that the bearer header goes with it), and the result view.
 import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, showError, token, upload }
   from "/static/common.js";
-import { appendPick, filesChanged } from "/static/preview.js";
+import { appendPick } from "/static/preview.js";
 import { errorText, progressText, summaryRows } from "/static/progress.js";
 import { decorate, following, pager } from "/static/gallery.js";
 
@@ -17,7 +17,7 @@ form.faces.addEventListener("change", () => {
   form.reference.required = form.faces.value === "reference";
 });
 
-dropZones(filesChanged);
+dropZones(); // a dropped file fires the input's change, which the preview follows
 applyOptions().catch(showError);
 
 form.addEventListener("submit", async (event) => {

@@ -58,7 +58,7 @@ function objectUrl(file) {
 }
 
 /** The chosen files changed: thumbnails now, then the first preview. */
-export function filesChanged() {
+function filesChanged() {
   const target = form.target.files[0] || null;
   const sources = [...form.source.files];
   revokeAll();

@@ -25,7 +25,7 @@ const found = {
 };
 
 const optionsReady = applyOptions().catch(showError);
-dropZones((input) => { if (input === form.target) findFaces(); else showSources(); });
+dropZones(); // a dropped file fires the input's change (below)
 form.target.addEventListener("change", findFaces);
 form.source.addEventListener("change", showSources);
 form.score_threshold.addEventListener("change", () => { if (form.target.files[0]) findFaces(); });
