@@ -16,7 +16,8 @@ ready pod, and a gRPC client that connected to one name would otherwise keep its
 - With every server down, calls still try them (one may have come back since its last probe).
 - A server on this host gets the call's large tensors through system shared memory (``shared_memory``: regions
   per server and per calling thread, registered once, given back when the pool is released); others plain gRPC.
-  A server that answers that it does not know a region (restarted since) has them registered again, once a call.
+  A server that answers that it does not know a region (restarted since) gets the calling thread's region
+  registered again, once a call. Regions given back while the pool runs are unregistered by the watcher.
 
 One ``TritonPool`` per target string is shared by every client of the process (``pool_for``), so a process has one
 watcher and one gRPC channel per server whatever its number of clients.
@@ -150,7 +151,8 @@ class TritonPool:
             for address in dict.fromkeys(addresses):
                 if address not in current:
                     client = grpcclient.InferenceServerClient(address)
-                    memory = shm.ServerMemory(address, client) if self._shared_memory and self._local(address) else None
+                    memory = (shm.ServerMemory(address, client, self.probe_timeout)
+                              if self._shared_memory and self._local(address) else None)
                     self._servers[address] = Server(address, client, memory=memory)
                     if current:
                         log.warning("Triton server %s added (%s)", address, self.targets)
@@ -206,6 +208,9 @@ class TritonPool:
             if time.monotonic() - self._resolved_at >= self.resolve_interval:
                 self._resolve()
             self.probe()
+            for server in self.servers():
+                if server.up and server.memory:
+                    server.memory.collect()  # regions given back since the last round (see shared_memory)
             with self._lock:
                 retired, self._retired = self._retired, [s for s in self._retired if s.in_flight]
             for server in retired:
@@ -259,7 +264,7 @@ class TritonPool:
                 raise
         log.warning("Triton server %s lost this process's shared memory (restarted?): registering it again",
                     server.address)
-        server.memory.forget()
+        server.memory.drop_current()  # this thread's region; other threads replace theirs when they find out
         return self._call_region(server, model, layout, timeout)
 
     def _call_region(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
@@ -312,7 +317,7 @@ class TritonPool:
 
 def _close(server: Server) -> None:
     if server.memory:
-        server.memory.forget()
+        server.memory.close()
     server.client.close()
 
 

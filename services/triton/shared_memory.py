@@ -7,6 +7,13 @@ memory). A Triton on the same host can instead read the inputs from, and write t
 - One region per (server, calling thread): calls from several threads run at once, each writes only its own.
   It is registered once and reused, sized with headroom (``HEADROOM``), and replaced by a bigger one when a
   bigger batch comes. Regions of threads that have ended are given back when the next region is made.
+- A region given back is unmapped at once, and unregistered later, from the pool's watcher thread (``collect``,
+  each health round): Triton refuses to unregister a region a finished call still holds for a moment ("currently
+  in use"), and the calling thread should not wait for it. Each round tries again until the server lets it go or
+  is gone. Closing the pool unregisters every region (trying again for a moment).
+- A region's memory is allocated when it is made (``posix_fallocate``): a full ``/dev/shm`` fails that call,
+  which then goes as plain gRPC, instead of a SIGBUS when the region is first written.
+- Every registration call has a deadline (the pool's ``probe_timeout``): a frozen server cannot hold the caller.
 - Its ``/dev/shm`` name is unlinked as soon as Triton has mapped it (Triton maps a region when it is registered and
   never opens it again): the memory lives while the client and the server map it, and no file is left behind
   however the client dies, SIGKILL included. Names start with ``PREFIX``, then this host's tag and the pid: a
@@ -22,6 +29,7 @@ before the call (``Layout``): a region must be big enough before Triton writes i
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -38,16 +46,21 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from swapstream.services.triton.reaper import SHM_FOLDER
+
 log = logging.getLogger("swapstream.triton")
 
-SHM_FOLDER = Path("/dev/shm")
 PREFIX = "swapstream_client_"
 MIN_BYTES = 64 * 1024  # smaller tensors ride in the message: a copy into the region would save nothing
 HEADROOM = 1.5         # a region is made this much bigger than the call that needed it
 ALIGN = 64             # each tensor's offset in the region
-# A region was once still registered after its release right after a call, under load (a request the server had
-# not let go of yet, presumably); the unregistration is tried again a few times, 0.75 s at most.
+# Triton refuses to unregister a region right after a call that used it ("currently in use"). Regions given back
+# while the client runs are tried again each watcher round; at close, a few times (0.75 s at most).
 UNREGISTER_TRIES = 5
+# After this many refused rounds the log says so (the tries go on).
+REFUSALS_LOGGED_AFTER = 30
+# The server cannot be reached: its registrations are gone with it (or will be when it restarts).
+GONE = ("StatusCode.UNAVAILABLE",)
 
 
 def _host_tag() -> str:
@@ -111,14 +124,20 @@ def sweep_files() -> int:
 class Region:
     """A mapped region registered with one server under ``name``; its ``/dev/shm`` file is already unlinked."""
 
-    def __init__(self, size: int, client: grpcclient.InferenceServerClient):
+    def __init__(self, size: int, client: grpcclient.InferenceServerClient, timeout: float | None = None):
+        """``timeout``: the deadline of each registration call, in seconds."""
         self.name = f"{MINE}{os.getpid()}_{uuid.uuid4().hex[:12]}"
         self.size = size
         self._client = client
+        self._timeout = timeout
+        self.refusals = 0  # rounds the server refused to unregister it
+        self.refusal = ""  # what it said the last time
+        self.timed_out = False  # the last unregistration passed its deadline (a frozen server)
         path = SHM_FOLDER / self.name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Allocated now: a full /dev/shm raises ENOSPC here, not SIGBUS at the first write.
+            os.posix_fallocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -126,7 +145,7 @@ class Region:
         finally:
             os.close(fd)
         try:
-            client.register_system_shared_memory(self.name, "/" + self.name, size)
+            client.register_system_shared_memory(self.name, "/" + self.name, size, client_timeout=timeout)
         except BaseException:
             self._map.close()
             raise
@@ -135,38 +154,58 @@ class Region:
         self.bytes = np.frombuffer(self._map, np.uint8)
 
     def view(self, shape, dtype, offset: int) -> np.ndarray:
+        if self.bytes is None:
+            raise RuntimeError(f"shared-memory region {self.name} was given back: it has no memory to view")
         return np.ndarray(shape, dtype, buffer=self.bytes, offset=offset)
 
-    def release(self) -> None:
-        """Unregisters the region (best effort: the server may be gone) and unmaps it."""
-        refusal = ""
-        for attempt in range(UNREGISTER_TRIES):
-            try:
-                self._client.unregister_system_shared_memory(self.name)
-                break
-            except InferenceServerException as error:
-                if error.status() in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
-                    break  # the server is gone, and its registrations with it
-                refusal = error.message()
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            log.warning("Triton kept shared-memory region %s registered: %s", self.name, refusal)
+    def unmap(self) -> None:
+        """Unmaps the region on this side (``view`` raises from now on); the server keeps it until unregistered."""
         self.bytes = None
         try:
             self._map.close()
         except BufferError:  # an array still views it: the mapping goes with the last view
             pass
 
+    def unregister(self) -> bool:
+        """One try at unregistering the region: True when done (or the server is gone), False when refused."""
+        self.timed_out = False
+        try:
+            self._client.unregister_system_shared_memory(self.name, client_timeout=self._timeout)
+            return True
+        except InferenceServerException as error:
+            if error.status() in GONE:
+                return True  # its registrations went with it
+            self.timed_out = error.status() == "StatusCode.DEADLINE_EXCEEDED"
+            self.refusal = (error.message() or error.status() or "").strip()[:200]
+            return False
+
+    def release(self) -> None:
+        """Unmaps the region and unregisters it now, trying again for a moment (at close; best effort)."""
+        self.unmap()
+        for attempt in range(UNREGISTER_TRIES):
+            if self.unregister():
+                return
+            if self.timed_out:  # a frozen server: closing does not wait for it again
+                break
+            if attempt + 1 < UNREGISTER_TRIES:
+                time.sleep(0.05 * (attempt + 1))
+        log.warning("Triton kept shared-memory region %s registered: %s", self.name, self.refusal)
+
 
 class ServerMemory:
     """The regions of one local server, one per calling thread."""
 
-    def __init__(self, address: str, client: grpcclient.InferenceServerClient):
+    def __init__(self, address: str, client: grpcclient.InferenceServerClient, timeout: float | None = None):
+        """``timeout``: the deadline of each registration call, in seconds (the pool's ``probe_timeout``)."""
         self.address = address
         self._client = client
+        self._timeout = timeout
         self._regions: dict[threading.Thread, Region] = {}
+        self._stale: list[Region] = []  # given back, unmapped, to be unregistered (``collect``)
         self._lock = threading.Lock()
         self.refused = ""  # why this server takes no regions (then calls keep plain gRPC)
+        self._full = False  # /dev/shm was full at the last try (said once until a region is made again)
+        self._closed = False
         self._swept = False
 
     def region(self, nbytes: int) -> Region | None:
@@ -181,20 +220,72 @@ class ServerMemory:
         self._first_use()
         size = -(-int(nbytes * HEADROOM) // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
-            region = Region(size, self._client)
-        except (InferenceServerException, OSError) as error:
-            self.refused = str(error).strip()[:200]
-            log.warning("Triton server %s cannot map this process's shared memory (%s): its calls keep plain gRPC",
-                        self.address, self.refused)
+            region = Region(size, self._client, self._timeout)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.ENOMEM):
+                return self._refuse(error)
+            # /dev/shm is full now: this call goes as plain gRPC, the next one tries again.
+            if not self._full:
+                log.warning("no room in %s for a %d-byte shared-memory region (%s): calls to Triton server %s go "
+                            "as plain gRPC until there is", SHM_FOLDER, size, error.strerror, self.address)
+            self._full = True
             return None
+        except InferenceServerException as error:
+            return self._refuse(error)
+        self._full = False
         with self._lock:
             old = self._regions.pop(thread, None)
             self._regions[thread] = region
             ended = [t for t in self._regions if not t.is_alive()]
             dropped = [self._regions.pop(t) for t in ended]
-        for stale in ([old] if old else []) + dropped:
-            stale.release()
+        self._give_back(([old] if old else []) + dropped)
         return region
+
+    def _refuse(self, error: Exception) -> None:
+        self.refused = str(error).strip()[:200]
+        log.warning("Triton server %s cannot map this process's shared memory (%s): its calls keep plain gRPC",
+                    self.address, self.refused)
+        return None
+
+    def _give_back(self, regions: list[Region]) -> None:
+        """Unmaps ``regions`` now; ``collect`` unregisters them (the server may still hold them for a moment)."""
+        for region in regions:
+            region.unmap()
+        with self._lock:
+            self._stale += regions
+
+    def drop_current(self) -> None:
+        """Gives back the calling thread's region (the server lost it): its next call registers a new one. Other
+        threads' regions, maybe in calls now, are kept (each is replaced by its own thread if lost too)."""
+        with self._lock:
+            region = self._regions.pop(threading.current_thread(), None)
+        self._give_back([region] if region else [])
+
+    def collect(self) -> int:
+        """Unregisters the regions given back (one try each; called every watcher round); returns how many are
+        still waiting for the server to let them go."""
+        with self._lock:
+            stale, self._stale = self._stale, []
+        kept = []
+        for i, region in enumerate(stale):
+            if region.unregister():
+                continue
+            if region.timed_out:  # a frozen server: the others wait for the next round with this one
+                kept += stale[i:]
+                break
+            region.refusals += 1
+            if region.refusals == REFUSALS_LOGGED_AFTER:
+                log.warning("Triton server %s still keeps shared-memory region %s registered after %d tries (%s); "
+                            "trying again each round", self.address, region.name, region.refusals, region.refusal)
+            kept.append(region)
+        with self._lock:
+            self._stale = kept + self._stale
+            if not self._closed:
+                return len(self._stale)
+            kept, self._stale = self._stale, []  # closed meanwhile: closing does not leave them to the next round
+        for region in kept:
+            region.release()
+        return 0
 
     def _first_use(self) -> None:
         if self._swept:
@@ -202,21 +293,24 @@ class ServerMemory:
         self._swept = True
         sweep_files()
         try:
-            status = self._client.get_system_shared_memory_status(as_json=True)
+            status = self._client.get_system_shared_memory_status(as_json=True, client_timeout=self._timeout)
         except InferenceServerException:
             return
         for name in status.get("regions", {}):
             pid = _pid_of(name)
             if pid is not None and not _alive(pid):
                 try:
-                    self._client.unregister_system_shared_memory(name)
+                    self._client.unregister_system_shared_memory(name, client_timeout=self._timeout)
                 except InferenceServerException:
                     pass
 
-    def forget(self) -> None:
-        """Gives back every region (the server restarted and lost them, or the client closes)."""
+    def close(self) -> None:
+        """Unregisters and unmaps every region now, those waiting for ``collect`` too (the pool closes)."""
         with self._lock:
+            self._closed = True
             regions, self._regions = list(self._regions.values()), {}
+            regions += self._stale
+            self._stale = []
         for region in regions:
             region.release()
 

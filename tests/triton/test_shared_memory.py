@@ -42,6 +42,12 @@ def registered(triton) -> set[str]:
         return set(admin.get_system_shared_memory_status(as_json=True).get("regions", {}))
 
 
+def wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def files_of(pid: int) -> list[str]:
     return [p.name for p in shm.SHM_FOLDER.glob(f"{shm.MINE}{pid}_*")]
 
@@ -99,6 +105,8 @@ def test_a_bigger_batch_gets_a_bigger_region_and_the_old_one_is_unregistered(own
     crops = faces(4, 6)
     got = client.swap(crops, np.ones(512, np.float32))
     (big,) = next(iter(pool.memory_regions().values()))
+    # The old region is unregistered by the pool's watcher (each probe_interval), not by the calling thread.
+    wait_for(lambda: small not in registered(triton), 20)
     assert big != small and small not in registered(triton) and big in registered(triton)
     assert all(np.array_equal(g, w) for g, w in zip(got, plain.swap(crops, np.ones(512, np.float32))))
 
@@ -175,3 +183,92 @@ def test_a_region_the_server_lost_is_registered_again(own_client, plain, triton)
     assert all(np.array_equal(g, w) for g, w in zip(got, plain.swap(crops, np.ones(512, np.float32))))
     (again,) = next(iter(pool.memory_regions().values()))
     assert again != lost and again in registered(triton)
+
+
+class FakeServer:
+    """A Triton client's registration calls, recorded; ``refuse`` unregistrations answered 'currently in use'."""
+
+    def __init__(self, refuse: int = 0):
+        self.calls: list[tuple[str, dict]] = []
+        self.registered: set[str] = set()
+        self.refuse = refuse
+
+    def register_system_shared_memory(self, name, key, byte_size, **kwargs):
+        self.calls.append(("register", kwargs))
+        self.registered.add(name)
+
+    def unregister_system_shared_memory(self, name="", **kwargs):
+        self.calls.append(("unregister", kwargs))
+        if self.refuse:
+            self.refuse -= 1
+            raise InferenceServerException(f"Cannot unregister shared memory region '{name}', it is currently in "
+                                           "use.", "StatusCode.INTERNAL")
+        self.registered.discard(name)
+
+    def get_system_shared_memory_status(self, **kwargs):
+        self.calls.append(("status", kwargs))
+        return {"regions": {}}
+
+
+def in_live_thread(function, finish: threading.Event):
+    """``function()`` run in a thread that stays alive (its region is not reaped) until ``finish`` is set."""
+    result, ran = [], threading.Event()
+
+    def run():
+        result.append(function())
+        ran.set()
+        finish.wait(30)
+
+    threading.Thread(target=run, daemon=True).start()
+    assert ran.wait(30)
+    return result[0]
+
+
+def test_a_region_given_back_is_unregistered_by_collect_not_by_the_caller_and_tried_again_while_refused():
+    server = FakeServer(refuse=2)
+    memory = shm.ServerMemory("127.0.0.1:1", server, timeout=3.0)
+    small = memory.region(shm.MIN_BYTES)
+    started = time.monotonic()
+    big = memory.region(10 * small.size)
+    assert time.monotonic() - started < 0.1  # no waiting for the server in the calling thread
+    assert big is not small and small.name in server.registered and memory.names() == [big.name]
+    with pytest.raises(RuntimeError, match="given back"):
+        small.view((4,), np.uint8, 0)  # never a silent fresh array
+    assert memory.collect() == 1 and memory.collect() == 1  # refused twice ('currently in use'): kept
+    assert memory.collect() == 0 and small.name not in server.registered
+    memory.close()
+    assert server.registered == set() and memory.names() == []
+    # Every registration call had the deadline.
+    assert server.calls and all(kwargs.get("client_timeout") == 3.0 for _, kwargs in server.calls)
+
+
+def test_a_lost_region_is_replaced_for_the_calling_thread_only():
+    memory = shm.ServerMemory("127.0.0.1:1", FakeServer())
+    finish = threading.Event()
+    other = in_live_thread(lambda: memory.region(shm.MIN_BYTES), finish)
+    mine = memory.region(shm.MIN_BYTES)
+    memory.drop_current()
+    assert memory.names() == [other.name]
+    other.view((4,), np.uint8, 0)[...] = 1  # the other thread's region still works
+    with pytest.raises(RuntimeError):
+        mine.view((4,), np.uint8, 0)
+    again = memory.region(shm.MIN_BYTES)
+    assert again is not mine and set(memory.names()) == {other.name, again.name}
+    finish.set()
+    memory.close()
+
+
+def test_a_full_dev_shm_fails_that_call_only(monkeypatch):
+    memory = shm.ServerMemory("127.0.0.1:1", FakeServer())
+    real = os.posix_fallocate
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert memory.region(shm.MIN_BYTES) is None and memory.refused == ""
+    assert [p for p in shm.SHM_FOLDER.glob(f"{shm.MINE}{os.getpid()}_*")] == []  # nothing left behind
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    region = memory.region(shm.MIN_BYTES)
+    assert region is not None and region.size >= shm.MIN_BYTES
+    memory.close()
