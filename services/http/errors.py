@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from swapstream.services.engine.errors import ErrorCode, code_for_status
+from swapstream.services.engine.errors import ErrorCode, SwapInputError, code_for_status
 from swapstream.services.jobs.disk import is_disk_full
 from swapstream.services.jobs.service import Busy
 from swapstream.services.jobs.store import JobStoreError
@@ -48,6 +48,11 @@ async def _rejected(request: Request, error: UploadRejected):
     return error_answer(error.status, request.app.state.service.public(error.message), error.code)
 
 
+async def _bad_input(request: Request, error: SwapInputError):
+    """Bad input (a photo, a video, the options): a 422 with the error's own code, wherever a route meets it."""
+    return error_answer(422, request.app.state.service.public(str(error)), error.code)
+
+
 async def _invalid(_request, error: RequestValidationError):
     return error_answer(422, summarise_validation(error), ErrorCode.BAD_OPTION)
 
@@ -76,7 +81,8 @@ async def _store_down(_request, error: JobStoreError):
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    for kind, handler in ((UploadRejected, _rejected), (RequestValidationError, _invalid), (Busy, _busy),
+    for kind, handler in ((UploadRejected, _rejected), (SwapInputError, _bad_input),
+                          (RequestValidationError, _invalid), (Busy, _busy),
                           (Exception, _internal), (TritonCallError, _triton_down), (JobStoreError, _store_down),
                           (HTTPException, _http)):
         app.add_exception_handler(kind, handler)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
-from swapstream.services.engine.errors import ErrorCode, SwapInputError
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.engine.trim import check_for_photo, plan_frames
 from swapstream.services.http.deps import ServiceDep, StoreDep
 from swapstream.services.http.errors import ERROR_RESPONSES
@@ -103,15 +103,12 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
 
 def _planned(kind: str, target: Path, limits: UploadLimits, options: dict) -> tuple[int, float | None]:
     """(frames, seconds) the job writes: the target checked, and the part and rate asked for checked against it."""
-    try:
-        if kind == "photo":
-            check_photo(target, "target", limits)
-            check_for_photo(options)
-            return 1, None
-        info = check_video(target, "target", limits)
-        plan = plan_frames(info, options["start"], options["end"], options["fps"])
-    except SwapInputError as error:
-        raise UploadRejected(422, str(error), error.code) from None
+    if kind == "photo":
+        check_photo(target, "target", limits)
+        check_for_photo(options)
+        return 1, None
+    info = check_video(target, "target", limits)
+    plan = plan_frames(info, options["start"], options["end"], options["fps"])
     return plan.frames or info.frame_count, round(plan.duration, 3)
 
 

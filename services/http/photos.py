@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, UploadFile
 from fastapi.responses import Response
 
-from swapstream.services.engine.errors import ErrorCode, SwapInputError
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.engine.head_pose import head_pose
 from swapstream.services.engine.offline import run_swap
 from swapstream.services.http.deps import ServiceDep
@@ -53,8 +53,6 @@ def swap_photo(service: Service, target: UploadFile, source: list[UploadFile], o
         with service.photo_swapper(choice.name) as swapper:
             summary = run_swap(swapper, sources, target_path, output, replace(service.base_options, **options))
         body = output.read_bytes()
-    except SwapInputError as error:
-        raise UploadRejected(422, str(error), error.code) from error
     finally:
         remove_folder(folder)
     return Response(body, media_type="image/png" if suffix == ".png" else "image/jpeg",

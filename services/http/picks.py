@@ -6,38 +6,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from swapstream.services.engine.errors import SwapInputError
 from swapstream.services.engine.photos import IMAGE_SUFFIXES
 from swapstream.services.engine.picking import PickRequest, checked, faces_under, requested
 from swapstream.services.http.inputs import require_face
 from swapstream.services.jobs.service import Service
-from swapstream.services.jobs.uploads import UploadRejected, check_photo
-
-
-def rejected(error: SwapInputError) -> UploadRejected:
-    return UploadRejected(422, str(error), error.code)
+from swapstream.services.jobs.uploads import check_photo
 
 
 def picks_of(options: dict) -> PickRequest | None:
     """The picks asked for, or None (how the options fit together only)."""
-    try:
-        return requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
-                         options.get("pick_sources"))
-    except SwapInputError as error:
-        raise rejected(error) from None
+    return requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
+                     options.get("pick_sources"))
 
 
 def check_picks(service: Service, options: dict, target: Path, sources: int, found=None) -> None:
     """The picks against the inputs; ``found``: the target photo's faces when the caller has detected them."""
-    try:
-        asked = checked(options["faces"], options.get("pick_time"), options.get("pick_points"),
-                        options.get("pick_sources"), sources, target)
-        if asked is None or target.suffix.lower() not in IMAGE_SUFFIXES:
-            return
-        if found is None:  # a job's photo: checked now if Triton answers at once, else by its worker
-            rgb = check_photo(target, "target", service.config.limits)
-            found = require_face(service, rgb, "target photo", options["score_threshold"], unless_triton_down=True)
-        if found is not None:
-            faces_under(found.boxes, asked.points, "in the photo")
-    except SwapInputError as error:
-        raise rejected(error) from None
+    asked = checked(options["faces"], options.get("pick_time"), options.get("pick_points"),
+                    options.get("pick_sources"), sources, target)
+    if asked is None or target.suffix.lower() not in IMAGE_SUFFIXES:
+        return
+    if found is None:  # a job's photo: checked now if Triton answers at once, else by its worker
+        rgb = check_photo(target, "target", service.config.limits)
+        found = require_face(service, rgb, "target photo", options["score_threshold"], unless_triton_down=True)
+    if found is not None:
+        faces_under(found.boxes, asked.points, "in the photo")

@@ -21,7 +21,7 @@ from fastapi.responses import Response
 
 from swapstream.pipelines.decode import VideoDecodeError, VideoInfo
 from swapstream.services.engine.clock import StageClock
-from swapstream.services.engine.errors import ErrorCode, SwapInputError
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.engine.photos import read_photo
 from swapstream.services.engine.picking import PickRequest, check_time, find_picks, identities, requested
 from swapstream.services.engine.picking import check_sources as check_pick_sources
@@ -155,8 +155,6 @@ def make_preview(service: Service, sessions: Sessions, session_id: str | None, s
                                                                      seconds, options)
     try:
         return _answer(service, sessions, kept, seconds, options)
-    except SwapInputError as error:
-        raise UploadRejected(422, str(error), error.code) from error
     except VideoDecodeError as error:
         raise UploadRejected(422, f"target: not a usable video: {without_path(str(error), kept.target)}",
                              ErrorCode.NOT_A_VIDEO) from error
@@ -176,7 +174,7 @@ def _new_session(service: Service, sessions: Sessions, target: UploadFile, sourc
         if info is None:
             check_photo(target_path, "target", limits)
         else:
-            _check_time(info, seconds)
+            frame_index_at(info, seconds)  # a time outside the video is refused before anything is detected
         reference_path = None
         if options["faces"] == "reference":
             reference_path = save_reference(service, folder, reference, options["score_threshold"])
@@ -191,8 +189,6 @@ def _new_session(service: Service, sessions: Sessions, target: UploadFile, sourc
 
 def _answer(service: Service, sessions: Sessions, session: Session, seconds: float, options: dict) -> Response:
     info = session.info
-    if info is not None:
-        _check_time(info, seconds)
     if options["faces"] == "reference" and session.reference is None:
         raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap: send the files "
                                   "again with it", ErrorCode.MISSING_REFERENCE)
@@ -227,11 +223,3 @@ def _answer(service: Service, sessions: Sessions, session: Session, seconds: flo
     return Response(encode_frame(result.rgb, "JPEG", JPEG_QUALITY), media_type="image/jpeg",
                     headers={"X-Preview": json.dumps(header, separators=(",", ":")), "X-Swapper": choice.name,
                              "Cache-Control": "no-store"})
-
-
-def _check_time(info: VideoInfo, seconds: float) -> None:
-    """A time outside the video is refused before anything is decoded or detected."""
-    try:
-        frame_index_at(info, seconds)
-    except SwapInputError as error:
-        raise UploadRejected(422, str(error), error.code) from None

@@ -175,8 +175,6 @@ def mount_live(app: FastAPI, client: SwapstreamClient, data_dir: Path, device: s
             identity, faces, notes = await live.photo_work.run(live.identity_of, photos, choice.name)
             info = live.sources.save(identity, {"photos": len(photos), "faces": faces, "swapper": choice.name,
                                                 "notes": [choice.reason] + notes})
-        except SwapInputError as error:  # its code: no face, not a photo, too large...
-            return JSONResponse({"detail": str(error), "code": error.code}, status_code=422)
         except SourceQuota as error:
             raise HTTPException(507, str(error)) from None
         return JSONResponse(info, status_code=201, headers={"Location": f"/v1/sources/{info['id']}"})
