@@ -127,6 +127,9 @@ def dali_decoder_device(device: str) -> str:
     return "mixed" if check_device(device) == "gpu" else "cpu"
 
 
+KEEP_NEEDS_PYAV = "keep (reading only some frames) needs the PyAV decoder: use decoder='auto' or 'pyav'"
+
+
 def open_video(
     path: str | Path,
     device: str = "cpu",
@@ -139,7 +142,7 @@ def open_video(
 
     decoder: "auto" (DALI where it takes the codec, else PyAV), or force "dali" / "pyav".
     keep: only these frames (sorted indices into the video), decoded from the key frame before the first; PyAV reads
-    them, and a batch's `start` then counts kept frames.
+    them (decoder "dali" with `keep` raises ValueError), and a batch's `start` then counts kept frames.
     Raises VideoDecodeError at once for a missing, non-video, truncated or undecodable file.
     """
     check_device(device)
@@ -147,6 +150,8 @@ def open_video(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if decoder not in ("auto", "dali", "pyav"):
         raise ValueError(f"decoder must be 'auto', 'dali' or 'pyav', got {decoder!r}")
+    if keep is not None and decoder == "dali":
+        raise ValueError(KEEP_NEEDS_PYAV)
     info = probe_video(path)
     chosen = "pyav" if keep is not None else choose_decoder(info.codec, info.pix_fmt, device)
     if decoder == "dali" and chosen != "dali":
@@ -154,21 +159,23 @@ def open_video(
             f"{info.path}: DALI's {device.upper()} decoder does not take {info.codec} "
             f"({info.pix_fmt}); use decoder='auto' or 'pyav'"
         )
-    reader = VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id)
-    reader.keep = keep
-    return reader
+    return VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id, keep=keep)
 
 
 class VideoReader:
     """Iterable of `VideoBatch`es of one video. Each iteration decodes the file from the start."""
 
-    def __init__(self, info: VideoInfo, device: str, batch_size: int, decoder: str, device_id: int = 0):
+    def __init__(self, info: VideoInfo, device: str, batch_size: int, decoder: str, device_id: int = 0,
+                 keep: np.ndarray | None = None):
+        """``keep``: only these frames (see ``open_video``); PyAV only."""
+        if keep is not None and decoder == "dali":
+            raise ValueError(KEEP_NEEDS_PYAV)
         self.info = info
         self.device = device
         self.batch_size = batch_size
         self.decoder = decoder
         self.device_id = device_id
-        self.keep: np.ndarray | None = None  # only these frames (open_video's `keep`)
+        self.keep = keep
 
     def __iter__(self) -> Iterator[VideoBatch]:
         if self.decoder == "dali":

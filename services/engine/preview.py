@@ -47,8 +47,7 @@ def frame_at(info: VideoInfo, seconds: float) -> FrameAt:
     """The upright RGB frame shown at ``seconds``, read by the job's reader keeping that frame only (a seek to the
     key frame before it, then decoding up to it); ``info`` is the probe's, kept by the caller (no probe per call)."""
     index = frame_index_at(info, seconds)
-    reader = VideoReader(info, "cpu", 1, "pyav")
-    reader.keep = np.array([index])
+    reader = VideoReader(info, "cpu", 1, "pyav", keep=np.array([index]))
     batches = iter(reader)
     batch = next(batches, None)
     batches.close()  # the reader's container with it

@@ -225,3 +225,19 @@ def test_the_reader_gives_each_frame_as_pyav_converts_it_alone():
     with av.open(str(VID04)) as container:
         alone = np.stack([f.to_ndarray(format="rgb24", interpolation=flags) for f in container.decode(video=0)])
     np.testing.assert_array_equal(frames, alone)
+
+
+def test_keep_is_given_at_construction_and_needs_pyav():
+    from swapstream.pipelines.decode import VideoReader
+    info = probe_video(VID03)
+    reader = VideoReader(info, "cpu", 4, "pyav", keep=np.array([3, 5, 40]))
+    frames = np.concatenate([b.frames for b in reader])
+    every = np.concatenate([b.frames for b in open_video(VID03, batch_size=64)])
+    assert len(frames) == 3
+    np.testing.assert_array_equal(frames, every[[3, 5, 40]])
+    kept = open_video(VID03, batch_size=4, keep=np.array([3, 5]))
+    assert kept.decoder == "pyav" and list(kept.keep) == [3, 5]
+    with pytest.raises(ValueError, match="keep .* needs the PyAV decoder"):
+        open_video(VID03, decoder="dali", keep=np.array([3]))
+    with pytest.raises(ValueError, match="needs the PyAV decoder"):
+        VideoReader(info, "cpu", 4, "dali", keep=np.array([3]))
