@@ -101,9 +101,10 @@ class MeshFollower:
     _since_detection: int | None = None
     _cuts: CutDetector = field(default_factory=CutDetector)
 
-    def wants_detection(self, frame: np.ndarray) -> tuple[bool, bool]:
-        """(run the detector on ``frame``, it starts a new shot); called once per frame, in order."""
-        cut = self._cuts(frame)
+    def wants_detection(self, frame: np.ndarray, cut: bool | None = None) -> tuple[bool, bool]:
+        """(run the detector on ``frame``, it starts a new shot); called once per frame, in order. ``cut``: whether
+        it starts a new shot, when the caller knows (``VideoLocator``); None: this follower looks (live streams)."""
+        cut = self._cuts(frame) if cut is None else cut
         if cut:
             self.faces = []
         due = self._since_detection is None or self._since_detection + 1 >= self.detect_every
@@ -141,14 +142,18 @@ class _Candidate:
 
 
 def locate(engine: FaceSwapper, frames: np.ndarray, image_sizes: np.ndarray | None, followers: list[MeshFollower],
-           *, score_threshold: float = default("score_threshold"), clock: StageClock) -> Located:
+           *, score_threshold: float = default("score_threshold"), clock: StageClock,
+           new_shot: list[bool] | None = None) -> Located:
     """The faces of ``frames`` [N,H,W,3] (padded to one size: each frame's (h, w) in ``image_sizes``), frame n
-    belonging to ``followers[n]`` (one per video or stream; a video's frames in order, one per call)."""
+    belonging to ``followers[n]`` (one per video or stream; a video's frames in order, one per call). ``new_shot``:
+    the frames' scene cuts when the caller found them; None: each follower looks for them."""
     sizes = np.asarray(image_sizes) if image_sizes is not None else np.tile(frames.shape[1:3], (len(frames), 1))
     if len(followers) != len(frames):
         raise ValueError(f"locate: {len(frames)} frames and {len(followers)} followers; give one follower per frame")
+    cuts = [None] * len(frames) if new_shot is None else new_shot
     with clock("track"):
-        plans = [f.wants_detection(frame[:h, :w]) for f, frame, (h, w) in zip(followers, frames, sizes)]
+        plans = [f.wants_detection(frame[:h, :w], cut)
+                 for f, frame, (h, w), cut in zip(followers, frames, sizes, cuts)]
     detect = [n for n, (wanted, _) in enumerate(plans) if wanted]
     candidates = _detected(engine, frames, sizes, detect, score_threshold, clock)
     with clock("track"):
@@ -270,7 +275,9 @@ DETECTED_NOTE = "frames the face detector ran on (faces followed by their mesh i
 
 class VideoLocator:
     """The faces of one video's frames, batches of consecutive frames in order: ``mode`` "mesh" follows them by
-    their mesh frame after frame (a frame's crop needs the frame before's mesh), "detector" detects every frame."""
+    their mesh frame after frame (a frame's crop needs the frame before's mesh), "detector" detects every frame.
+    Either way each frame is looked at once for a scene cut (``Located.new_shot``: the tracker and the picked
+    faces hear of it from there)."""
 
     def __init__(self, engine: FaceSwapper, mode: str, *, score_threshold: float, clock: StageClock,
                  detect_every: int = DETECT_EVERY):
@@ -279,17 +286,20 @@ class VideoLocator:
         self.engine, self.mode, self.clock = engine, mode, clock
         self.score_threshold = score_threshold
         self.follower = MeshFollower(detect_every)
+        self.cuts = CutDetector()
 
     def __call__(self, frames: np.ndarray) -> Located:
+        with self.clock("track"):
+            cuts = np.array([self.cuts(frame) for frame in frames], bool)
         if self.mode == "detector":
             found = self.engine.detect(frames, score_threshold=self.score_threshold, clock=self.clock)
             return Located(found.boxes, found.scores, found.landmarks, np.full((len(found), 468, 3), np.nan),
-                           found.frame_index, np.zeros(len(frames), bool))
+                           found.frame_index, cuts)
         parts = []
         for n in range(len(frames)):
             detected = self.follower.detected
             parts.append(locate(self.engine, frames[n:n + 1], None, [self.follower],
-                                score_threshold=self.score_threshold, clock=self.clock))
+                                score_threshold=self.score_threshold, clock=self.clock, new_shot=[bool(cuts[n])]))
             if self.follower.detected > detected:
                 self.clock.note(DETECTED_NOTE)
         return Located(*(np.concatenate([getattr(p, name) for p in parts]) for name in

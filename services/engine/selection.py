@@ -8,7 +8,6 @@ from typing import Callable
 
 import numpy as np
 
-from swapstream.services.engine.cuts import CutDetector
 from swapstream.services.engine.tracking import LargestTrackSelector, TrackedFace, TrackedFrame, box_iou
 
 
@@ -99,7 +98,7 @@ class FaceSelector:
     @property
     def cuts(self) -> int:
         """Cuts seen so far (picked faces only)."""
-        return self._picked.cuts.seen if self._picked is not None else 0
+        return self._picked.cuts if self._picked is not None else 0
 
 
 class PickedTracks:
@@ -108,19 +107,21 @@ class PickedTracks:
     the next cut; a track without one is looked at again in each batch (a face turned away may turn back), and after
     a cut every track is looked at again, so a track that the tracker carried across a cut to another person loses
     the pick. In the frame the picks were made on, the faces under the points are the picks whatever their look.
-    In each frame a pick goes to one face at most: the nearest."""
+    In each frame a pick goes to one face at most: the nearest. Cuts are the tracked frames' ``new_shot`` (found
+    once per frame by ``mesh_tracking.VideoLocator``)."""
 
     def __init__(self, picks: Picks, distance: float, embed: Callable):
         self.picks = picks
         self.distance = distance
         self.embed = embed
-        self.cuts = CutDetector()
+        self.cuts = 0  # cuts seen so far (``TrackedFrame.new_shot``)
         self.frame_index = picks.frame_index  # the picks' frame as the run numbers its frames
         self._embeddings = np.stack([pick.embedding for pick in picks.faces])  # [P,512]
         self._pick_of: dict[int, tuple[int, float]] = {}  # track -> (pick, distance), until the next cut
 
     def __call__(self, frames: np.ndarray, tracked: list[TrackedFrame]) -> list[tuple[int, TrackedFace, int]]:
-        cut = [self.cuts(frame) for frame in frames]
+        cut = [frame.new_shot for frame in tracked]
+        self.cuts += sum(cut)
         looks = self._look(frames, tracked, cut)
         chosen = []
         for position, frame in enumerate(tracked):

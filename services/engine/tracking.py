@@ -67,6 +67,7 @@ class TrackedFace:
 class TrackedFrame:
     frame_index: int
     faces: list[TrackedFace]   # ordered by track_id
+    new_shot: bool = False     # a scene cut before this frame (as pushed)
 
 
 class OneEuroFilter:
@@ -121,6 +122,7 @@ def _blend(a: np.ndarray | None, b: np.ndarray | None, w: float) -> np.ndarray |
 class _PendingFrame:
     frame_index: int
     timestamp: float
+    new_shot: bool = False
     faces: dict[int, _Observation] = field(default_factory=dict)
 
 
@@ -230,7 +232,8 @@ class FaceTracker:
 
         ``meshes`` [k,468,3] (frame pixels; a NaN row: none for that face) are smoothed per track with the rest.
         ``new_shot=True`` (a scene cut found by the caller) ends every track first: without it a face at
-        about the same place after a cut continues the old track, and a gap could be filled across the cut.
+        about the same place after a cut continues the old track, and a gap could be filled across the cut. The
+        frame comes out with it (``TrackedFrame.new_shot``: the picked faces are looked for again after a cut).
         """
         if self._flushed:
             raise RuntimeError("push after flush: use a new FaceTracker for a new video")
@@ -246,7 +249,7 @@ class FaceTracker:
         if new_shot:
             for track in self._live_tracks():
                 track.alive = False
-        frame = _PendingFrame(frame_index, timestamp)
+        frame = _PendingFrame(frame_index, timestamp, bool(new_shot))
         self._pending.append(frame)
         self._associate(frame, detections)
         self._end_lost_tracks(frame_index)
@@ -319,7 +322,7 @@ class FaceTracker:
         done = [i for i, track in self._tracks.items() if not track.alive and track.last_seen <= frame.frame_index]
         for track_id in done:
             del self._tracks[track_id]
-        return TrackedFrame(frame.frame_index, faces)
+        return TrackedFrame(frame.frame_index, faces, frame.new_shot)
 
 
 def _as_observations(boxes, landmarks, scores, meshes=None) -> list[_Observation]:

@@ -119,6 +119,22 @@ def test_a_scene_cut_makes_the_detector_run_and_starts_a_new_shot(engine, vid03)
     assert not any(found.new_shot[0] for n, (_, found) in enumerate(located) if n != 6)
 
 
+def test_detector_mode_reports_the_scene_cut_too(engine, vid03):
+    """Without mesh following, the cut still reaches the tracker (``new_shot``) and comes out with the tracked
+    frame, where the picked faces read it."""
+    other = np.stack([cv2.resize(f, (480, 270)) for _, f in zip(range(6), iter_frames(MEDIA / VID01))])
+    frames = vid03[:12].copy()
+    frames[6:, :270] = other[:6]
+    frames[6:, 270:] = 0
+    located = locate_all(engine, frames, "detector")
+    assert [n for n, (_, found) in enumerate(located) if found.new_shot[0]] == [6]
+    tracker, tracked = FaceTracker(max_gap=2), []
+    for n, (_, found) in enumerate(located):
+        tracked += tracker.push(n, found.boxes, found.landmarks, found.scores, new_shot=found.new_shot[0])
+    tracked += tracker.flush()
+    assert [frame.new_shot for frame in tracked] == [n == 6 for n in range(12)]
+
+
 def test_the_tracker_smooths_the_mesh_and_fills_its_gaps():
     rng = np.random.default_rng(0)
     base = rng.uniform(100, 300, (468, 3))

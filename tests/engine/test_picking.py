@@ -175,8 +175,8 @@ def test_a_track_carried_across_a_cut_to_another_person_loses_the_pick():
         values = [batch[p, int(lm[2, 1]), int(lm[2, 0]), 0] for p, lm in zip(positions, landmarks)]
         return np.array([[1.0, 0.0] if v == colour["A"] else [0.0, 1.0] for v in values])
 
-    tracked = [TrackedFrame(i, [TrackedFace(t, boxes[t], nose[t], nose[t], 0.9, False) for t in (0, 1)])
-               for i in range(16)]
+    tracked = [TrackedFrame(i, [TrackedFace(t, boxes[t], nose[t], nose[t], 0.9, False) for t in (0, 1)],
+                            new_shot=i == 10) for i in range(16)]  # the cut, as the tracker passes it on
     picks = Picks(12, 0.4, [Pick((96.0, 32.0), boxes[1], np.array([1.0, 0.0]), 0)])  # A, on the right at frame 12
     selector = FaceSelector("all", True, 0.5, embed=embed, picks=picks)
     chosen = selector(frames[:8], tracked[:8]) + [(p + 8, f) for p, f in selector(frames[8:], tracked[8:])]
