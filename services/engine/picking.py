@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from swapstream.pipelines.decode import probe_video
+from swapstream.pipelines.decode import VideoInfo, probe_video
 from swapstream.services import options as table
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
 from swapstream.services.engine.photos import IMAGE_SUFFIXES, read_photo
-from swapstream.services.engine.preview import frame_at
+from swapstream.services.engine.preview import FrameAt, frame_at
 from swapstream.services.engine.selection import Pick, Picks
 from swapstream.services.engine.swapper import FaceSwapper
 
@@ -73,14 +73,14 @@ def check_time(picks: PickRequest | None, duration: float) -> None:
 
 
 def checked(faces: str, pick_time: float | None, pick_points, pick_sources, sources: int,
-            target: Path) -> PickRequest | None:
+            target: Path, info: VideoInfo | None = None) -> PickRequest | None:
     """The picks asked for, checked as far as they can be without the detector: how the options fit together, the
-    photo numbers and, for a video, the time (its probe)."""
+    photo numbers and, for a video, the time (its probe: ``info`` when the caller has it)."""
     asked = requested(faces, pick_time, pick_points, pick_sources)
     if asked is not None:
         check_sources(asked, sources)
         if target.suffix.lower() not in IMAGE_SUFFIXES:
-            check_time(asked, probe_video(target).duration)
+            check_time(asked, (info or probe_video(target)).duration)
     return asked
 
 
@@ -106,27 +106,39 @@ def faces_under(boxes: np.ndarray, points: tuple[tuple[float, float], ...], when
 
 
 def find_picks(swapper: FaceSwapper, target: Path, picks: PickRequest | None, *, score_threshold: float,
-               clock: StageClock) -> Picks | None:
-    """The first pass: the frame at the pick time read, its faces detected, the picked ones embedded."""
+               clock: StageClock, info: VideoInfo | None = None) -> Picks | None:
+    """The first pass: the frame at the pick time read, its faces detected, the picked ones embedded (``info``:
+    the video's probe when the caller has it)."""
     if picks is None:
         return None
+    video = target.suffix.lower() not in IMAGE_SUFFIXES
+    return picks_in(swapper, pick_frame(target, picks, clock=clock, info=info), picks, video,
+                    score_threshold=score_threshold, clock=clock)
+
+
+def pick_frame(target: Path, picks: PickRequest, *, clock: StageClock, info: VideoInfo | None = None) -> FrameAt:
+    """The frame at the pick time (a photo: the photo), read; ``info``: the video's probe when the caller has it."""
     if target.suffix.lower() in IMAGE_SUFFIXES:
         with clock("decode"):
-            rgb, index, time = read_photo(target), 0, 0.0
-        when = "in the photo"
-    else:
-        info = probe_video(target)
-        check_time(picks, info.duration)
-        with clock("decode"):
-            at = frame_at(info, picks.time)
-        rgb, index, time = at.rgb, at.index, at.time
-        when = f"in the frame at {time:.2f} s"
+            return FrameAt(0, 0.0, read_photo(target))
+    info = info or probe_video(target)
+    check_time(picks, info.duration)
+    with clock("decode"):
+        return frame_at(info, picks.time)
+
+
+def picks_in(swapper: FaceSwapper, frame: FrameAt, picks: PickRequest, video: bool, *, score_threshold: float,
+             clock: StageClock) -> Picks:
+    """The faces of the pick frame (``pick_frame``) detected, the picked ones embedded."""
+    when = f"in the frame at {frame.time:.2f} s" if video else "in the photo"
+    rgb = frame.rgb
     found = swapper.detect(rgb[None], score_threshold=score_threshold, clock=clock)
     which = faces_under(found.boxes, picks.points, when)
     embeddings = swapper.embed(rgb[None], np.zeros(len(which), np.int32), found.landmarks[which])
     sources = picks.sources or (0,) * len(which)
-    return Picks(index, time, [Pick(point, found.boxes[i].copy(), embedding, source) for point, i, embedding, source
-                               in zip(picks.points, which, embeddings, sources)])
+    return Picks(frame.index, frame.time, [Pick(point, found.boxes[i].copy(), embedding, source)
+                                           for point, i, embedding, source
+                                           in zip(picks.points, which, embeddings, sources)])
 
 
 def identities(swapper: FaceSwapper, photos: list[Path], picks: PickRequest | None, notes: list[str],

@@ -23,7 +23,7 @@ from swapstream.pipelines.decode import VideoDecodeError, VideoInfo
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.engine.photos import read_photo
-from swapstream.services.engine.picking import PickRequest, check_time, find_picks, identities, requested
+from swapstream.services.engine.picking import PickRequest, check_time, identities, pick_frame, picks_in
 from swapstream.services.engine.picking import check_sources as check_pick_sources
 from swapstream.services.engine.preview import (FrameAt, IdentityCache, file_digest, frame_at, frame_index_at,
                                                 preview_frame)
@@ -32,6 +32,7 @@ from swapstream.services.http.deps import ServiceDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
 from swapstream.services.http.inputs import check_sources, save_reference
+from swapstream.services.http.picks import picks_of
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import (UploadRejected, check_photo, check_video, new_folder, remove_folder,
                                               save_upload, without_path)
@@ -56,6 +57,7 @@ class Session:
     used: float = field(default_factory=clock.monotonic)
     users: int = 0                    # requests working on it now: never removed under them
     picks: tuple = (None, None)       # (what was asked, the picked faces found): the last pick, kept
+    references: dict = field(default_factory=dict)  # (swapper, score_threshold) -> (reference embedding, its notes)
 
     def picks_for(self, asked: PickRequest | None, score_threshold: float, find: Callable[[], Picks | None]):
         """The picked faces of ``asked``, found once per pick (not again for every frame the slider shows)."""
@@ -65,6 +67,21 @@ class Session:
         if self.picks[0] != key:
             self.picks = (key, find())
         return self.picks[1]
+
+    def has_picks(self, asked: PickRequest | None, score_threshold: float) -> bool:
+        """The picked faces of ``asked`` are found already (or none are asked for)."""
+        return asked is None or self.picks[0] == (asked, score_threshold)
+
+    def reference_for(self, swapper: str, score_threshold: float, notes: list[str],
+                      embed: Callable[[list[str]], object]):
+        """The reference photo's embedding by ``swapper``, made once per swapper and threshold (its notes kept)."""
+        key = (swapper, score_threshold)
+        if key not in self.references:
+            made: list[str] = []
+            self.references[key] = (embed(made), made)
+        embedding, said = self.references[key]
+        notes.extend(said)
+        return embedding
 
 
 class Sessions:
@@ -145,16 +162,18 @@ async def preview(
     if session is None and (target is None or not source):
         raise UploadRejected(422, "give target and source (or the session of an earlier preview)",
                              ErrorCode.MISSING_SOURCE if target is not None else ErrorCode.BAD_REQUEST)
-    return await service.photo_work.run(make_preview, service, sessions, session, time, options,
+    asked = picks_of(options)  # refused before the request waits for its turn
+    return await service.photo_work.run(make_preview, service, sessions, session, time, options, asked,
                                         target, source or [], reference)
 
 
 def make_preview(service: Service, sessions: Sessions, session_id: str | None, seconds: float, options: dict,
-                 target: UploadFile | None, sources: list[UploadFile], reference: UploadFile | None) -> Response:
+                 asked: PickRequest | None, target: UploadFile | None, sources: list[UploadFile],
+                 reference: UploadFile | None) -> Response:
     kept = sessions.take(session_id) if session_id else _new_session(service, sessions, target, sources, reference,
                                                                      seconds, options)
     try:
-        return _answer(service, sessions, kept, seconds, options)
+        return _answer(service, sessions, kept, seconds, options, asked)
     except VideoDecodeError as error:
         raise UploadRejected(422, f"target: not a usable video: {without_path(str(error), kept.target)}",
                              ErrorCode.NOT_A_VIDEO) from error
@@ -187,30 +206,38 @@ def _new_session(service: Service, sessions: Sessions, target: UploadFile, sourc
     return session
 
 
-def _answer(service: Service, sessions: Sessions, session: Session, seconds: float, options: dict) -> Response:
+def _answer(service: Service, sessions: Sessions, session: Session, seconds: float, options: dict,
+            asked: PickRequest | None) -> Response:
     info = session.info
     if options["faces"] == "reference" and session.reference is None:
         raise UploadRejected(422, "reference: faces=reference needs a photo of the person to swap: send the files "
                                   "again with it", ErrorCode.MISSING_REFERENCE)
-    asked = requested(options["faces"], options.get("pick_time"), options.get("pick_points"),
-                      options.get("pick_sources"))
     if info is not None:
         check_time(asked, info.duration)
     check_pick_sources(asked, len(session.sources))
     choice = service.choose_swapper(options["swapper"])
-    call = {"score_threshold": options["score_threshold"], "clock": StageClock()}
+    threshold = options["score_threshold"]
+    call = {"score_threshold": threshold, "clock": StageClock()}
     notes: list[str] = []
     # read before the photo swapper is taken: the other photo requests wait only for the networks
     frame = frame_at(info, seconds) if info is not None else FrameAt(0, 0.0, read_photo(session.target))
+    shown = asked is None or info is None or frame_index_at(info, asked.time) == frame.index
+    at_pick = None if session.has_picks(asked, threshold) else (
+        frame if shown else pick_frame(session.target, asked, clock=call["clock"], info=info))
+
+    def find() -> Picks:
+        chosen = at_pick or pick_frame(session.target, asked, clock=call["clock"], info=info)  # another pick came
+        return picks_in(swapper, chosen, asked, info is not None, **call)
+
     with service.photo_swapper(choice.name) as swapper:
         made, cached = sessions.identities.get(
-            (choice.name, call["score_threshold"], session.digest, asked and asked.sources is not None),
+            (choice.name, threshold, session.digest, asked and asked.sources is not None),
             lambda: identities(swapper, session.sources, asked, notes, **call))
-        picks = session.picks_for(asked, call["score_threshold"],
-                                  lambda: find_picks(swapper, session.target, asked, **call))
+        picks = session.picks_for(asked, threshold, find)
         reference = None
         if options["faces"] == "reference":
-            reference = swapper.photo_embedding(session.reference, "reference", notes, **call)
+            reference = session.reference_for(choice.name, threshold, notes, lambda said: swapper.photo_embedding(
+                session.reference, "reference", said, **call))
         selector = FaceSelector(options["faces"], options["smoothing"], options["reference_distance"], reference,
                                 swapper.embed, picks)
         result = preview_frame(swapper, frame, made, selector, score_threshold=call["score_threshold"])
