@@ -54,11 +54,20 @@ _BOX_IN_CROP = np.array([[108.5, 87.0], [373.4, 93.7], [363.7, 469.7], [98.7, 46
 _TEMPLATE = template_points("ffhq_512", CROP)
 
 
+def _averaging() -> np.ndarray:
+    """[5,468]: each row averages the mesh points that make one of the five."""
+    weights = np.zeros((5, 468))
+    for row, indices in enumerate((_RIGHT_EYE, _LEFT_EYE, _NOSE, [61], [291])):
+        weights[row, indices] = 1.0 / len(indices)
+    return weights
+
+
+_FIVE = _averaging()
+
+
 def five_points(mesh: np.ndarray) -> np.ndarray:
     """[..., 5, 2] eye-ring centres, nose tip, mouth corners of meshes [..., 468, >=2], in their own pixels."""
-    xy = np.asarray(mesh)[..., :2]
-    return np.stack([xy[..., _RIGHT_EYE, :].mean(-2), xy[..., _LEFT_EYE, :].mean(-2), xy[..., _NOSE, :].mean(-2),
-                     xy[..., 61, :], xy[..., 291, :]], axis=-2)
+    return _FIVE @ np.asarray(mesh)[..., :2]
 
 
 def map_mesh(mesh: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -89,6 +98,8 @@ class _Followed:
     mesh: np.ndarray      # [468,3] in frame pixels, in the last frame
     offset: np.ndarray    # [5,2] YuNet's points minus the mesh's, FFHQ-512 crop pixels
     presence: float
+    points: np.ndarray    # [5,2] and
+    box: np.ndarray       # [4]: where this mesh puts YuNet's points and box (``_points_and_box``)
 
 
 @dataclass
@@ -114,8 +125,7 @@ class MeshFollower:
         """(landmarks [n,5,2], boxes [n,4]) of the followed faces where their last mesh puts them."""
         if not self.faces:
             return np.zeros((0, 5, 2)), np.zeros((0, 4))
-        pairs = [_points_and_box(f.mesh, f.offset) for f in self.faces]
-        return np.stack([p for p, _ in pairs]), np.stack([b for _, b in pairs])
+        return np.stack([f.points for f in self.faces]), np.stack([f.box for f in self.faces])
 
 
 @dataclass
@@ -232,13 +242,14 @@ def _update(followers: list[MeshFollower], candidates: list[_Candidate], meshes:
         if c.offset is None:  # a detection: YuNet's own points and box; its offset measured on this mesh
             points, box = c.landmarks, c.box
             offset = _measured_offset(c.landmarks, mesh) if present else DEFAULT_OFFSET
+            followed_at = _points_and_box(mesh, offset) if present else None
         else:
             offset = c.offset
-            points, box = _points_and_box(mesh, offset)
+            points, box = followed_at = _points_and_box(mesh, offset)
         boxes.append(box), scores.append(c.score), landmarks.append(points), index.append(c.position)
         out_meshes.append(mesh if present else np.full((468, 3), np.nan))
         if present:
-            followed[c.position].append(_Followed(mesh, offset, float(p)))
+            followed[c.position].append(_Followed(mesh, offset, float(p), *followed_at))
     for position, follower in enumerate(followers):
         follower.faces = _one_each(followed[position])
         follower.frames += 1
@@ -253,9 +264,10 @@ def _update(followers: list[MeshFollower], candidates: list[_Candidate], meshes:
 
 
 def _measured_offset(landmarks: np.ndarray, mesh: np.ndarray) -> np.ndarray:
-    to_crop = estimate_similarity(five_points(mesh), _TEMPLATE)
+    raw = five_points(mesh)
+    to_crop = estimate_similarity(raw, _TEMPLATE)
     apply = lambda p: p @ to_crop[:, :2].T + to_crop[:, 2]  # noqa: E731
-    return apply(np.asarray(landmarks, np.float64)) - apply(five_points(mesh))
+    return apply(np.asarray(landmarks, np.float64)) - apply(raw)
 
 
 def _one_each(faces: list[_Followed]) -> list[_Followed]:
@@ -263,9 +275,7 @@ def _one_each(faces: list[_Followed]) -> list[_Followed]:
     faces = sorted(faces, key=lambda f: -f.presence)
     kept: list[_Followed] = []
     for face in faces:
-        box = _points_and_box(face.mesh, face.offset)[1][None]
-        if not kept or box_iou(box, np.stack([_points_and_box(k.mesh, k.offset)[1] for k in kept])).max() \
-                < SAME_FACE_IOU:
+        if not kept or box_iou(face.box[None], np.stack([k.box for k in kept])).max() < SAME_FACE_IOU:
             kept.append(face)
     return kept
 
