@@ -1,6 +1,6 @@
 // The /live page: the camera streams JPEG frames to WS /v1/live and the swapped frames come back onto a canvas;
 // while streaming, the face can be switched (a `source` message), the view mirrored, shown full screen and recorded.
-import { apiJson, applyOptions, clearError, plainWords, showError, upload } from "/static/common.js";
+import { apiJson, applyOptions, clearError, plainWords, seconds, showError, upload } from "/static/common.js";
 
 // The WS /v1/live protocol is defined in services/live/protocol.py; tests/web/test_live_page.py checks that these
 // constants are the same.
@@ -21,6 +21,9 @@ const FPS_WINDOW_MS = 2000;          // frames/s back: over the last 2 s, or (sl
 const FPS_LONGEST_MS = 10000;        // ... of the last 10 s
 const STOP_GRACE_MS = 10000;         // after `stop`, how long the service may take to answer what it holds
 const RECORD_TYPES = ["video/webm;codecs=vp9", "video/webm;codecs=vp8", "video/webm", "video/mp4"];
+const STATS_EVERY_MS = 250;          // the figures are redrawn at most this often while streaming
+const ENCODER = new TextEncoder();
+const DECODER = new TextDecoder();
 
 // A close of the stream in this page's words (its code), else the service's reason.
 const CLOSE_WORDS = {
@@ -41,6 +44,10 @@ const swapped = $("swapped");
 const swappedContext = swapped.getContext("2d");
 const capture = document.createElement("canvas");
 const captureContext = capture.getContext("2d");
+const mirror = $("mirror");
+// The figures' elements, looked up once (they are redrawn while streaming).
+const figures = Object.fromEntries(["fps", "latency", "skipped", "counts", "faces-found", "server-time"]
+  .map((id) => [id, $(id)]));
 
 let session = null; // the running stream: { ws, stream, seq, stats, ... }
 
@@ -59,7 +66,7 @@ function setRunning(running) {
 // ------------------------------------------------------------------------------------------------ frames on the wire
 
 function packFrame(header, image) {
-  const head = new TextEncoder().encode(JSON.stringify(header));
+  const head = ENCODER.encode(JSON.stringify(header));
   const message = new Uint8Array(4 + head.length + image.byteLength);
   new DataView(message.buffer).setUint32(0, head.length); // big-endian
   message.set(head, 4);
@@ -69,7 +76,7 @@ function packFrame(header, image) {
 
 function unpackFrame(buffer) {
   const length = new DataView(buffer).getUint32(0);
-  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
+  const header = JSON.parse(DECODER.decode(new Uint8Array(buffer, 4, length)));
   return [header, new Uint8Array(buffer, 4 + length)];
 }
 
@@ -80,7 +87,7 @@ function closeText(event) {
 // ---------------------------------------------------------------------------------------------------------- figures
 
 function newStats() {
-  return { sent: 0, answered: 0, refused: 0, dropped: 0, skipped: 0, latencies: [], answeredAt: [] };
+  return { sent: 0, answered: 0, refused: 0, dropped: 0, skipped: 0, latencies: [], answeredAt: [], shownAt: -Infinity };
 }
 
 // Drops are the stream working as meant: the service swaps the newest picture and skips the older ones.
@@ -97,24 +104,41 @@ function median(values) {
   return sorted[Math.floor((sorted.length - 1) / 2)];
 }
 
-function showStats(stats, header) {
+/** Redraws the figures; while streaming (`often`) at most every STATS_EVERY_MS, the last answer's a moment later. */
+function showStats(stats, header, often = false) {
   const now = performance.now();
-  stats.answeredAt = stats.answeredAt.filter((t) => now - t <= FPS_LONGEST_MS);
-  const recent = stats.answeredAt.filter((t) => now - t <= FPS_WINDOW_MS);
-  const used = recent.length > 1 ? recent : stats.answeredAt.slice(-2);
-  const span = used.length > 1 ? now - used[0] : 0;
-  $("fps").textContent = span > 0 ? ((used.length - 1) * 1000 / span).toFixed(1) : "–";
+  if (header) stats.header = header;
+  if (often && now - stats.shownAt < STATS_EVERY_MS) {
+    stats.later ??= setTimeout(() => { stats.later = null; showStats(stats, stats.header); },
+      STATS_EVERY_MS - (now - stats.shownAt));
+    return;
+  }
+  clearTimeout(stats.later);
+  stats.later = null;
+  stats.shownAt = now;
+  header = stats.header;
+  const times = stats.answeredAt; // in order: the old ones are trimmed from the front
+  let old = 0;
+  while (old < times.length && now - times[old] > FPS_LONGEST_MS) old += 1;
+  if (old) times.splice(0, old);
+  let first = times.length;
+  while (first > 0 && now - times[first - 1] <= FPS_WINDOW_MS) first -= 1;
+  const recent = times.length - first;
+  const usedFrom = recent > 1 ? first : Math.max(0, times.length - 2);
+  const used = times.length - usedFrom;
+  const span = used > 1 ? now - times[usedFrom] : 0;
+  figures.fps.textContent = span > 0 ? ((used - 1) * 1000 / span).toFixed(1) : "–";
   if (stats.latencies.length) {
     const last = stats.latencies[stats.latencies.length - 1];
-    $("latency").textContent = `${Math.round(median(stats.latencies))} ms median of the last ${stats.latencies.length}`
+    figures.latency.textContent = `${Math.round(median(stats.latencies))} ms median of the last ${stats.latencies.length}`
       + ` · ${Math.round(last)} ms last`;
   }
-  $("skipped").textContent = skippedText(stats);
-  $("counts").textContent = `${stats.sent} / ${stats.answered} / ${stats.refused}`;
+  figures.skipped.textContent = skippedText(stats);
+  figures.counts.textContent = `${stats.sent} / ${stats.answered} / ${stats.refused}`;
   if (header) {
-    $("faces-found").textContent = String(header.faces ?? "–");
+    figures["faces-found"].textContent = String(header.faces ?? "–");
     const t = header.timings || {};
-    $("server-time").textContent = Object.keys(t).length
+    figures["server-time"].textContent = Object.keys(t).length
       ? Object.entries(t).map(([name, ms]) => `${name} ${Math.round(ms)}`).join(" · ") + " ms"
       : "–";
   }
@@ -163,8 +187,12 @@ function sendFrame(current) {
     return;
   }
   const scale = Math.min(1, MAX_WIDTH / width);
-  capture.width = Math.round(width * scale);
-  capture.height = Math.round(height * scale);
+  const captureWidth = Math.round(width * scale);
+  const captureHeight = Math.round(height * scale);
+  if (capture.width !== captureWidth || capture.height !== captureHeight) { // a resize clears it: only on a change
+    capture.width = captureWidth;
+    capture.height = captureHeight;
+  }
   const capturedAt = performance.now();
   captureContext.drawImage(camera, 0, 0, capture.width, capture.height);
   current.encoding = true;
@@ -211,7 +239,7 @@ async function onAnswer(current, buffer) {
     drawSwapped(bitmap);
   }
   bitmap.close();
-  if (!current.stopping) showStats(stats, header); // after Stop the figures stand still
+  if (!current.stopping) showStats(stats, header, true); // after Stop the figures stand still
 
 }
 
@@ -240,7 +268,7 @@ function release(current) {
   if (session === current) session = null;
   setRunning(false);
   showStats(current.stats); // the final counts, then the figures stand still
-  $("fps").textContent = "–"; // nothing comes back any more
+  figures.fps.textContent = "–"; // nothing comes back any more
   if (recorder) recorder.stop();
 }
 
@@ -249,7 +277,7 @@ function release(current) {
 // The mirror flips the drawing itself (not only its look), so a recording is what was seen.
 function drawSwapped(image) {
   swappedContext.save();
-  if ($("mirror").checked) {
+  if (mirror.checked) {
     swappedContext.translate(swapped.width, 0);
     swappedContext.scale(-1, 1);
   }
@@ -257,8 +285,8 @@ function drawSwapped(image) {
   swappedContext.restore();
 }
 
-$("mirror").addEventListener("change", () => {
-  camera.classList.toggle("mirrored", $("mirror").checked);
+mirror.addEventListener("change", () => {
+  camera.classList.toggle("mirrored", mirror.checked);
   // the last picture turns at once, not at the next answer
   const copy = document.createElement("canvas");
   [copy.width, copy.height] = [swapped.width, swapped.height];
@@ -325,10 +353,6 @@ function startRecording() {
 }
 
 $("record").addEventListener("click", () => (recorder ? recorder.stop() : startRecording()));
-
-function seconds(value) {
-  return value < 60 ? `${Math.round(value)} s` : `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
-}
 
 // ------------------------------------------------------------------------------------------- switch the face
 
@@ -458,6 +482,8 @@ function stop() {
   const current = session;
   if (!current) return;
   current.stopping = true;
+  clearTimeout(current.stats.later); // after Stop the figures stand still
+  current.stats.later = null;
   status("Stopping: the service answers the frames it has…");
   if (current.ws?.readyState === WebSocket.OPEN) {
     current.ws.send(JSON.stringify({ type: "stop" }));
