@@ -160,11 +160,16 @@ def with_source_shape(target_mesh: np.ndarray, source_mesh: np.ndarray, share: f
     return (target + weight * (fitted - target)).astype(np.float32)
 
 
-def _features(box: Box, mesh: np.ndarray, grow: int) -> np.ndarray:
-    """Eyes, brows, nose and lips of a mesh, filled and grown by ``grow`` px: what is never cheek or forehead."""
+def _filled_features(box: Box, mesh: np.ndarray) -> np.ndarray:
+    """Eyes, brows, nose and lips of a mesh, filled: what is never cheek or forehead."""
     parts = [cv2.convexHull(box.points(mesh, ring))
              for ring in (EYE_RIGHT, EYE_LEFT, BROW_RIGHT, BROW_LEFT, LIPS_OUTER, NOSE)]
-    return cv2.dilate(box.fill(parts), _disc(grow))
+    return box.fill(parts)
+
+
+def _features(box: Box, mesh: np.ndarray, grow: int) -> np.ndarray:
+    """``_filled_features`` grown by ``grow`` px."""
+    return cv2.dilate(_filled_features(box, mesh), _disc(grow))
 
 
 def source_skin(texture: np.ndarray, mesh: np.ndarray) -> np.ndarray:
@@ -324,8 +329,7 @@ def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray) -> 
     """``face`` with CREASE_SHARE of its detail coarser than CREASE_SIGMA replaced by ``target``'s, less where
     ``keep`` (uint8, 255: the features, which stay the source's)."""
     face32 = face.astype(np.float32)
-    difference = cv2.GaussianBlur(target.astype(np.float32), (0, 0), CREASE_SIGMA) \
-        - cv2.GaussianBlur(face32, (0, 0), CREASE_SIGMA)
+    difference = cv2.GaussianBlur(target.astype(np.float32) - face32, (0, 0), CREASE_SIGMA)  # one blur: it is linear
     weight = (CREASE_SHARE / 255) * (255 - keep.astype(np.float32))[..., None]
     return cv2.convertScaleAbs(face32 + weight * difference)  # all >= 0 after rounding: only the saturation acts
 
@@ -354,14 +358,15 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
     oval = box.fill([box.points(target_mesh, FACE_OVAL)])
     solid = np.minimum(oval, warped_skin)
     region = cv2.threshold(solid, 127, 255, cv2.THRESH_BINARY)[1]
-    region[_features(box, target_mesh, 4) > 0] = 0
+    features = _filled_features(box, target_mesh)  # grown by 4 px here, by CREASE_FEATURES for the creases
+    region[cv2.dilate(features, _disc(4)) > 0] = 0
     inner = cv2.erode(solid, _disc(OVAL_INSET))
     warped = match_sharpness(warped, here, cv2.threshold(inner, 127, 255, cv2.THRESH_BINARY)[1])
     matched = colour_match(warped, here, region)
     if SHADING_SIGMA:
         matched = match_shading(matched, here, region)
     base = _feather(inner, FEATHER_SIGMA)
-    matched = transfer_creases(matched, here, _feather(_features(box, target_mesh, CREASE_FEATURES), CREASE_SIGMA))
+    matched = transfer_creases(matched, here, _feather(cv2.dilate(features, _disc(CREASE_FEATURES)), CREASE_SIGMA))
     hole = _hole(box.fill([box.points(target_mesh, LIPS_OUTER)]), HOLE_GROW, HOLE_SIGMA)
     if keep_eyes:
         eyes = box.fill([box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)])
