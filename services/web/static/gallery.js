@@ -4,7 +4,9 @@
 import { api, clearError, el, seconds, showError, token } from "/static/common.js";
 
 const PAGE = 50;
-const thumbnails = new Map(); // job id -> the URL its <img> shows (with a token: the thumbnail fetched once)
+// With a token: job id -> the promise of its thumbnail's object URL (fetched once; stored while pending, so that a
+// job drawn again meanwhile does not fetch it twice); revoked when jobs.js forgets the job (also on a page change).
+const thumbnails = new Map();
 let hooks = null; // from jobs.js: show(job), forget(id), ids(), order()
 let page = 0; // 0: the newest jobs, kept current by the service's pushed events
 let total = 0;
@@ -30,15 +32,30 @@ function thumbnail(job) {
   const image = el("img", { class: "thumb", alt: what, loading: "lazy", width: "96" });
   if (!token()) {
     image.src = job.thumbnail_url; // the browser caches it
-  } else if (thumbnails.has(job.id)) {
-    image.src = thumbnails.get(job.id);
   } else {
-    api(job.thumbnail_url).then((response) => response.blob()).then((blob) => {
-      thumbnails.set(job.id, URL.createObjectURL(blob));
-      image.src = thumbnails.get(job.id);
-    }).catch(showError);
+    thumbnailUrl(job).then((url) => { if (url) image.src = url; }).catch(showError);
   }
   return image;
+}
+
+function thumbnailUrl(job) {
+  if (thumbnails.has(job.id)) return thumbnails.get(job.id);
+  const fetching = api(job.thumbnail_url).then((response) => response.blob()).then((blob) => {
+    if (thumbnails.get(job.id) !== fetching) return null; // forgotten meanwhile
+    return URL.createObjectURL(blob);
+  }, (error) => {
+    if (thumbnails.get(job.id) === fetching) thumbnails.delete(job.id); // drawn again, it tries again
+    throw error;
+  });
+  thumbnails.set(job.id, fetching);
+  return fetching;
+}
+
+/** jobs.js forgets a job (deleted, gone from the service, or on another page): its thumbnail's URL goes too. */
+export function forgetThumbnail(id) {
+  const url = thumbnails.get(id);
+  thumbnails.delete(id);
+  url?.then((made) => made && URL.revokeObjectURL(made), () => {});
 }
 
 function namesLine(job) {

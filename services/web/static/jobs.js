@@ -4,7 +4,7 @@ import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, s
   from "/static/common.js";
 import { appendPick } from "/static/preview.js";
 import { errorText, progressText, summaryRows } from "/static/progress.js";
-import { decorate, following, pager } from "/static/gallery.js";
+import { decorate, following, forgetThumbnail, pager } from "/static/gallery.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
 const list = document.getElementById("jobs");
@@ -75,6 +75,7 @@ function order() {
 
 function forget(id) {
   jobs.delete(id);
+  forgetThumbnail(id);
   document.getElementById(`job-${id}`)?.remove();
 }
 
