@@ -63,10 +63,11 @@ def cmd_swap(args) -> int:
     from tqdm import tqdm
 
     from swapstream.pipelines.align import DeviceError
-    from swapstream.pipelines.decode import VideoDecodeError
+    from swapstream.pipelines.decode import VideoDecodeError, probe_video
     from swapstream.services.engine.encoder import EncodeError
     from swapstream.services.engine.errors import SwapInputError
     from swapstream.services.engine.offline import SwapOptions, run_swap
+    from swapstream.services.engine.photos import IMAGE_SUFFIXES
     from swapstream.services.engine.picking import checked
     from swapstream.services.engine.swapper import FaceSwapper
     from swapstream.services.engine.swappers import create_swapper
@@ -94,8 +95,10 @@ def cmd_swap(args) -> int:
                          **{name: getattr(args, name) for name in options.SWAP if name != "swapper"})
     target = Path(args.target)
     try:
-        total = frames_planned(target, chosen)  # also checks start/end/fps against the target, before Triton
-        checked(chosen.faces, chosen.pick_time, chosen.pick_points, chosen.pick_sources, len(args.source), target)
+        info = None if target.suffix.lower() in IMAGE_SUFFIXES else probe_video(target)
+        total, _ = frames_planned(vars(chosen), info)  # also checks start/end/fps against the target, before Triton
+        checked(chosen.faces, chosen.pick_time, chosen.pick_points, chosen.pick_sources, len(args.source), target,
+                info)
         with triton_url(args) as url:
             client = SwapstreamClient(url)
             try:  # closed before the embedded server stops, so its health probes do not report it leaving

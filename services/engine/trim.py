@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from swapstream.pipelines.decode import VideoInfo, VideoReader, open_video, probe_video
+from swapstream.pipelines.decode import VideoInfo, VideoReader, open_video
 from swapstream.services.engine.errors import ErrorCode, SwapInputError
-from swapstream.services.engine.photos import IMAGE_SUFFIXES
 
 _EPSILON = 1e-6
 
@@ -98,15 +97,17 @@ def open_part(target: Path, options) -> tuple[VideoReader, FramePlan]:
     """A reader of the frames ``options`` (``start``, ``end``, ``fps``) ask for, and the plan they follow."""
     reader = open_video(target, options.device, options.batch_size)
     plan = plan_frames(reader.info, options.start, options.end, options.fps)
-    if plan.indices is not None:
-        reader = open_video(target, options.device, options.batch_size, keep=plan.indices)
+    if plan.indices is not None:  # the kept frames only (PyAV), from the same probe
+        reader = VideoReader(reader.info, options.device, options.batch_size, "pyav", keep=plan.indices)
     return reader, plan
 
 
-def frames_planned(target: Path, options) -> int:
-    """How many frames a run of ``target`` writes; the options checked against it first (SwapInputError)."""
-    if target.suffix.lower() in IMAGE_SUFFIXES:
-        check_for_photo(vars(options))
-        return 1
-    info = probe_video(target)
-    return plan_frames(info, options.start, options.end, options.fps).frames or info.frame_count
+def frames_planned(options: dict, info: VideoInfo | None) -> tuple[int, float | None]:
+    """(frames, seconds of video) a run writes, the options checked first (SwapInputError): for a photo (``info``
+    None) 1 and None, none of the video-only options given; for a video (its probe ``info``) the part and rate
+    asked for (``start``, ``end``, ``fps``)."""
+    if info is None:
+        check_for_photo(options)
+        return 1, None
+    plan = plan_frames(info, options.get("start"), options.get("end"), options.get("fps"))
+    return plan.frames or info.frame_count, plan.duration

@@ -3,7 +3,6 @@ its thumbnail or the uploaded target, run a job again, cancel or delete."""
 from __future__ import annotations
 
 import mimetypes
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
@@ -11,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from swapstream.services.engine.encoder import IMAGE_EXTENSIONS
 from swapstream.services.engine.errors import ErrorCode
-from swapstream.services.engine.trim import check_for_photo, plan_frames
+from swapstream.services.engine.trim import frames_planned
 from swapstream.services.http.deps import ServiceDep, StoreDep
 from swapstream.services.http.errors import ERROR_RESPONSES
 from swapstream.services.http.forms import swap_form
@@ -89,27 +88,20 @@ def _save_inputs(service: Service, folder, target: UploadFile, source: list[Uplo
     """The job's files saved and checked in ``folder``; the job's ``inputs``."""
     limits: UploadLimits = service.config.limits
     kind, target_path = save_upload(target, folder, "target", "target", {"video", "photo"}, limits)
-    frames, duration = _planned(kind, target_path, limits, options)
+    info = check_video(target_path, "target", limits) if kind == "video" else None  # the one probe
+    if info is None:
+        check_photo(target_path, "target", limits)
+    frames, duration = frames_planned(options, info)  # the part and rate asked for, checked against the target
     sources = check_sources(service, folder, source, options["score_threshold"], unless_triton_down=True)
-    check_picks(service, options, target_path, len(sources))
+    check_picks(service, options, target_path, len(sources), info=info)
     inputs = {"folder": service.relative(folder), "target": service.relative(target_path),
-              "sources": [service.relative(p) for p in sources], "frames": frames, "duration": duration,
+              "sources": [service.relative(p) for p in sources], "frames": frames,
+              "duration": None if duration is None else round(duration, 3),
               "result_suffix": ".mp4" if kind == "video" else result_suffix(target_path.suffix)}
     if options["faces"] == "reference":
         inputs["reference"] = service.relative(
             save_reference(service, folder, reference, options["score_threshold"], unless_triton_down=True))
     return inputs
-
-
-def _planned(kind: str, target: Path, limits: UploadLimits, options: dict) -> tuple[int, float | None]:
-    """(frames, seconds) the job writes: the target checked, and the part and rate asked for checked against it."""
-    if kind == "photo":
-        check_photo(target, "target", limits)
-        check_for_photo(options)
-        return 1, None
-    info = check_video(target, "target", limits)
-    plan = plan_frames(info, options["start"], options["end"], options["fps"])
-    return plan.frames or info.frame_count, round(plan.duration, 3)
 
 
 @router.get("/jobs", summary="List jobs, newest first")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from swapstream.pipelines.decode import VideoInfo
 from swapstream.services.engine.photos import IMAGE_SUFFIXES
 from swapstream.services.engine.picking import PickRequest, checked, faces_under, requested
 from swapstream.services.http.inputs import require_face
@@ -19,10 +20,12 @@ def picks_of(options: dict) -> PickRequest | None:
                      options.get("pick_sources"))
 
 
-def check_picks(service: Service, options: dict, target: Path, sources: int, found=None) -> None:
-    """The picks against the inputs; ``found``: the target photo's faces when the caller has detected them."""
+def check_picks(service: Service, options: dict, target: Path, sources: int, found=None,
+                info: VideoInfo | None = None) -> None:
+    """The picks against the inputs; ``found``: the target photo's faces when the caller has detected them;
+    ``info``: the target video's probe when the caller has it."""
     asked = checked(options["faces"], options.get("pick_time"), options.get("pick_points"),
-                    options.get("pick_sources"), sources, target)
+                    options.get("pick_sources"), sources, target, info)
     if asked is None or target.suffix.lower() not in IMAGE_SUFFIXES:
         return
     if found is None:  # a job's photo: checked now if Triton answers at once, else by its worker
