@@ -94,7 +94,6 @@ def measure(url: str, frames: np.ndarray, calls: int) -> list[dict]:
         "yunet alone (its input given)": ("yunet", {"input": detector_input}, YUNET_OUTPUTS),
     }
     walls: dict[str, list[float]] = {name: [] for name in runs}
-    before = {name: _server_ms(admin, model) for name, (model, _, _) in runs.items()}
     for name, (model, inputs, outputs) in runs.items():  # one warm-up each
         client._infer(model, inputs, outputs)
     before = {name: _server_ms(admin, model) for name, (model, _, _) in runs.items()}

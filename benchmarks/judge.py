@@ -6,6 +6,8 @@ two descriptors closer than ``SAME_PERSON`` are the same person by dlib's rule. 
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 SAME_PERSON = 0.6  # dlib's threshold on the descriptor distance
@@ -24,9 +26,14 @@ class Judge:
             raise JudgeUnavailable(f"the quality judge needs dlib-bin and face_recognition_models ({error}); "
                                    "install them with: pip install -e '.[test]'") from None
         self._dlib = dlib
+        self._models = models
         self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
-        self._shape68 = dlib.shape_predictor(models.pose_predictor_model_location())
+
+    @cached_property
+    def _shape68(self):
+        """dlib's 68-point predictor (about 100 MB), loaded on the first ``eye_openness``: most uses never ask."""
+        return self._dlib.shape_predictor(self._models.pose_predictor_model_location())
 
     def descriptors(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """[K,128] descriptors of the faces in ``boxes`` ([K,4] x1, y1, x2, y2) of one RGB image."""

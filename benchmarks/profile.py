@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage of a job sample: the first of these found in its stack, innermost frame first.
 STAGE_MARKERS = [
-    ("Downscaler", "detect"), ("SwapstreamClient.detect", "detect"), ("SwapstreamClient.facemesh", "follow"),
+    ("Downscaler", "detect"), ("SwapstreamClient.detect", "detect"),
+    # facemesh calls are made by VideoLocator / MeshFollower (follow) and MeshSwapper (swap): their frames decide.
     ("VideoLocator", "follow"), ("MeshFollower", "follow"), ("FaceTracker", "track"),
     ("Aligner", "align"), ("SwapstreamClient.swap", "swap"), ("MeshSwapper", "swap"), ("Blender", "blend"),
     ("swap_face", "swap"),
@@ -49,7 +50,7 @@ PART_RULES = [
     (r"stack|\.copy\(|ascontiguousarray|empty_like|batch\[filled\]|np\.array\(", "copy"),
     (r"\.write\(|stdin", "pipe to ffmpeg"), (r"Condition\.wait|\.get\(|\.put\(", "waiting"),
     # the mesh swap's steps (mesh_warp.py), run in its thread pool
-    (r"^(warp_map|_label_map) ", "mesh warp"), (r"^(transfer_creases|_detail) ", "expression lines"),
+    (r"^warp_map ", "mesh warp"), (r"^(transfer_creases|_detail) ", "expression lines"),
     (r"^(colour_match|match_shading) ", "colour match"),
     (r"^(_feather|_smooth_inside|_hole|_features|match_sharpness|Box\.fill) ", "mask and sharpness"),
 ]

@@ -129,13 +129,17 @@ class QualityRun:
         matrices = similarity_to(np.stack([f.landmarks for _, f in chosen]), "ffhq_512", FACE_SIZE)
         aligned = self.engine.aligner(frames, index, matrices)
         tracked = self.engine.tracked_meshes(aligned, chosen, matrices, self.clock)
+        if tracked is None and self.engine.swapper.name == "mesh":
+            # Detector mode (no tracked meshes): found once, for the swap and for the record below.
+            with self.clock("swap"):
+                tracked = face_meshes(self.engine.client, aligned)
         faces, masks = self.engine.swapper.swap(aligned, [self.identity], self.clock, tracked)
         swapped = self.engine.blender(frames, faces, masks, index, matrices)
         result.seam_delta_e += _seam(aligned, faces, masks)
         for (_, face) in chosen:
             landmarks.setdefault(face.track_id, []).append(face.landmarks)
         if self.engine.swapper.name == "mesh":  # the mesh the swap followed, back in frame pixels
-            found, _ = tracked or face_meshes(self.engine.client, aligned)
+            found, _ = tracked
             for (_, face), mesh, matrix in zip(chosen, found, matrices):
                 inverse = cv2.invertAffineTransform(matrix)
                 meshes.setdefault(face.track_id, []).append(mesh[:, :2] @ inverse[:, :2].T + inverse[:, 2])

@@ -81,9 +81,9 @@ class SwapstreamClient:
         # Always one row per face: a batching config (max_batch_size > 0) needs every input's batch to match.
         embeddings = np.ascontiguousarray(np.broadcast_to(embeddings, (len(faces), 512)))
         inputs = {"FACES": faces, "SOURCE_EMBEDDING": embeddings}
-        k = len(faces)
+        # The outputs have the faces' size: FACES_OUT [K,H,W,3] uint8, MASKS [K,H,W] (one byte a pixel).
         faces_out, masks = self._infer("swap", inputs, ["FACES_OUT", "MASKS"],
-                                       {"FACES_OUT": k * 512 * 512 * 3, "MASKS": k * 512 * 512})
+                                       {"FACES_OUT": faces.nbytes, "MASKS": faces.nbytes // 3})
         return faces_out, masks
 
     def facemesh(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -88,6 +88,8 @@ def _prefix_inner_names(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
         node.input[:] = [renamed.get(name, name) for name in node.input]
         node.output[:] = [renamed.get(name, name) for name in node.output]
         node.name = f"{prefix}{node.name or index}"
+    # Dropped here: they name tensors by their old names (and two models' would overlap in merge_models' check).
+    # ``fold`` drops the ones merge_models then adds for the linked outputs.
     del graph.value_info[:]
     return out
 

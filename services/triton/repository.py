@@ -182,9 +182,9 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
             sources.append(ModelSource(name, "converted", how))
         elif name in NETWORKS:
             entry = manifest[NETWORKS[name]]
-            if name in REQUIRED_REAL:
-                _required_real(entry, weight_dirs)
             kind, path = _weights(entry, weight_dirs)
+            if name in REQUIRED_REAL and kind == "absent":
+                raise _absent(entry, weight_dirs)
             reduce = REDUCED.get(name, lambda model: model)
             if kind == "absent":
                 onnx.save(reduce(standins.BUILDERS[entry.key](entry)), str(target))
@@ -209,10 +209,14 @@ def build_repository(out_dir: Path, weight_dirs: list[Path] | None = None, *, li
 def _required_real(entry: ModelEntry, weight_dirs: list[Path]) -> Path:
     kind, path = _weights(entry, weight_dirs)
     if kind == "absent":
-        raise RepositoryError(
-            f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
-            f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
+        raise _absent(entry, weight_dirs)
     return path
+
+
+def _absent(entry: ModelEntry, weight_dirs: list[Path]) -> RepositoryError:
+    return RepositoryError(
+        f"{entry.file} ({entry.key}) not found in {', '.join(map(str, weight_dirs))}. "
+        f"Run `swapstream models fetch {entry.key}` or set SWAPSTREAM_SHARED.")
 
 
 def _with_dynamic_batch(path: Path) -> tuple[onnx.ModelProto | None, str]:

@@ -61,3 +61,20 @@ def test_server_samples_go_to_their_model_and_part(tmp_path):
     assert table["yunet", "output copy"] == 10 / SERVER_RATE
     assert table["yunet", "stub, no Python frame (messages, shared memory)"] == 5 / SERVER_RATE
     assert round(sum(table.values()), 9) == 55 / SERVER_RATE  # the reaper is not a model
+
+
+def test_a_facemesh_call_goes_to_the_stage_that_made_it(tmp_path):
+    """The mesh swap's facemesh calls are swap time, the follower's are follow time (no marker of their own)."""
+    thread = "thread (1): Thread-1 (work);run (threading.py:975);"
+    call = ("SwapstreamClient.facemesh (swapstream/services/triton/client.py:100);"
+            "InferInput.set_data_from_numpy (tritonclient/grpc/_infer_input.py:159)")
+    raw = tmp_path / "job.raw"
+    raw.write_text("\n".join([
+        f"{thread}MeshSwapper.swap (swapstream/services/engine/swappers/mesh.py:50);{call} 4",
+        f"{thread}MeshFollower.follow (swapstream/services/engine/mesh_tracking.py:50);{call} 6",
+    ]) + "\n")
+
+    table = job_table(raw)
+
+    assert table["swap", "gRPC copy"] == 4 / JOB_RATE
+    assert table["follow", "gRPC copy"] == 6 / JOB_RATE
