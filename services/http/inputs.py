@@ -6,13 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from swapstream.services.engine.errors import ErrorCode
+from swapstream.services.engine.errors import ErrorCode, no_face_code
 from swapstream.services.jobs.service import Service
 from swapstream.services.jobs.uploads import Upload, UploadRejected, check_photo, save_upload
-
-
-_NO_FACE = {"source": ErrorCode.NO_FACE_IN_SOURCE, "target": ErrorCode.NO_FACE_IN_TARGET,
-            "reference": ErrorCode.NO_FACE_IN_REFERENCE}
 
 
 def require_face(service: Service, rgb: np.ndarray, what: str, score_threshold: float, *,
@@ -25,7 +21,7 @@ def require_face(service: Service, rgb: np.ndarray, what: str, score_threshold: 
     if len(found) == 0:
         raise UploadRejected(422, f"{what}: no face found (score >= {score_threshold}); use a photo where "
                                   "the face is visible and frontal, or lower score_threshold",
-                             _NO_FACE[what.split()[0]])
+                             no_face_code(what))
     return found
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from swapstream.pipelines.decode import open_container
+from swapstream.pipelines.decode import probe_video
 from swapstream.services.engine.encoder import write_image
 from swapstream.services.engine.photos import read_photo
+from swapstream.services.engine.preview import frame_at
 
 SIZE = 320
 SUFFIX = ".thumb.jpg"
@@ -24,7 +25,11 @@ def thumbnail(result: Path) -> Path:
     """The thumbnail of a result file, made now if it is not there yet."""
     path = thumbnail_path(result)
     if not path.is_file():
-        frame = _middle_frame(result) if result.suffix == ".mp4" else read_photo(result)
+        if result.suffix == ".mp4":
+            info = probe_video(result)
+            frame = frame_at(info, info.duration / 2).rgb  # the middle of the video
+        else:
+            frame = read_photo(result)
         write_image(path, _fit(frame), quality=85)
     return path
 
@@ -35,14 +40,3 @@ def _fit(rgb: np.ndarray) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return rgb if scale == 1.0 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
-
-def _middle_frame(video: Path) -> np.ndarray:
-    with open_container(video) as container:
-        stream = container.streams.video[0]
-        middle = (stream.start_time or 0) + (stream.duration or 0) // 2
-        if middle:
-            container.seek(int(middle), stream=stream, backward=True, any_frame=False)  # the key frame before it
-        for frame in container.decode(stream):
-            if frame.pts is None or frame.pts >= middle:
-                return frame.to_ndarray(format="rgb24")
-    raise ValueError(f"{video.name} has no frame")

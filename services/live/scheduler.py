@@ -41,8 +41,10 @@ import numpy as np
 from swapstream.services.live.frames import encode_frame
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
+from swapstream.services.live.protocol import error_message
 from swapstream.services.live.stream import Frame, LiveStream
 from swapstream.services.engine.clock import StageClock
+from swapstream.services.engine.errors import ErrorCode
 from swapstream.services.engine.mesh_tracking import locate
 from swapstream.services.engine.swapper import FaceSwapper
 from swapstream.services.engine.tracking import TrackedFace
@@ -385,9 +387,8 @@ class Scheduler(threading.Thread):
         log.error("live batch of %d frames: the inference server failed: %s", len(positions), error)
         for position in positions:
             stream, frame = group.items[position]
-            stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "code": "inference_unavailable",
-                                      "detail": f"the inference server failed: {error}; "
-                                                "the stream goes on, retry"}, None)
+            stream.answer(frame.seq, error_message(ErrorCode.INFERENCE_UNAVAILABLE, f"the inference server failed: "
+                                                   f"{error}; the stream goes on, retry", frame.seq), None)
         self._finished(group.round, len(positions))
 
     def _failed(self, rnd: Round, stream: LiveStream, frame: Frame, error: Exception, restart: bool = False) -> None:
@@ -397,6 +398,6 @@ class Scheduler(threading.Thread):
         log.debug("live stream %s: frame %d", stream.id, frame.seq, exc_info=error)
         if restart:
             stream.restart_tracking()
-        stream.answer(frame.seq, {"type": "error", "seq": frame.seq, "code": "internal_error",
-                                  "detail": "this frame failed on the server; the stream goes on"}, None)
+        stream.answer(frame.seq, error_message(ErrorCode.INTERNAL_ERROR,
+                                               "this frame failed on the server; the stream goes on", frame.seq), None)
         self._finished(rnd)
