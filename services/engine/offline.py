@@ -173,9 +173,7 @@ class _Run:
             chosen = self.selector.choose(frames, tracked)
             self.summary.frames_without_face += sum(1 for t in tracked if not t.faces)
             self.faces_ahead.append(len(chosen))
-            faces_identities = [self.identities[i] for _, _, i in chosen] if len(self.identities) > 1 else \
-                self.identities
-            yield self.swapper.swap_frames(frames, [(p, f) for p, f, _ in chosen], faces_identities, self.clock)
+            yield self.swapper.swap_chosen(frames, chosen, self.identities, self.clock)
 
 
 def run_swap(swapper: FaceSwapper, sources: list[Path], target: Path, output: Path,

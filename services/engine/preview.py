@@ -129,8 +129,7 @@ def preview_frame(swapper: FaceSwapper, frame: FrameAt, identities: list[dict], 
     chosen = selector.choose(frame.rgb[None], [TrackedFrame(frame.index, faces)])
     rgb = frame.rgb
     if chosen:
-        per_face = [identities[i] for _, _, i in chosen] if len(identities) > 1 else identities
-        rgb = swapper.swap_frames(rgb[None].copy(), [(p, f) for p, f, _ in chosen], per_face)[0]
+        rgb = swapper.swap_chosen(rgb[None].copy(), chosen, identities)[0]
     swapped = {face.track_id for _, face, _ in chosen}
     return Preview(rgb, [PreviewFace(f.track_id, [float(v) for v in f.box], f.score, f.track_id in swapped)
                          for f in faces])

@@ -149,23 +149,34 @@ class FaceSwapper:
         matrices = similarity_to(np.stack([f.landmarks for _, f in faces]), "ffhq_512", FACE_SIZE)
         with clock("align"):
             aligned = self.aligner(frames, frame_index, matrices)
-        swapped, masks = self.swapper.swap(aligned, identities, clock, self.tracked_meshes(aligned, faces, matrices,
-                                                                                           clock))
+        swapped, masks = self.swapper.swap(aligned, identities, clock, self._tracked_meshes(faces, matrices))
         with clock("blend"):
             return self.blender(frames, swapped, masks, frame_index, matrices)
 
+    def swap_chosen(self, frames: np.ndarray, chosen: list[tuple[int, TrackedFace, int]], identities: list[dict],
+                    clock: StageClock | None = None) -> np.ndarray:
+        """Frames with the chosen faces swapped: (frame position in ``frames``, face, which of ``identities``), as
+        ``FaceSelector.choose`` gives them; ``identities``: one for every face, or one per source photo."""
+        per_face = [identities[i] for _, _, i in chosen] if len(identities) > 1 else identities
+        return self.swap_frames(frames, [(p, f) for p, f, _ in chosen], per_face, clock)
+
     def tracked_meshes(self, aligned: np.ndarray, faces: list[tuple[int, TrackedFace]], matrices: np.ndarray,
-                        clock: StageClock) -> tuple[np.ndarray, np.ndarray] | None:
+                       clock: StageClock) -> tuple[np.ndarray, np.ndarray] | None:
         """(meshes [K,468,3] in the crops, presence [K]) from the faces' tracked meshes, for a swapper that follows
-        them; a face without one (e.g. a detection whose mesh was not found) gets it found in its crop now."""
+        them; a face without one (e.g. a detection whose mesh was not found) gets it found in its crop now, by the
+        swapper (``MeshSwapper.complete_meshes``)."""
+        partial = self._tracked_meshes(faces, matrices)
+        return None if partial is None else self.swapper.complete_meshes(aligned, partial, clock)
+
+    def _tracked_meshes(self, faces: list[tuple[int, TrackedFace]],
+                        matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(meshes [K,468,3] in the crops, presence [K]) from the faces' tracked meshes, NaN for a face without one
+        (the swapper finds those); None when the swapper does not follow meshes or no face has one."""
         have = np.array([face.mesh is not None for _, face in faces])
         if not self.swapper.follows_meshes or not have.any():
             return None
-        meshes = np.zeros((len(faces), 468, 3), np.float32)
-        presence = np.ones(len(faces), np.float32)
+        meshes = np.full((len(faces), 468, 3), np.nan, np.float32)
+        presence = np.where(have, 1.0, np.nan).astype(np.float32)
         meshes[have] = meshes_to_crops(np.stack([face.mesh for _, face in faces if face.mesh is not None]),
                                        matrices[have])
-        if not have.all():
-            with clock("swap"):
-                meshes[~have], presence[~have] = self.client.facemesh(aligned[~have])
         return meshes, presence

@@ -236,3 +236,25 @@ def test_a_blinking_target_keeps_its_closed_eyes_and_an_open_one_its_open_eyes(e
     assert after[0] > 0.3, f"open eyes closed by the swap: eye aspect ratio {after[0]:.2f}"
     assert after[1] < 0.25, f"closed eyes opened by the swap (the source's eyes pasted): {after[1]:.2f}"
     assert not np.array_equal(swapped[1], frames[1])
+
+
+def test_only_the_faces_without_a_tracked_mesh_are_sent_to_the_mesh_network():
+    """Tracked meshes are handed to the swapper with NaN rows for faces that have none; it finds only those."""
+    sent = []
+
+    class Client:
+        def facemesh(self, crops):
+            sent.append(len(crops))
+            return np.full((len(crops), 468, 3), 7.0, np.float32), np.full(len(crops), 0.9, np.float32)
+
+    swapper = MeshSwapper(Client())
+    aligned = np.zeros((3, 8, 8, 3), np.uint8)
+    meshes = np.ones((3, 468, 3), np.float32)
+    meshes[1] = np.nan
+    presence = np.array([1.0, np.nan, 1.0], np.float32)
+    found, found_presence = swapper.complete_meshes(aligned, (meshes, presence), StageClock())
+    assert sent == [1]
+    assert (found[1] == 7.0).all() and (found[[0, 2]] == 1.0).all()
+    np.testing.assert_allclose(found_presence, [1.0, 0.9, 1.0], rtol=1e-6)
+    swapper.complete_meshes(aligned, (found, found_presence), StageClock())
+    assert sent == [1]  # nothing missing: no call

@@ -27,7 +27,8 @@ class Swapper(ABC):
         """(faces [K,512,512,3] uint8, masks [K,512,512]) for ``aligned`` [K,512,512,3] uint8 FFHQ-512 crops.
 
         ``meshes``: (face meshes [K,468,3] in the crops' pixels, presence [K]) already found for these faces (the
-        tracker's, smoothed across frames), for a swapper that ``follows_meshes``; None: it finds them itself.
+        tracker's, smoothed across frames), for a swapper that ``follows_meshes``; None: it finds them itself, and
+        so for a face whose row is NaN (no tracked mesh).
 
         ``identities``: one (for all faces) or K (one per face, as live streams send them). The time spent is
         counted to ``clock``'s stages (``swap`` at least). The faces are blended back by ``pipelines/blend.py``."""

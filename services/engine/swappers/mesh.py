@@ -70,6 +70,24 @@ class MeshSwapper(Swapper):
                 "skin": np.stack([mesh_warp.source_skin(c, m) for c, m in zip(crops, meshes)]),
                 "pose": poses}
 
+    def complete_meshes(self, aligned: np.ndarray, meshes: tuple[np.ndarray, np.ndarray] | None,
+                        clock: StageClock) -> tuple[np.ndarray, np.ndarray]:
+        """(meshes [K,468,3], presence [K]) of ``aligned`` crops: ``meshes`` as given, its missing faces (NaN rows)
+        or all (None) found now in one ``facemesh`` call."""
+        with clock("swap"):
+            return self._completed(np.asarray(aligned, np.uint8), meshes)
+
+    def _completed(self, aligned: np.ndarray, meshes: tuple[np.ndarray, np.ndarray] | None):
+        if meshes is None:
+            return face_meshes(self.client, aligned)
+        meshes, presence = meshes
+        missing = np.isnan(presence) | np.isnan(meshes).any(axis=(1, 2))
+        if not missing.any():
+            return meshes, presence
+        meshes, presence = np.array(meshes, np.float32), np.array(presence, np.float32)
+        meshes[missing], presence[missing] = face_meshes(self.client, aligned[missing])
+        return meshes, presence
+
     def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
              meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         aligned = np.asarray(aligned, np.uint8)
@@ -81,7 +99,7 @@ class MeshSwapper(Swapper):
         if count == 0:
             return faces, masks
         with clock("swap"):
-            meshes, presence = face_meshes(self.client, aligned) if meshes is None else meshes
+            meshes, presence = self._completed(aligned, meshes)
             poses = mesh_warp.mesh_pose(meshes)
             warps = []
             for k in range(count):
