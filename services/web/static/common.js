@@ -296,7 +296,7 @@ function sensitivityWords(value, normal, top) {
 }
 
 /** A control's value as the API takes it (the sensitivity slider's position is its threshold). */
-function optionValue(control) {
+export function optionValue(control) {
   if (control.dataset.control === "sensitivity" && control.dataset.thresholds) {
     return JSON.parse(control.dataset.thresholds)[Number(control.value)];
   }

@@ -161,7 +161,6 @@ export function compare(container) {
   for (const image of after.querySelectorAll("img")) image.addEventListener("load", reset);
   new ResizeObserver(() => pan(0, 0)).observe(stage);
   reset();
-  return { reset, setSplit, view };
 }
 
 for (const container of document.querySelectorAll("[data-compare]")) compare(container);

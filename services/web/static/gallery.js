@@ -1,7 +1,8 @@
 // The gallery on the jobs page: each job shows a swapped frame (GET /v1/jobs/{id}/thumbnail), the files' names as
 // they were chosen, the length of video written, and "Run again" (POST /v1/jobs/{id}/again: the same files and
 // settings); past the newest 50 (the list the service pushes), pages of 50 older jobs, Newer / Older.
-import { api, clearError, el, seconds, showError, token } from "/static/common.js";
+import { api, apiJson, clearError, el, seconds, showError, token } from "/static/common.js";
+import { isPhoto } from "/static/progress.js";
 
 const PAGE = 50;
 // With a token: job id -> the promise of its thumbnail's object URL (fetched once; stored while pending, so that a
@@ -66,13 +67,13 @@ function namesLine(job) {
     sources.length ? el("span", { class: "source-names", title: sources.join(", ") },
       `face from ${sources.join(", ")}`) : null,
     job.duration != null ? el("span", { class: "duration" }, `${seconds(job.duration)} of video`) : null,
-    job.duration == null && job.frames_total === 1 ? el("span", { class: "duration" }, "photo") : null);
+    job.duration == null && isPhoto(job) ? el("span", { class: "duration" }, "photo") : null);
 }
 
 async function runAgain(job) {
   clearError();
   try {
-    const again = await (await api(`/v1/jobs/${job.id}/again`, { method: "POST" })).json();
+    const again = await apiJson(`/v1/jobs/${job.id}/again`, { method: "POST" });
     if (page === 0) hooks?.show(again); // the pushed events bring its progress
     else await go(0);
   } catch (error) {
@@ -99,7 +100,7 @@ export function following(newTotal) {
 async function go(to) {
   clearError();
   try {
-    const answer = await (await api(`/v1/jobs?limit=${PAGE}&offset=${to * PAGE}`)).json();
+    const answer = await apiJson(`/v1/jobs?limit=${PAGE}&offset=${to * PAGE}`);
     page = to;
     total = answer.total;
     for (const id of hooks.ids()) hooks.forget(id);

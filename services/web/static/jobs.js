@@ -1,9 +1,9 @@
 // The jobs page: submit (with upload progress), the job list kept current by the service's pushed events
 // (GET /v1/jobs/events, read with fetch so that the bearer header goes with it), and the result view.
-import { api, appendOptions, applyOptions, clearError, dropZones, el, seconds, showError, token, upload }
+import { api, appendOptions, applyOptions, clearError, dropZones, el, showError, token, upload }
   from "/static/common.js";
 import { appendPick } from "/static/preview.js";
-import { errorText, progressText, summaryRows } from "/static/progress.js";
+import { errorText, isPhoto, progressText, summaryRows } from "/static/progress.js";
 import { decorate, following, forgetThumbnail, pager } from "/static/gallery.js";
 
 const jobs = new Map(); // id -> the job as the API shows it
@@ -81,6 +81,7 @@ function forget(id) {
 
 function jobParts(job) {
   const final = ["done", "failed", "cancelled"].includes(job.state);
+  const error = errorText(job);
   return [
     el("div", { class: "head" },
       el("span", { class: `state ${job.state}` }, job.state),
@@ -89,7 +90,7 @@ function jobParts(job) {
     el("progress", { max: "1", value: String(job.progress), class: job.state,
       "aria-label": `progress of job ${job.id.slice(0, 8)}` }),
     el("div", { class: "numbers" }, progressText(job)),
-    errorText(job) ? el("div", { class: "job-error", title: job.error }, errorText(job)) : null,
+    error ? el("div", { class: "job-error", title: job.error }, error) : null,
     el("div", { class: "actions" },
       job.state === "done" ? el("button", { type: "button", onclick: () => openResult(job.id) }, "Show the result") : null,
       el("button", { type: "button", class: "danger", onclick: () => remove(job) },
@@ -183,7 +184,7 @@ async function playable(path) {
 async function openResult(id) {
   clearError();
   const job = jobs.get(id);
-  const isVideo = job.result.endsWith(".mp4");
+  const isVideo = !isPhoto(job);
   closeResult();
   try {
     const resultUrl = await playable(job.result_url);

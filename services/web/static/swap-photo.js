@@ -3,7 +3,7 @@
 // face (or Enter/Space on it) picks it, and then only the picked faces are replaced: the request carries
 // `pick_points` (the picked faces' centres, in the photo's pixels) and, with several source photos, `pick_sources`
 // (which photo each picked face becomes).
-import { api, apiJson, appendOptions, applyOptions, clearError, dropZones, el, showError } from "/static/common.js";
+import { api, apiJson, appendOptions, applyOptions, clearError, dropZones, el, optionValue, showError } from "/static/common.js";
 import { centre, clearPicksOnFacesChange, faceButton, markPicked, togglePick } from "/static/faces.js";
 
 const form = document.getElementById("swap-form");
@@ -54,7 +54,7 @@ async function findFaces() {
   pickerStatus.textContent = "looking for faces…";
   const data = new FormData();
   data.append("photo", target);
-  data.append("score_threshold", appendOptions(form, new FormData()).get("score_threshold"));
+  data.append("score_threshold", optionValue(form.score_threshold));
   let result;
   try {
     result = await apiJson("/v1/analyze", { method: "POST", body: data });
