@@ -6,7 +6,8 @@ whose config says ``backend: "onnxruntime"``, so the same ``model_repository/`` 
 onnxruntime Python package and in NVIDIA's container through the native backend, unchanged.
 
 Only settings the native backend also understands are read from the config
-(``default_model_filename``, ``parameters.intra_op_thread_count`` / ``inter_op_thread_count``).
+(``default_model_filename``, ``parameters.intra_op_thread_count`` / ``inter_op_thread_count``). Idle threads do
+not spin (the native backend's threads are configured by Triton's own options).
 """
 import json
 import os
@@ -31,6 +32,9 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _int_parameter(config, "intra_op_thread_count")
         options.inter_op_num_threads = _int_parameter(config, "inter_op_thread_count")
+        # Idle intra-op threads spin by default, waiting for the next run: on a CPU shared with the service that
+        # spinning is most of the cost (a facemesh call, one face: 46 CPU-ms spinning, 13 without, 8 vs 10 ms wall).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
