@@ -30,7 +30,7 @@ from swapstream.benchmarks.media import iter_frames
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.mesh_tracking import VideoLocator
 from swapstream.services.engine.photos import read_photo
-from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
+from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, enlargement, similarity_to
 from swapstream.services.engine.swappers import create_swapper
 from swapstream.services.engine.swappers.choice import choose_swapper
 from swapstream.services.engine.swappers.mesh import face_meshes
@@ -133,7 +133,7 @@ class QualityRun:
             # Detector mode (no tracked meshes): found once, for the swap and for the record below.
             with self.clock("swap"):
                 tracked = face_meshes(self.engine.client, aligned)
-        faces, masks = self.engine.swapper.swap(aligned, [self.identity], self.clock, tracked)
+        faces, masks = self.engine.swapper.swap(aligned, [self.identity], self.clock, tracked, enlargement(matrices))
         swapped = self.engine.blender(frames, faces, masks, index, matrices)
         result.seam_delta_e += _seam(aligned, faces, masks)
         for (_, face) in chosen:

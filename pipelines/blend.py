@@ -3,7 +3,8 @@
 Each face crop and its mask are warped back with the inverse of the alignment matrix, but only
 into the face's bounding box in the frame (the crop's corners mapped back, clipped to the frame),
 so the work per face does not grow with the frame size. All K faces and masks are warped by one
-DALI pipeline run (per `max_batch_size` faces): batched `warp_affine`, per-sample size and matrix. The face is
+DALI pipeline run (per `max_batch_size` faces): batched `warp_affine`, per-sample size and matrix; on the CPU, by
+OpenCV's `warpAffine` face by face (``align.geometry_backend``: DALI's CPU warp costs several times more). The face is
 warped with its border pixels repeated and the mask with zeros outside the crop, as facefusion's
 paste-back does, so a mask reaching the crop's edge does not pull in a dark fringe. The composite
 `frame * (1 - m) + face * m`, m = mask / 255, is numpy over each box, one face after another, so
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import numpy as np
 from nvidia.dali import fn, types
 
-from swapstream.pipelines.align import BatchedPipeline, Box, check_device, footprint, from_box, opencv_to_dali_inverse
+from swapstream.pipelines.align import (BatchedPipeline, Box, check_device, footprint, from_box, geometry_backend,
+                                        opencv_to_dali_inverse)
 
 
 def box_warp_matrix(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
@@ -43,9 +46,11 @@ def paste_graph(device: str):
 class Blender:
     """Warps faces and masks back into frames and composites them. Build once, reuse."""
 
-    def __init__(self, device: str = "cpu", max_batch_size: int = 64, device_id: int = 0):
+    def __init__(self, device: str = "cpu", max_batch_size: int = 64, device_id: int = 0, backend: str | None = None):
         self.device = check_device(device)
-        self._pipe = BatchedPipeline(lambda: paste_graph(device), device, max_batch_size, device_id)
+        self.backend = geometry_backend(device, backend)
+        self._pipe = None if self.backend == "opencv" else \
+            BatchedPipeline(lambda: paste_graph(device), device, max_batch_size, device_id)
 
     def __call__(
         self,
@@ -67,6 +72,15 @@ class Blender:
         boxes = [footprint(m, size, h, w) for m in matrices]
         todo = [k for k, box in enumerate(boxes) if not box.empty]
         if not todo:
+            return out
+        if self._pipe is None:
+            for k in todo:
+                box_to_crop, size = from_box(matrices[k], boxes[k]), boxes[k].shape[::-1]
+                inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+                face = cv2.warpAffine(faces[k], box_to_crop, size, flags=inverse, borderMode=cv2.BORDER_REPLICATE)
+                mask = cv2.warpAffine(masks[k], box_to_crop, size, flags=inverse, borderMode=cv2.BORDER_CONSTANT,
+                                      borderValue=0)
+                _composite(out[frame_index[k]], face, mask, boxes[k])
             return out
         warped_faces, warped_masks = self._pipe.run(
             faces=[faces[k] for k in todo],

@@ -34,6 +34,11 @@ def similarity_to(landmarks: np.ndarray, template: str, size: int) -> np.ndarray
     return np.stack([estimate_similarity(lm, target) for lm in landmarks]).reshape(-1, 2, 3)
 
 
+def enlargement(matrices: np.ndarray) -> np.ndarray:
+    """[K] crop pixels per frame pixel of [K,2,3] frame -> crop similarity matrices."""
+    return np.sqrt(np.abs(np.linalg.det(np.asarray(matrices, np.float64)[:, :, :2])))
+
+
 def strongest_per_frame(found: Detections, limit: int) -> Detections:
     """At most ``limit`` faces per frame, the highest-scoring ones, in their original order."""
     order = np.lexsort((-found.scores, found.frame_index))
@@ -149,7 +154,8 @@ class FaceSwapper:
         matrices = similarity_to(np.stack([f.landmarks for _, f in faces]), "ffhq_512", FACE_SIZE)
         with clock("align"):
             aligned = self.aligner(frames, frame_index, matrices)
-        swapped, masks = self.swapper.swap(aligned, identities, clock, self._tracked_meshes(faces, matrices))
+        swapped, masks = self.swapper.swap(aligned, identities, clock, self._tracked_meshes(faces, matrices),
+                                           enlargement(matrices))
         with clock("blend"):
             return self.blender(frames, swapped, masks, frame_index, matrices)
 

@@ -9,10 +9,11 @@ import pytest
 from swapstream.pipelines.align import footprint
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import SwapInputError
-from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, similarity_to
+from swapstream.services.engine.swapper import FACE_SIZE, FaceSwapper, enlargement, similarity_to
 from swapstream.services.engine.swappers import mesh_warp
 from swapstream.services.engine.swappers.choice import choose_swapper
-from swapstream.services.engine.swappers.mesh import UNTOUCHED_FOLDED, UNTOUCHED_NO_MESH, MeshSwapper, face_meshes
+from swapstream.services.engine.swappers.mesh import (MIN_WORK_SCALE, UNTOUCHED_FOLDED, UNTOUCHED_NO_MESH, MeshSwapper,
+                                                     face_meshes, work_scales)
 from swapstream.services.engine.tracking import TrackedFace
 from tests.helpers.judge import SAME_PERSON, distances_to, judge
 from tests.helpers.media import MEDIA, read_rgb
@@ -258,3 +259,36 @@ def test_only_the_faces_without_a_tracked_mesh_are_sent_to_the_mesh_network():
     np.testing.assert_allclose(found_presence, [1.0, 0.9, 1.0], rtol=1e-6)
     swapper.complete_meshes(aligned, (found, found_presence), StageClock())
     assert sent == [1]  # nothing missing: no call
+
+
+def test_work_scales_follow_the_faces_own_resolution_in_its_frame():
+    assert np.allclose(work_scales(np.array([0.5, 1.0, 2.0, 3.0, 10.0])), [1.0, 1.0, 0.5, 1 / 3, MIN_WORK_SCALE])
+    assert np.allclose(work_scales(None, count=2), [1.0, 1.0])
+    matrix = np.array([[[2.0, 0.0, -10.0], [0.0, 2.0, 5.0]], [[0.6, -0.8, 0.0], [0.8, 0.6, 0.0]]])
+    np.testing.assert_allclose(enlargement(matrix), [2.0, 1.0])
+
+
+def test_a_face_smaller_than_its_crop_is_swapped_at_its_own_resolution_like_at_the_crops(engine, source,
+                                                                                        source_person):
+    """A 640x480 talking head is enlarged about 2x into its 512 crop: the warp works at half the crop's pixels. The
+    frames it gives stay within a level or two of the full-size work's, and the face is judged the source alike."""
+    frames = np.stack([cv2.resize(f, (640, 480), interpolation=cv2.INTER_AREA)
+                       for f in every("vid01_talking_head_1280x720_audio.mp4", 59)])
+    found = engine.detect(frames)
+    index = found.frame_index.astype(np.int32)
+    matrices = similarity_to(found.landmarks, "ffhq_512", FACE_SIZE)
+    assert (enlargement(matrices) > 1.8).all()
+    aligned = engine.aligner(frames, index, matrices)
+    meshes = face_meshes(engine.client, aligned)
+    results = []
+    for enlargements in (None, enlargement(matrices)):
+        faces, masks = engine.swapper.swap(aligned, [source], StageClock(), meshes, enlargements)
+        results.append(engine.blender(frames, faces, masks, index, matrices))
+    full, own = results
+    inside = ~np.stack([outside_faces(frames.shape[1:], found.boxes, found.frame_index, i) for i in range(len(frames))])
+    diff = np.abs(own.astype(int) - full.astype(int))[inside]
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12, (diff.mean(), np.percentile(diff, 99))
+    assert not np.array_equal(own, full)  # the work was done at another scale
+    for swapped in (full, own):
+        distances = [distances_to(source_person, swapped[i], found.boxes[k:k + 1])[0] for k, i in enumerate(index)]
+        assert np.mean(distances) < SAME_PERSON, distances

@@ -9,12 +9,14 @@ import pytest
 from nvidia.dali import Pipeline
 
 from swapstream.pipelines.align import (
+    BACKENDS,
     Aligner,
     BatchedPipeline,
     Box,
     align_faces,
     dali_warp_matrix,
     footprint,
+    geometry_backend,
     pipeline_kwargs,
     warp_graph,
 )
@@ -97,9 +99,10 @@ def group_photo() -> np.ndarray:
     return read_rgb("img07_group6_t1.jpg")
 
 
-@pytest.fixture(scope="module")
-def aligner512() -> Aligner:
-    return Aligner(512, "cpu", max_batch_size=8)
+@pytest.fixture(scope="module", params=BACKENDS)
+def aligner512(request) -> Aligner:
+    """Each test taking it runs on both geometry backends: DALI's (the GPU's, run here on the CPU) and OpenCV's."""
+    return Aligner(512, "cpu", max_batch_size=8, backend=request.param)
 
 
 # ---- templates and similarity ----------------------------------------------------------------
@@ -204,8 +207,9 @@ def test_align_puts_a_bright_dot_where_opencv_does(aligner512, x, y):
     assert np.abs(centroid - ref_centroid).max() < 0.25
 
 
-def test_aligner_takes_any_number_of_faces(group_photo):
-    aligner = Aligner(64, "cpu", max_batch_size=4)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aligner_takes_any_number_of_faces(group_photo, backend):
+    aligner = Aligner(64, "cpu", max_batch_size=4, backend=backend)
     frames = np.stack([group_photo, group_photo[::-1].copy()])
     rng = np.random.default_rng(7)
     matrices = np.stack(
@@ -241,6 +245,16 @@ def test_gpu_graphs_put_the_warp_on_the_gpu():
         Aligner(512, "cuda")
 
 
+def test_the_geometry_runs_on_dali_on_the_gpu_and_on_opencv_on_the_cpu():
+    assert geometry_backend("gpu") == "dali" and geometry_backend("cpu") == "opencv"
+    assert geometry_backend("cpu", "dali") == "dali"
+    with pytest.raises(ValueError, match="OpenCV geometry runs on the CPU"):
+        geometry_backend("gpu", "opencv")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        geometry_backend("cpu", "numpy")
+    assert Aligner(64).backend == Blender().backend == "opencv"
+
+
 # ---- paste-back ------------------------------------------------------------------------------
 
 
@@ -263,11 +277,12 @@ def paste_case(group_photo, aligner512):
     return frames, faces, masks, index, matrices
 
 
-def test_paste_back_matches_opencv(paste_case):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paste_back_matches_opencv(paste_case, backend):
     frames, faces, masks, index, matrices = paste_case
     before = frames.copy()
 
-    out = Blender("cpu")(frames, faces, masks, index, matrices)
+    out = Blender("cpu", backend=backend)(frames, faces, masks, index, matrices)
 
     np.testing.assert_array_equal(frames, before)  # input untouched
     reference = cv_paste(frames, faces, masks, index, matrices)
@@ -295,7 +310,8 @@ def test_align_then_paste_back_restores_the_frame(group_photo, aligner512):
     assert diff.mean() < 1.5, diff.mean()
 
 
-def test_paste_back_of_a_face_partly_outside_the_frame(group_photo):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paste_back_of_a_face_partly_outside_the_frame(group_photo, backend):
     frame = group_photo[None, :300, :400].copy()
     face = np.full((1, 128, 128, 3), 200, np.uint8)
     mask = np.full((1, 128, 128), 255, np.uint8)
@@ -303,7 +319,7 @@ def test_paste_back_of_a_face_partly_outside_the_frame(group_photo):
     box = footprint(matrix[0], 128, 300, 400)
     assert box.x0 == 0 and box.y0 == 0 and box.x1 < 400 and box.y1 < 300
 
-    out = Blender("cpu", max_batch_size=2)(frame, face, mask, np.array([0]), matrix)
+    out = Blender("cpu", max_batch_size=2, backend=backend)(frame, face, mask, np.array([0]), matrix)
 
     reference = cv_paste(frame, face, mask, np.array([0]), matrix)
     assert np.abs(out.astype(int) - reference).max() <= 6
@@ -324,7 +340,7 @@ def test_paste_back_with_no_faces_returns_equal_frames(group_photo):
 # ---- the faster paths against the ones they replaced -------------------------------------------
 
 
-def test_align_over_the_face_boxes_equals_the_whole_frame_warp(group_photo, aligner512):
+def test_align_over_the_face_boxes_equals_the_whole_frame_warp(group_photo):
     """Aligning hands DALI only each face's footprint in its frame. The same DALI warp over whole frames (as it
     ran before) gives the same crops within 1 level: the matrix moved by the box's corner rounds differently in
     float32. A crop reaching past the frame's edge is zero there in both; one wholly outside is all zero."""
@@ -340,7 +356,7 @@ def test_align_over_the_face_boxes_equals_the_whole_frame_warp(group_photo, alig
                                     matrices=[dali_warp_matrix(m) for m in matrices])
     reference = np.stack(reference)
 
-    crops = aligner512(frames, index, matrices)
+    crops = Aligner(512, "cpu", max_batch_size=8, backend="dali")(frames, index, matrices)
 
     diff = np.abs(crops.astype(int) - reference)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())

@@ -23,12 +23,16 @@ class Swapper(ABC):
 
     @abstractmethod
     def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
-             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             meshes: tuple[np.ndarray, np.ndarray] | None = None,
+             enlargements: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(faces [K,512,512,3] uint8, masks [K,512,512]) for ``aligned`` [K,512,512,3] uint8 FFHQ-512 crops.
 
         ``meshes``: (face meshes [K,468,3] in the crops' pixels, presence [K]) already found for these faces (the
         tracker's, smoothed across frames), for a swapper that ``follows_meshes``; None: it finds them itself, and
         so for a face whose row is NaN (no tracked mesh).
+
+        ``enlargements``: [K] crop pixels per frame pixel of each face (how much the crop enlarged it); a swapper
+        may work at the face's own resolution where that is less than the crop's. None: the crop's.
 
         ``identities``: one (for all faces) or K (one per face, as live streams send them). The time spent is
         counted to ``clock``'s stages (``swap`` at least). The faces are blended back by ``pipelines/blend.py``."""

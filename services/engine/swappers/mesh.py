@@ -25,6 +25,11 @@ MIN_PRESENCE = 0.5  # Face Mesh's face-presence score (a sigmoid) below which a 
 # vid04 0.25-0.38.
 MAX_AWAY = 0.18
 
+# The warp's per-pixel work runs at this many work pixels per frame pixel of the face (never above the crop's own,
+# never under a quarter of it): the blend shrinks the crop back to the frame, so finer work would not be seen.
+WORK_DETAIL = 1.0
+MIN_WORK_SCALE = 0.25
+
 # The faces of a batch warp side by side: OpenCV and numpy release the GIL in nearly all of a face's work.
 WARP_THREADS = min(4, os.cpu_count() or 1)
 
@@ -42,6 +47,23 @@ def face_meshes(client: SwapstreamClient, crops: np.ndarray) -> tuple[np.ndarray
 @cache
 def _warp_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(WARP_THREADS, thread_name_prefix="mesh-warp")
+
+
+def work_scales(enlargements: np.ndarray | None, count: int = 0) -> np.ndarray:
+    """[K] scales of the crops the warp works at, from each face's enlargement into its crop (None: ``count`` faces
+    at the crop's own scale)."""
+    if enlargements is None:
+        return np.ones(count)
+    return np.clip(WORK_DETAIL / np.asarray(enlargements, np.float64), MIN_WORK_SCALE, 1.0)
+
+
+def _halves(source: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The identity's n-th texture and skin at half size (for faces worked at half scale or less), made on first use
+    and kept in the identity."""
+    if "half_texture" not in source:  # two threads may both make them: the same arrays, no harm
+        source["half_skin"] = np.stack([mesh_warp.half_size(s) for s in source["skin"]])
+        source["half_texture"] = np.stack([mesh_warp.half_size(t) for t in source["texture"]])
+    return source["half_texture"][n], source["half_skin"][n]
 
 
 class MeshSwapper(Swapper):
@@ -89,7 +111,8 @@ class MeshSwapper(Swapper):
         return meshes, presence
 
     def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
-             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             meshes: tuple[np.ndarray, np.ndarray] | None = None,
+             enlargements: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         aligned = np.asarray(aligned, np.uint8)
         count = len(aligned)
         if len(identities) not in (1, count):
@@ -101,6 +124,7 @@ class MeshSwapper(Swapper):
         with clock("swap"):
             meshes, presence = self._completed(aligned, meshes)
             poses = mesh_warp.mesh_pose(meshes)
+            scales = work_scales(enlargements, count)
             warps = []
             for k in range(count):
                 if presence[k] < MIN_PRESENCE:
@@ -111,7 +135,8 @@ class MeshSwapper(Swapper):
                 # Each face writes only its own faces[k] and masks[k].
                 warps.append(_warp_pool().submit(
                     mesh_warp.swap_face, aligned[k], meshes[k], source["texture"][n], source["mesh"][n],
-                    source["triangles"][n], source["skin"][n], faces[k], masks[k], max_away=MAX_AWAY))
+                    source["triangles"][n], source["skin"][n], faces[k], masks[k], max_away=MAX_AWAY,
+                    scale=float(scales[k]), half=_halves(source, n) if scales[k] <= 0.5 else None))
             for warp in warps:
                 if not warp.result():
                     clock.note(UNTOUCHED_FOLDED)

@@ -71,27 +71,46 @@ _TARGET_POINTS = np.array(sorted(set(FACE_OVAL + EYE_RIGHT + EYE_LEFT + LIPS_INN
 
 
 class Box:
-    """The part of the crop one face's per-pixel work is done in: [x0, x0 + w) x [y0, y0 + h)."""
+    """The part of the crop one face's per-pixel work is done in: [x0, x0 + w) x [y0, y0 + h) of the crop, worked on
+    at ``scale`` (its *work* pixels: sw x sh; 1: the crop's own pixels)."""
 
-    def __init__(self, mesh: np.ndarray, margin: int):
+    def __init__(self, mesh: np.ndarray, margin: int, scale: float = 1.0):
         low = np.floor(mesh[:, :2].min(axis=0)).astype(int) - margin
         high = np.ceil(mesh[:, :2].max(axis=0)).astype(int) + margin + 1
         self.x0, self.y0 = np.clip(low, 0, SIZE)
         x1, y1 = np.clip(high, 0, SIZE)
         self.w, self.h = max(int(x1 - self.x0), 0), max(int(y1 - self.y0), 0)
+        self.scale = scale
+        self.sw, self.sh = (self.w, self.h) if scale == 1 else (max(round(self.w * scale), 1),
+                                                                 max(round(self.h * scale), 1))
 
     @property
     def slices(self) -> tuple[slice, slice]:
         return slice(self.y0, self.y0 + self.h), slice(self.x0, self.x0 + self.w)
 
+    def to_work(self, xy: np.ndarray) -> np.ndarray:
+        """Crop pixel coordinates -> work pixel coordinates (pixel centres at integers, as ``cv2.resize`` maps)."""
+        if self.scale == 1:
+            return xy - [self.x0, self.y0]
+        return (xy - [self.x0 - 0.5, self.y0 - 0.5]) * [self.sw / self.w, self.sh / self.h] - 0.5
+
     def points(self, mesh: np.ndarray, ring) -> np.ndarray:
-        """The ring's points in box pixels, with 4 fractional bits (OpenCV's ``shift=4``)."""
-        return np.round((mesh[list(ring), :2] - [self.x0, self.y0]) * 16).astype(np.int32)
+        """The ring's points in work pixels, with 4 fractional bits (OpenCV's ``shift=4``)."""
+        return np.round(self.to_work(mesh[list(ring), :2]) * 16).astype(np.int32)
 
     def fill(self, polygons: list[np.ndarray]) -> np.ndarray:
-        image = np.zeros((self.h, self.w), np.uint8)
+        image = np.zeros((self.sh, self.sw), np.uint8)
         cv2.fillPoly(image, polygons, 255, lineType=cv2.LINE_AA, shift=4)
         return image
+
+    def shrink(self, image: np.ndarray) -> np.ndarray:
+        """The box's part of a crop-sized ``image``, in work pixels."""
+        part = image[self.slices]
+        return part if self.scale == 1 else cv2.resize(part, (self.sw, self.sh), interpolation=cv2.INTER_AREA)
+
+    def grow(self, image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """A work-pixel ``image`` back at the box's crop pixels."""
+        return image if self.scale == 1 else cv2.resize(image, (self.w, self.h), interpolation=interpolation)
 
 
 WHOLE = Box(np.array([[0, 0], [SIZE - 1, SIZE - 1]], np.float32), 0)
@@ -221,7 +240,7 @@ def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangl
     -1 where no triangle lands; covered [h,w] bool)."""
     triangles = triangles[triangles[:, 0] >= 0]
     src = source_mesh[triangles][:, :, :2].astype(np.float64)
-    dst = target_mesh[triangles][:, :, :2].astype(np.float64) - [box.x0, box.y0]
+    dst = box.to_work(target_mesh[triangles][:, :, :2].astype(np.float64))
     src_area, dst_area = _signed_area(src), _signed_area(dst)
     facing = np.sign(src_area) == np.sign(dst_area)
     keep = np.abs(dst_area) > 1e-2
@@ -233,7 +252,7 @@ def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangl
                          x[:, [1, 2, 0]] * y[:, [2, 0, 1]] - x[:, [2, 0, 1]] * y[:, [1, 2, 0]]], axis=1)
     affine = np.einsum("tkc,tcd->tkd", cofactor, src) / (2 * dst_area)[:, None, None]  # [T,3(x,y,1),2]
     depth = target_mesh[triangles][:, :, 2].mean(axis=1)
-    labels = np.zeros((box.h, box.w), np.int32)
+    labels = np.zeros((box.sh, box.sw), np.int32)
     corners = np.round(dst * 16).astype(np.int32)
     # Triangles facing away first (they fill slivers the mesh's noise folded; on a turned head the near side covers
     # them), then far to near, so that a nearer triangle overwrites a farther one.
@@ -243,8 +262,8 @@ def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangl
     # no nearer one covered (on a turned head's far cheek their squeezed texture tears into a sawtooth).
     affine[~facing] = [[0, 0], [0, 0], [-1, -1]]
     coefficients = np.concatenate([[[[0, 0], [0, 0], [-1, -1]]], affine]).astype(np.float32)
-    xs = np.arange(box.w, dtype=np.float32)[None, :]
-    ys = np.arange(box.h, dtype=np.float32)[:, None]
+    xs = np.arange(box.sw, dtype=np.float32)[None, :]
+    ys = np.arange(box.sh, dtype=np.float32)[:, None]
     map_x = coefficients[:, 0, 0][labels] * xs + coefficients[:, 1, 0][labels] * ys + coefficients[:, 2, 0][labels]
     map_y = coefficients[:, 0, 1][labels] * xs + coefficients[:, 1, 1][labels] * ys + coefficients[:, 2, 1][labels]
     return map_x, map_y, np.concatenate([[False], facing])[labels]
@@ -292,14 +311,15 @@ def _smooth_inside(image: np.ndarray, weight: np.ndarray, sigma: float) -> np.nd
     return cv2.resize(blurred / np.maximum(norm, 1e-3), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+def match_shading(face: np.ndarray, target: np.ndarray, region: np.ndarray, sigma: float = SHADING_SIGMA
+                  ) -> np.ndarray:
     """``face`` plus the slowly varying difference between ``target`` and it over the skin ``region``: the
     target's light and its skin tone across the face (forehead to chin), so that no seam is left at the mask's
     edge; features and texture (finer than SHADING_SIGMA) stay the source's."""
     weight = (region > 0).astype(np.float32)
     if weight.sum() < 100:
         return face
-    difference = _smooth_inside(target, weight, SHADING_SIGMA) - _smooth_inside(face, weight, SHADING_SIGMA)
+    difference = _smooth_inside(target, weight, sigma) - _smooth_inside(face, weight, sigma)
     return cv2.add(face, difference, dtype=cv2.CV_8U)  # rounded and saturated
 
 
@@ -325,13 +345,19 @@ def match_sharpness(face: np.ndarray, target: np.ndarray, region: np.ndarray) ->
     return _feather(face, sigma)
 
 
-def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray, sigma: float = CREASE_SIGMA
+                     ) -> np.ndarray:
     """``face`` with CREASE_SHARE of its detail coarser than CREASE_SIGMA replaced by ``target``'s, less where
     ``keep`` (uint8, 255: the features, which stay the source's)."""
     face32 = face.astype(np.float32)
-    difference = cv2.GaussianBlur(target.astype(np.float32) - face32, (0, 0), CREASE_SIGMA)  # one blur: it is linear
+    difference = cv2.GaussianBlur(target.astype(np.float32) - face32, (0, 0), sigma)  # one blur: it is linear
     weight = (CREASE_SHARE / 255) * (255 - keep.astype(np.float32))[..., None]
     return cv2.convertScaleAbs(face32 + weight * difference)  # all >= 0 after rounding: only the saturation acts
+
+
+def half_size(image: np.ndarray) -> np.ndarray:
+    """A crop-sized texture or skin mask at half its size."""
+    return cv2.resize(image, (SIZE // 2, SIZE // 2), interpolation=cv2.INTER_AREA)
 
 
 def _hole(inside: np.ndarray, grow: int, sigma: float) -> np.ndarray:
@@ -341,36 +367,50 @@ def _hole(inside: np.ndarray, grow: int, sigma: float) -> np.ndarray:
 
 def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, source_mesh: np.ndarray,
               triangles: np.ndarray, skin: np.ndarray, face: np.ndarray, mask: np.ndarray, keep_eyes: bool = True,
-              max_away: float = 1.0) -> bool:
+              max_away: float = 1.0, scale: float = 1.0, half: tuple[np.ndarray, np.ndarray] | None = None) -> bool:
     """One face, written over the face's box only: ``face`` (the target's copy, [512,512,3] uint8) and ``mask``
     ([512,512] uint8, zeros) for the engine's blend. False (both left as they are) when more than ``max_away`` of
-    the source mesh would face away (a folded profile)."""
-    box = Box(target_mesh, _MARGIN)
+    the source mesh would face away (a folded profile).
+
+    ``scale`` < 1: the per-pixel work is done at that scale of the crop and the result enlarged back: for a face
+    the crop enlarged from a smaller one in its frame, the crop's extra pixels hold no detail the frame will show.
+    ``half``: ``texture`` and ``skin`` at half size (``half_size``), if the caller keeps them."""
+    box = Box(target_mesh, _MARGIN, scale)
     if box.w < 8 or box.h < 8:
         return False
     if facing_away(source_mesh, target_mesh, triangles) > max_away:  # the target's own turn, before any reshaping
         return False
     map_x, map_y, covered = warp_map(box, source_mesh, with_source_shape(target_mesh, source_mesh), triangles)
+    if scale <= 0.5:  # sample a half-size texture: the full one would alias at this minification
+        texture, skin = half or (half_size(texture), half_size(skin))
+        map_x, map_y = (map_x + 0.5) * 0.5 - 0.5, (map_y + 0.5) * 0.5 - 0.5  # -1 (outside) stays outside
     warped = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Outside the texture (no triangle: -1) the skin is 0, so the mask is 0 there.
     warped_skin = cv2.remap(skin, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    here = target[box.slices]
+    here = box.shrink(target)
+    px = (lambda size: size) if scale == 1 else (lambda size: max(1, round(size * scale)))  # a size in work pixels
     oval = box.fill([box.points(target_mesh, FACE_OVAL)])
     solid = np.minimum(oval, warped_skin)
     region = cv2.threshold(solid, 127, 255, cv2.THRESH_BINARY)[1]
     features = _filled_features(box, target_mesh)  # grown by 4 px here, by CREASE_FEATURES for the creases
-    region[cv2.dilate(features, _disc(4)) > 0] = 0
-    inner = cv2.erode(solid, _disc(OVAL_INSET))
+    region[cv2.dilate(features, _disc(px(4))) > 0] = 0
+    inner = cv2.erode(solid, _disc(px(OVAL_INSET)))
     warped = match_sharpness(warped, here, cv2.threshold(inner, 127, 255, cv2.THRESH_BINARY)[1])
     matched = colour_match(warped, here, region)
     if SHADING_SIGMA:
-        matched = match_shading(matched, here, region)
-    base = _feather(inner, FEATHER_SIGMA)
-    matched = transfer_creases(matched, here, _feather(cv2.dilate(features, _disc(CREASE_FEATURES)), CREASE_SIGMA))
-    hole = _hole(box.fill([box.points(target_mesh, LIPS_OUTER)]), HOLE_GROW, HOLE_SIGMA)
+        matched = match_shading(matched, here, region, SHADING_SIGMA * scale)
+    base = _feather(inner, FEATHER_SIGMA * scale)
+    matched = transfer_creases(matched, here, _feather(cv2.dilate(features, _disc(px(CREASE_FEATURES))),
+                                                       CREASE_SIGMA * scale), CREASE_SIGMA * scale)
+    hole = _hole(box.fill([box.points(target_mesh, LIPS_OUTER)]), px(HOLE_GROW), HOLE_SIGMA * scale)
     if keep_eyes:
         eyes = box.fill([box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)])
-        hole = np.maximum(hole, _hole(eyes, EYE_GROW, EYE_GROW / 2))
-    mask[box.slices] = cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255)
-    face[box.slices] = np.where(covered[..., None], matched, here)
+        hole = np.maximum(hole, _hole(eyes, px(EYE_GROW), EYE_GROW / 2 * scale))
+    mask[box.slices] = box.grow(cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255))
+    if scale == 1:
+        face[box.slices] = np.where(covered[..., None], matched, here)
+    else:
+        covered_here = box.grow(covered.view(np.uint8), cv2.INTER_NEAREST).view(bool)
+        face[box.slices] = np.where(covered_here[..., None], box.grow(np.where(covered[..., None], matched, here)),
+                                    target[box.slices])
     return True

@@ -27,7 +27,8 @@ class SimSwap(Swapper):
         return {"embedding": mean_identity(self.client.identity(crops))}
 
     def swap(self, aligned: np.ndarray, identities: list[dict], clock: StageClock,
-             meshes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             meshes: tuple[np.ndarray, np.ndarray] | None = None,
+             enlargements: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         embeddings = np.stack([np.asarray(i["embedding"], np.float32).reshape(512) for i in identities])
         with clock("swap"):
             return self.client.swap(aligned, embeddings)
