@@ -62,12 +62,10 @@ def _over(max_pixels: int) -> str:
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, ...] = PHOTO_FORMATS,
-                 max_side: int | None = None, longest: int | None = None) -> tuple[np.ndarray, str]:
-    """(RGB uint8 [H,W,3], its format) of an encoded photo, its header checked first. Raises PhotoError.
-    ``longest``: decoded at 1/2, 1/4 or 1/8 of its size while its longest side stays at least that (a JPEG is
-    decoded at the smaller size directly)."""
-    kind = check_header(data, max_pixels, formats, max_side)
+def decode_checked(data: bytes, kind: str, longest: int | None = None) -> np.ndarray:
+    """RGB uint8 [H,W,3] of an encoded photo whose header passed ``check_header`` (``kind``: the format it gave).
+    Raises PhotoError when the pixels cannot be decoded. ``longest``: decoded at 1/2, 1/4 or 1/8 of its size while
+    its longest side stays at least that (a JPEG is decoded at the smaller size directly)."""
     flag = cv2.IMREAD_COLOR
     if longest is not None:
         with Image.open(io.BytesIO(data)) as header:
@@ -76,7 +74,7 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS, formats: tuple[str, 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if bgr is None:
         raise PhotoError(f"not a readable {kind} image (truncated or corrupt); send the whole file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), kind
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

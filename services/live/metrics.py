@@ -21,6 +21,9 @@ class LiveMetrics:
                                       registry=registry)
         self.frames_refused = Counter("swapstream_live_frames_refused", "Live frames refused (not an image, too "
                                       "large, out of order)", registry=registry)
+        self.frames_decoded = Counter("swapstream_live_frames_decoded", "Live frames decoded: only those the "
+                                      "scheduler takes (a frame dropped for a newer one is never decoded)",
+                                      registry=registry)
         self.latency = Histogram("swapstream_live_frame_seconds", "Server time of one live frame, from its arrival "
                                  "to its answer being queued", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_frames = Histogram("swapstream_live_batch_frames", "Frames per batch the live scheduler formed "

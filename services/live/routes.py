@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile, W
 from fastapi.responses import JSONResponse, Response
 
 from swapstream.services.live import protocol
-from swapstream.services.live.frames import FrameRejected, decode_frame
+from swapstream.services.live.frames import FrameRejected, check_frame, decode_frame, refusal
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.scheduler import Scheduler
@@ -121,8 +121,8 @@ class LiveServer:
                     raise SourceRefused(f"source photo {name}: more than the {self.max_photo_bytes} bytes "
                                         "allowed; send a smaller photo", protocol.CLOSE_TOO_BIG, ErrorCode.TOO_LARGE)
                 try:
-                    rgb, _ = decode_frame(data, self.limits.max_source_pixels, None, ("JPEG", "WEBP", "PNG"),
-                                          longest=SOURCE_SIDE)
+                    kind = check_frame(data, self.limits.max_source_pixels, None, ("JPEG", "WEBP", "PNG"))
+                    rgb = decode_frame(data, kind, longest=SOURCE_SIDE)
                 except FrameRejected as error:
                     raise SourceRefused(f"source photo {name}: {error}", protocol.CLOSE_BAD_START,
                                         ErrorCode.NOT_A_PHOTO if error.code == ErrorCode.BAD_FRAME else error.code
@@ -417,14 +417,14 @@ class LiveSession:
             if self.last_seq is not None and seq <= self.last_seq:
                 raise FrameRejected(f"sequence number {seq} is not after {self.last_seq}: seq must increase")
             self.last_seq = seq
-            rgb, kind = await asyncio.to_thread(decode_frame, image, self.limits.max_pixels, self.limits.max_side)
+            # only the header: the pixels are decoded when the scheduler takes the frame (most are dropped before)
+            kind = await asyncio.to_thread(check_frame, image, self.limits.max_pixels, self.limits.max_side)
         except (protocol.ProtocolError, FrameRejected) as error:
             self.live.metrics.frames_refused.inc()
-            code = error.code if error.code == ErrorCode.TOO_MANY_PIXELS else ErrorCode.BAD_FRAME
-            stream.send_text(protocol.error_message(code, str(error), seq))
+            stream.send_text(refusal(error, seq))
             return
         self.idle_until = asyncio.get_running_loop().time() + self.limits.idle_timeout
-        stream.offer(Frame(seq, float(header.get("ts", 0)), rgb, kind, time.perf_counter()))
+        stream.offer(Frame(seq, float(header.get("ts", 0)), image, kind, time.perf_counter()))
         self.live.scheduler.wake()
 
     async def _send(self) -> None:

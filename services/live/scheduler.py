@@ -3,9 +3,11 @@
 Three kinds of threads share the work of a round:
 
 - the scheduler thread (this one) gathers a round: the newest waiting frame of up to ``max_batch`` streams (round
-  robin, so every stream gets its turn). The frames are grouped by their stream's swapper (an identity drives only the
-  swapper that made it), then by size (``size_groups``: padding a group to one size may at most double its pixels),
-  and each group gets one Triton ``detect`` call (padded to one size, their own sizes in ``IMAGE_SIZES``);
+  robin, so every stream gets its turn), and decodes them (a frame waits encoded: one dropped for a newer one is
+  never decoded; one whose pixels cannot be decoded is refused alone). The frames are grouped by their stream's
+  swapper (an identity drives only the swapper that made it), then by size (``size_groups``: padding a group to one
+  size may at most double its pixels), and each group gets one Triton ``detect`` call (padded to one size, their own
+  sizes in ``IMAGE_SIZES``);
 - the swap thread takes the detected rounds in order: causal tracking per stream, one batched DALI alignment, the
   swapper's one batched call (Triton ``swap`` or ``facemesh``) with each face's own identity, one batched DALI blend;
 - encoder threads encode each answer (JPEG/WebP) and hand it to its stream. A stream always has the same encoder,
@@ -38,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from swapstream.services.live.frames import encode_frame
+from swapstream.services.live.frames import FrameRejected, decode_frame, encode_frame, refusal
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.protocol import error_message
@@ -188,6 +190,7 @@ class Scheduler(threading.Thread):
                     return
                 self.metrics.batch_frames.observe(len(batch))
                 rnd = Round(len(batch), time.perf_counter())
+                batch = [(stream, frame) for stream, frame in batch if self._decoded(rnd, stream, frame)]
                 groups = []
                 for name in dict.fromkeys(stream.options.swapper for stream, _ in batch):
                     same = [item for item in batch if item[0].options.swapper == name]
@@ -259,6 +262,21 @@ class Scheduler(threading.Thread):
                 return end
             self._wake.wait(left)
         return "full"
+
+    def _decoded(self, rnd: Round, stream: LiveStream, frame: Frame) -> bool:
+        """Decodes the taken frame's pixels (``frame.rgb``); False when they cannot be: the frame is refused alone,
+        as it would have been on arrival."""
+        self.metrics.frames_decoded.inc()
+        try:
+            frame.rgb = decode_frame(frame.data, frame.kind)
+            return True
+        except FrameRejected as error:
+            self.metrics.frames_refused.inc()
+            stream.answer(frame.seq, refusal(error, frame.seq), None)
+            self._finished(rnd)
+        except Exception as error:  # noqa: BLE001 - this stream's frame only
+            self._failed(rnd, stream, frame, error)
+        return False
 
     def _detect_apart(self, group: Group) -> list[Group]:
         """The group with its faces found (one ``detect`` call); when that fails (not the inference server), again

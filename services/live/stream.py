@@ -1,8 +1,9 @@
 """One live stream's state, shared by its WebSocket handler (the event loop) and the scheduler's threads.
 
-Memory is bounded per stream: one frame waiting (a newer one replaces it and the older is dropped, so a stream that
-falls behind keeps its newest frame), one in each of the scheduler's rounds in flight (``LiveLimits.pipeline``), and
-at most ``send_queue`` answers waiting for the client (more are dropped, not buffered).
+Memory is bounded per stream: one frame waiting, still encoded (a newer one replaces it and the older is dropped, so
+a stream that falls behind keeps its newest frame), one in each of the scheduler's rounds in flight
+(``LiveLimits.pipeline``), and at most ``send_queue`` answers waiting for the client (more are dropped, not
+buffered).
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ class StreamOptions:
 class Frame:
     seq: int
     ts: float               # the client's capture time, ms (echoed)
-    rgb: np.ndarray
+    data: bytes             # the image as it came: its header checked, its pixels decoded only when it is taken
     kind: str               # JPEG | WEBP: the answer uses the same
     arrived: float          # time.perf_counter() when it was received
+    rgb: np.ndarray | None = None  # set by the scheduler when it takes the frame
 
 
 class LiveStream:

@@ -26,8 +26,8 @@ def test_a_frame_that_fails_fails_alone_and_is_logged_once(client, caplog):
         with caplog.at_level(logging.ERROR, logger="swapstream.live"):
             for seq in range(2):
                 ts = float("nan") if seq == 1 else 40.0 * seq
-                bad.offer(Frame(seq, ts, rgb, "JPEG", time.perf_counter()))
-                good.offer(Frame(seq, 40.0 * seq, rgb, "JPEG", time.perf_counter()))
+                bad.offer(Frame(seq, ts, OBAMA.read_bytes(), "JPEG", time.perf_counter()))
+                good.offer(Frame(seq, 40.0 * seq, OBAMA.read_bytes(), "JPEG", time.perf_counter()))
                 run.scheduler.wake()
                 good_kind, good_answer = answers(good, 1)[0]
                 bad_kind, bad_answer = answers(bad, 1)[0]

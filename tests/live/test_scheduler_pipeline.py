@@ -40,14 +40,15 @@ def mesh(client):
 
 
 @pytest.fixture(scope="module")
-def frames():
+def frames() -> list[bytes]:
+    """The clip's first frames as JPEG, as a camera page sends them."""
     with av.open(str(MEDIA / "vid03_square_480_expressions.mp4")) as container:
-        decoded = (frame.to_ndarray(format="rgb24") for frame in container.decode(video=0))
-        return [next(decoded) for _ in range(FRAMES)]
+        decoded = (frame.to_ndarray(format="bgr24") for frame in container.decode(video=0))
+        return [cv2.imencode(".jpg", next(decoded))[1].tobytes() for _ in range(FRAMES)]
 
 
-def _offer(run, stream, seq: int, rgb, kind: str = "JPEG") -> None:
-    stream.offer(Frame(seq, 1000.0 * seq / 30, rgb, kind, time.perf_counter()))
+def _offer(run, stream, seq: int, image: bytes, kind: str = "JPEG") -> None:
+    stream.offer(Frame(seq, 1000.0 * seq / 30, image, kind, time.perf_counter()))
     run.scheduler.wake()
 
 
@@ -60,8 +61,8 @@ def test_pipelined_answers_equal_one_batch_at_a_time(mesh, frames):
         with running_scheduler(swappers, LiveLimits(window_ms=0, pipeline=pipeline)) as run:
             stream = run.stream(f"pipe{pipeline}", identity)
             pending = collect(stream, FRAMES)
-            for seq, rgb in enumerate(frames):
-                _offer(run, stream, seq, rgb)
+            for seq, image in enumerate(frames):
+                _offer(run, stream, seq, image)
                 while stream.ready():
                     time.sleep(0.002)
             results[pipeline] = [protocol.unpack_frame(payload) for _, payload in result(pending, FRAMES)]
@@ -134,8 +135,7 @@ def test_serve_takes_the_latency_budget(budget_service, frames):
     """Two streams, one silent: with a window of 10 minutes, only ``--live-latency-ms`` gets the frames answered."""
     with _started(budget_service) as sending, _started(budget_service) as _silent:
         for seq in range(2):
-            image = cv2.imencode(".jpg", cv2.cvtColor(frames[seq], cv2.COLOR_RGB2BGR))[1].tobytes()
-            sending.send(protocol.pack_frame({"seq": seq, "ts": 40.0 * seq}, image))
+            sending.send(protocol.pack_frame({"seq": seq, "ts": 40.0 * seq}, frames[seq]))
             header, _ = protocol.unpack_frame(sending.recv(timeout=100))
             assert header["seq"] == seq and header["faces"] == 1, header
     metrics = metric_values(httpx.Client(base_url=budget_service.url))
