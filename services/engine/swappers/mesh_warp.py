@@ -256,8 +256,9 @@ def warp_map(box: Box, source_mesh: np.ndarray, target_mesh: np.ndarray, triangl
     corners = np.round(dst * 16).astype(np.int32)
     # Triangles facing away first (they fill slivers the mesh's noise folded; on a turned head the near side covers
     # them), then far to near, so that a nearer triangle overwrites a farther one.
-    for t in np.lexsort((-depth, facing)):
-        cv2.fillConvexPoly(labels, corners[t], int(t) + 1, lineType=cv2.LINE_8, shift=4)
+    order = np.lexsort((-depth, facing))
+    for t, points in zip(order.tolist(), corners[order]):
+        cv2.fillConvexPoly(labels, points, t + 1, cv2.LINE_8, 4)
     # Label 0 (no triangle) maps every pixel to (-1, -1): outside the texture; so do the triangles facing away that
     # no nearer one covered (on a turned head's far cheek their squeezed texture tears into a sawtooth).
     affine[~facing] = [[0, 0], [0, 0], [-1, -1]]
@@ -339,10 +340,15 @@ def match_sharpness(face: np.ndarray, target: np.ndarray, region: np.ndarray) ->
     grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY).astype(np.float32)
     if _detail(grey, region) <= wanted:
         return face
-    for sigma in BLUR_STEPS:
-        if _detail(_feather(grey, sigma), region) <= wanted:
-            break
-    return _feather(face, sigma)
+    # The least step that is soft enough, by bisection: the detail falls as the blur grows.
+    low, high = 0, len(BLUR_STEPS) - 1
+    while low < high:
+        middle = (low + high) // 2
+        if _detail(_feather(grey, BLUR_STEPS[middle]), region) <= wanted:
+            high = middle
+        else:
+            low = middle + 1
+    return _feather(face, BLUR_STEPS[low])
 
 
 def transfer_creases(face: np.ndarray, target: np.ndarray, keep: np.ndarray, sigma: float = CREASE_SIGMA
@@ -407,10 +413,10 @@ def swap_face(target: np.ndarray, target_mesh: np.ndarray, texture: np.ndarray, 
         eyes = box.fill([box.points(target_mesh, EYE_RIGHT), box.points(target_mesh, EYE_LEFT)])
         hole = np.maximum(hole, _hole(eyes, px(EYE_GROW), EYE_GROW / 2 * scale))
     mask[box.slices] = box.grow(cv2.multiply(base, cv2.bitwise_not(hole), scale=1 / 255))
+    # ``face`` holds the target: only the covered pixels change
     if scale == 1:
-        face[box.slices] = np.where(covered[..., None], matched, here)
+        np.copyto(face[box.slices], matched, where=covered[..., None])
     else:
         covered_here = box.grow(covered.view(np.uint8), cv2.INTER_NEAREST).view(bool)
-        face[box.slices] = np.where(covered_here[..., None], box.grow(np.where(covered[..., None], matched, here)),
-                                    target[box.slices])
+        np.copyto(face[box.slices], box.grow(np.where(covered[..., None], matched, here)), where=covered_here[..., None])
     return True
