@@ -49,7 +49,8 @@ def add_bench_command(commands) -> None:
                             "(1,2,4,8)")
     bench.add_argument("--parts", type=_parts, default=None, help="pipeline,baseline,bound,decode (all)")
     bench.add_argument("--repeats", type=int, default=1,
-                       help="runs of each pipeline configuration and of the baseline; the median is kept (1)")
+                       help="runs of each pipeline configuration and of the baseline, the median kept; of each "
+                            "decoder, the least time kept (1)")
     bench.add_argument("--bound-repeats", type=int, default=3, help="timed runs per batch size for the bound (3)")
     bench.add_argument("--concurrency", type=_sizes, default=[1, 2, 4], help="load: clients (1,2,4)")
     bench.add_argument("--faces", type=int, default=4, help="load: faces (or frames for detect) per request (4)")

@@ -2,8 +2,9 @@
 
 Each decodes the whole file to RGB frames in memory (one batch or frame at a time, nothing kept). Besides the wall
 time each row has the CPU seconds it took (this process's threads and the ffmpeg child): on a shared machine the
-CPU time is the steadier figure. DALI's CPU decoder takes VP8/VP9/MJPEG only: on an H.264 file it is reported as unsupported, which is why
-the harness also measures a VP9 copy of the clip.
+CPU time is the steadier figure. Raw PyAV decodes with the reader's threading (``thread_type = "AUTO"``) and
+converts with its defaults (``to_ndarray(format="rgb24")``). DALI's CPU decoder takes VP8/VP9/MJPEG only: on an
+H.264 file it is reported as unsupported, which is why the harness also measures a VP9 copy of the clip.
 """
 from __future__ import annotations
 
@@ -58,24 +59,34 @@ def _ffmpeg(path: Path, device: str, batch_size: int) -> int:
 DECODERS = {"dali": _dali, "pyav": _pyav, "ffmpeg": _ffmpeg, "swapstream reader": _reader}
 
 
-def measure_decoders(path: Path, device: str = "cpu", batch_size: int = 16) -> list[dict]:
-    """One row per decoder: frames, seconds, frames/s, or ``unsupported`` with the reason."""
+def measure_decoders(path: Path, device: str = "cpu", batch_size: int = 16, repeats: int = 1) -> list[dict]:
+    """One row per decoder: frames, seconds, frames/s, CPU seconds, or ``unsupported`` with the reason.
+
+    The decoders run in turn ``repeats`` times (so that a change of the machine's load touches all of them alike);
+    a row's seconds and CPU seconds are each the least of its runs (other work on the machine only adds to them).
+    """
     info = probe_video(path)
-    rows = []
-    for name, decode in DECODERS.items():
-        row = {"file": path.name, "codec": info.codec, "resolution": f"{info.width}x{info.height}", "decoder": name}
-        if name == "swapstream reader":
-            row["decoder"] = f"swapstream reader ({open_video(path, device).decoder})"
-        cpu_started, started = _cpu_seconds(), time.perf_counter()
-        try:
-            frames = decode(path, device, batch_size)
-        except VideoDecodeError as error:
-            rows.append({**row, "frames": 0, "seconds": 0.0, "frames_per_s": None, "unsupported": str(error)})
-            continue
-        seconds = time.perf_counter() - started
-        rows.append({**row, "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,
-                     "cpu_seconds": _cpu_seconds() - cpu_started})
-    return rows
+    rows = {name: {"file": path.name, "codec": info.codec, "resolution": f"{info.width}x{info.height}",
+                   "decoder": name} for name in DECODERS}
+    runs = {name: [] for name in DECODERS}
+    rows["swapstream reader"]["decoder"] = f"swapstream reader ({open_video(path, device).decoder})"
+    for _ in range(repeats):
+        for name, decode in DECODERS.items():
+            if "unsupported" in rows[name]:
+                continue
+            cpu_started, started = _cpu_seconds(), time.perf_counter()
+            try:
+                frames = decode(path, device, batch_size)
+            except VideoDecodeError as error:
+                rows[name].update(frames=0, seconds=0.0, frames_per_s=None, unsupported=str(error))
+                continue
+            runs[name].append((frames, time.perf_counter() - started, _cpu_seconds() - cpu_started))
+    for name, measured in runs.items():
+        if measured:
+            frames = measured[0][0]
+            seconds, cpu_seconds = (min(run[i] for run in measured) for i in (1, 2))
+            rows[name].update(frames=frames, seconds=seconds, frames_per_s=frames / seconds, cpu_seconds=cpu_seconds)
+    return list(rows.values())
 
 
 def _cpu_seconds() -> float:

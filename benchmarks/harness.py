@@ -228,7 +228,8 @@ def run_bench(config: BenchConfig, say=_say) -> dict:
         if "decode" in config.parts:
             say("decode ...")
             vp9 = media.to_vp9(setup.clip, setup.work / (setup.clip.stem + "-vp9.webm"))
-            results["decode"] = measure_decoders(setup.clip, config.device) + measure_decoders(vp9, config.device)
+            results["decode"] = [row for path in (setup.clip, vp9)
+                                 for row in measure_decoders(path, config.device, repeats=config.repeats)]
         results["ratios"] = _ratios(results["pipeline"], results.get("baseline"), results["bound"])
         results["stages"] = _stage_breakdown(best_run, baseline)
         if best_run:

@@ -1,11 +1,12 @@
 """Video decode into batches of upright RGB frames (numpy uint8 [n, H, W, 3]).
 
-Which decoder runs:
-- DALI's own video decoder where it takes the codec: on "gpu" (NVDEC, `device="mixed"`) H.264,
-  HEVC, VP8, VP9, AV1, MPEG-4 and MJPEG; on "cpu" only VP8, VP9 and MJPEG.
-- PyAV (the FFmpeg libraries in its wheel) for everything else. Each frame is converted to RGB once,
-  straight into its batch's array (turned upright there on CPU); on GPU the batch is fed to a DALI
-  pipeline through `fn.external_source`, which moves it to the device and turns it upright.
+Which decoder runs (decoder="auto"):
+- On "gpu", DALI's own video decoder (NVDEC, `device="mixed"`) where it takes the codec: H.264, HEVC, VP8, VP9,
+  AV1, MPEG-4 and MJPEG.
+- PyAV (the FFmpeg libraries in its wheel) for everything else, and for every file on "cpu" (DALI's CPU decoder,
+  VP8, VP9 and MJPEG only, is slower there: see `choose_decoder`; decoder="dali" still runs it). Each frame is
+  converted to RGB once, straight into its batch's array (turned upright there on CPU); on GPU the batch is fed to
+  a DALI pipeline through `fn.external_source`, which moves it to the device and turns it upright.
 
 DALI's decoder here is `fn.experimental.inputs.video`, not `fn.decoders.video`: the latter decodes
 a whole file (or one requested frame range) per call into memory, and reading a long file range by
@@ -14,9 +15,6 @@ range re-parses the file and re-decodes from a key frame on every call. Measured
 streamed by `fn.experimental.inputs.video`, which decodes sequentially and keeps only one batch
 of frames in memory. It signals the end only by a short last batch, so the reader stops after
 the frame count the probe found (one frame per video packet).
-
-On this CPU, PyAV decodes VP9 about twice as fast as DALI's CPU decoder (282 frames at 720p:
-0.9 s against 2.0 s); `open_video(..., decoder="pyav")` chooses it.
 
 Frames are turned upright (an exact transpose + flip) when the stream carries a rotation
 (display matrix), and every path reports each frame's presentation timestamp, so variable frame rate video
@@ -37,7 +35,7 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
-from swapstream.pipelines.decode_rgb import RgbWriter
+from swapstream.pipelines.decode_rgb import BatchArrays, RgbWriter
 
 # FFmpeg codec names DALI's decoder takes, per backend (DALI 2.4 docs; CPU list measured here).
 DALI_CODECS = {
@@ -112,14 +110,26 @@ class VideoBatch:
         return len(self.frames)
 
 
-def choose_decoder(codec: str, pix_fmt: str, device: str) -> str:
-    """ "dali" when DALI's decoder on `device` takes this stream, else "pyav"."""
+def dali_takes(codec: str, pix_fmt: str, device: str) -> bool:
+    """Whether DALI's decoder on `device` takes this stream."""
     if codec not in DALI_CODECS[check_device(device)]:
-        return "pyav"
+        return False
     if device == "gpu" and pix_fmt not in _GPU_PIX_FMTS:
-        if not (pix_fmt == "yuv420p10le" and codec in _GPU_10BIT_CODECS):
-            return "pyav"
-    return "dali"
+        return pix_fmt == "yuv420p10le" and codec in _GPU_10BIT_CODECS
+    return True
+
+
+def choose_decoder(codec: str, pix_fmt: str, device: str) -> str:
+    """The decoder "auto" runs: "dali" (NVDEC) on "gpu" where it takes the stream, else "pyav".
+
+    On "cpu" PyAV always. Against DALI's CPU decoder on 60 frames of 720p (CPU ms a frame, reader in all): VP9 10.4
+    against 14.2, VP8 6.7 / 9.8, MJPEG 8.0 / 9.0. The RGB is DALI's within a quarter level (VP8, and VP9 of BT.601
+    colours; MJPEG identical). On BT.709 VP9, DALI's colours are biased (red -1.0, blue +0.5 levels against the
+    H.264 source the VP9 was made from) where PyAV's are not.
+    """
+    if check_device(device) == "gpu" and dali_takes(codec, pix_fmt, device):
+        return "dali"
+    return "pyav"
 
 
 def dali_decoder_device(device: str) -> str:
@@ -140,7 +150,7 @@ def open_video(
 ) -> "VideoReader":
     """Probe `path` and return a reader: iterate it for `VideoBatch`es, `.info` for metadata.
 
-    decoder: "auto" (DALI where it takes the codec, else PyAV), or force "dali" / "pyav".
+    decoder: "auto" (NVDEC on "gpu" where it takes the codec, else PyAV: `choose_decoder`), or force "dali" / "pyav".
     keep: only these frames (sorted indices into the video), decoded from the key frame before the first; PyAV reads
     them (decoder "dali" with `keep` raises ValueError), and a batch's `start` then counts kept frames.
     Raises VideoDecodeError at once for a missing, non-video, truncated or undecodable file.
@@ -154,7 +164,7 @@ def open_video(
         raise ValueError(KEEP_NEEDS_PYAV)
     info = probe_video(path)
     chosen = "pyav" if keep is not None else choose_decoder(info.codec, info.pix_fmt, device)
-    if decoder == "dali" and chosen != "dali":
+    if decoder == "dali" and not dali_takes(info.codec, info.pix_fmt, device):
         raise VideoDecodeError(
             f"{info.path}: DALI's {device.upper()} decoder does not take {info.codec} "
             f"({info.pix_fmt}); use decoder='auto' or 'pyav'"
@@ -225,7 +235,8 @@ class VideoReader:
         turns = self.info.rotation // 90 if upright else 0
         out_h, out_w = (w, h) if turns % 2 else (h, w)
         index, filled, pts = 0, 0, []
-        batch = np.empty((self.batch_size, out_h, out_w, 3), np.uint8)
+        arrays = BatchArrays((self.batch_size, out_h, out_w, 3))
+        batch = arrays.take()
         # One writer for the whole video keeps its scaler context (frame.to_ndarray builds one per frame).
         to_rgb = RgbWriter()
         try:
@@ -241,7 +252,7 @@ class VideoReader:
                     filled += 1
                     if filled == self.batch_size:
                         yield VideoBatch(batch, index - filled, np.asarray(pts, dtype=np.int64))
-                        batch = np.empty_like(batch)  # the consumer keeps the one it got
+                        batch = arrays.take()  # the consumer keeps the one it got
                         filled, pts = 0, []
         except av.FFmpegError as exc:
             raise self._failure(index, exc) from exc
@@ -473,10 +484,15 @@ def _scan_packets(container, stream, path: Path) -> _PacketScan:
 
 def _decode_first_frame(path: Path, stream, packets: list):
     """The first frame, from the packets the scan kept (opening the file again costs FFmpeg's stream probing)."""
+    codec = stream.codec_context
     try:
-        for packet in packets + [None]:  # None: the decoder gives out the frames it holds back
-            for frame in stream.codec_context.decode(packet):
+        for packet in packets:
+            # Drained at once (None), the decoder gives out the frame it holds back for reordering: one frame is
+            # decoded, not the two or three after it (8 CPU-ms of a 720p H.264 probe). A packet that gives nothing
+            # alone (no key frame yet) is dropped with the decoder's state, up to the first one that does.
+            for frame in codec.decode(packet) or codec.decode(None):
                 return frame
+            codec.flush_buffers()
     except av.FFmpegError as exc:
         raise VideoDecodeError(
             f"{path}: its video cannot be decoded ({exc}); the file is corrupt or its codec is "

@@ -1,5 +1,6 @@
 """The reader's RGB (pipelines/decode_rgb.py: swscale's accurate conversion to planar, interleaved by OpenCV) is
-byte for byte the accurate conversion to packed RGB it replaced, on 4:2:0, 4:4:4, 10-bit and odd-sized video."""
+byte for byte the accurate conversion to packed RGB it replaced, on 4:2:0, 4:4:4, 10-bit and odd-sized video; its
+batch arrays are filled again only once the consumer has let go of them."""
 from __future__ import annotations
 
 import subprocess
@@ -70,3 +71,22 @@ def test_a_turned_write_is_np_rot90_of_the_unturned_one(turns):
     writer.write(frame, turned, turns)
     assert turned.ctypes.data == out_ptr  # written in place, not rebound
     np.testing.assert_array_equal(turned, want)
+
+
+def test_kept_batches_stay_intact_and_dropped_ones_are_filled_again(tmp_path):
+    """The reader fills a batch array again only once nothing refers to it (pipelines/decode_rgb.BatchArrays)."""
+    path = encoded(tmp_path, VID03, "420.mp4", "-c:v", "copy")
+    want = packed_rgb(path)
+    kept = list(open_video(path, batch_size=2))
+    np.testing.assert_array_equal(np.concatenate([batch.frames for batch in kept]), want)
+    assert len({batch.frames.ctypes.data for batch in kept}) == 3
+
+    addresses, first_frame = [], None
+    for index, batch in enumerate(open_video(path, batch_size=1)):
+        np.testing.assert_array_equal(batch.frames[0], want[index])
+        addresses.append(batch.frames.ctypes.data)
+        if index == 0:
+            first_frame = batch.frames[0]  # a view keeps its batch from being filled again
+    np.testing.assert_array_equal(first_frame, want[0])
+    assert addresses[0] not in addresses[1:]
+    assert len(set(addresses[1:])) == 2  # each batch dropped by the consumer is filled again
