@@ -122,10 +122,11 @@ def dali_takes(codec: str, pix_fmt: str, device: str) -> bool:
 def choose_decoder(codec: str, pix_fmt: str, device: str) -> str:
     """The decoder "auto" runs: "dali" (NVDEC) on "gpu" where it takes the stream, else "pyav".
 
-    On "cpu" PyAV always. Against DALI's CPU decoder on 60 frames of 720p (CPU ms a frame, reader in all): VP9 10.4
-    against 14.2, VP8 6.7 / 9.8, MJPEG 8.0 / 9.0. The RGB is DALI's within a quarter level (VP8, and VP9 of BT.601
-    colours; MJPEG identical). On BT.709 VP9, DALI's colours are biased (red -1.0, blue +0.5 levels against the
-    H.264 source the VP9 was made from) where PyAV's are not.
+    On "cpu" PyAV always: against DALI's CPU decoder on 60 frames of 720p (the reader in all, best of 6, ms a frame,
+    CPU / wall) VP9 8.9 / 5.7 against 10.8 / 10.7, VP8 5.8 / 4.0 against 7.8 / 7.8, MJPEG 5.5 / 5.5 against 8.3 /
+    8.4. The RGB is DALI's within a quarter level on VP8 and on VP9 of BT.601 colours, identical on MJPEG. On BT.709
+    VP9 DALI's colours are biased (red -1.0, blue +0.5 levels against the H.264 source the VP9 was made from) and
+    PyAV's are not.
     """
     if check_device(device) == "gpu" and dali_takes(codec, pix_fmt, device):
         return "dali"
