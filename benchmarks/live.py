@@ -218,6 +218,8 @@ def figures(mode: str, stats: list[LiveStats], batches: dict) -> dict:
             "fps_total": received / seconds if seconds else 0.0, "seconds": seconds,
             **{k: batches[k] for k in ("batches", "mean_batch", "max_batch", "overlapped")},
             "batch_buckets": batches["buckets"], "batch_ends": batches["ends"],
+            "server_ms_mean": {key: sum(s.server_ms.get(key, 0.0) for s in stats) / received
+                               for key in sorted({k for s in stats for k in s.server_ms})} if received else {},
             "close": sorted({s.close for s in stats}), "errors": [e for s in stats for e in s.errors][:10]}
 
 
@@ -294,4 +296,9 @@ def live_summary_text(results: dict) -> str:
                   for r in results["ratios"]]
     ratio_table = report._table(["streams", "batched fps", "frame-by-frame fps", "ratio", "batched p95 ms",
                                  "frame-by-frame p95 ms"], ratio_rows)
-    return "\n\n".join([head, table, ratio_table])
+    keys = sorted({k for r in results["runs"] for k in r.get("server_ms_mean", {})})
+    stage_table = report._table(["mode", "streams", *(f"{k} ms" for k in keys)],
+                                [[r["mode"], r["streams"], *(r.get("server_ms_mean", {}).get(k) for k in keys)]
+                                 for r in results["runs"]])
+    return "\n\n".join([head, table, "the service's own time for an answered frame (mean ms, from the answers' "
+                          "timings):\n" + stage_table, ratio_table])

@@ -20,8 +20,11 @@ newest and other streams' frames can join. Tracking runs in the swap thread beca
 in order, after the frame before has been swapped.
 
 When some streams have no frame yet, a round waits up to ``window_ms`` for them, but not past the moment when its
-oldest frame, with the time a round takes (measured), would pass the latency budget ``latency_ms``. Why each round's
-gathering ended is counted (``swapstream_live_rounds_total{end}``).
+oldest frame, with the time a round takes (measured), would pass the latency budget ``latency_ms``. Nor does a round
+take more frames than that budget allows: round times are measured by size (``round_times``), and where a bigger
+round costs as much more as its frames (the mesh swapper's image work on a CPU), the frames left wait for the next
+round, just behind. Why each round's gathering ended is counted (``swapstream_live_rounds_total{end}``: ``budget``
+also when it cut the round's size).
 
 A failure of one stream's frame fails that frame only: its own steps (tracking, encoding) are caught one by one,
 and a shared step that fails for another reason than the inference server is retried frame by frame (from the step
@@ -44,6 +47,7 @@ from swapstream.services.live.frames import FrameRejected, decode_frame, encode_
 from swapstream.services.live.limits import LiveLimits
 from swapstream.services.live.metrics import LiveMetrics
 from swapstream.services.live.protocol import error_message
+from swapstream.services.live.round_times import RoundTimes, smoothed
 from swapstream.services.live.stream import Frame, LiveStream
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.errors import ErrorCode
@@ -55,17 +59,11 @@ from swapstream.services.triton.client import Detections, TritonCallError
 log = logging.getLogger("swapstream.live")
 
 ENCODERS = 2            # encoder threads (JPEG/WebP encoding releases the GIL)
-ROUND_SMOOTHING = 0.3   # weight of the newest measure in the running averages of times
 SHARED_STAGES = ("detect", "track", "align", "swap", "blend")
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
-
-
-def _smoothed(average: float, seconds: float) -> float:
-    """A measured time's running average (the first measure as it is)."""
-    return seconds if average == 0 else ROUND_SMOOTHING * seconds + (1 - ROUND_SMOOTHING) * average
 
 
 def size_groups(sizes: list[tuple[int, int]], waste: float = 2.0) -> list[list[int]]:
@@ -135,7 +133,7 @@ class Scheduler(threading.Thread):
         self._wake = threading.Condition()
         self._stopping = False
         self._rounds = 0               # rounds alive (under ``_wake``)
-        self._round_seconds = 0.0      # measured: from a round's gathering to its last answer
+        self._round_times = RoundTimes()  # measured by a round's size: from its gathering to its last answer
         self._detect_seconds = 0.0     # measured: a round's detect
         self._swap_seconds = 0.0       # measured: a frame's share of its round's track, align, swap and blend
         self._swap_free_at = 0.0       # when the swap thread should be done with its round (0: idle)
@@ -197,7 +195,7 @@ class Scheduler(threading.Thread):
                     for positions in size_groups([frame.rgb.shape[:2] for _, frame in same]):
                         groups += self._detect_apart(Group([same[i] for i in positions], rnd))
                 with self._wake:
-                    self._detect_seconds = _smoothed(self._detect_seconds, time.perf_counter() - rnd.taken)
+                    self._detect_seconds = smoothed(self._detect_seconds, time.perf_counter() - rnd.taken)
                 self._detected.put(groups)
         finally:  # the rounds gathered are finished, then the swap thread and the encoders end
             self._detected.put(None)
@@ -215,10 +213,13 @@ class Scheduler(threading.Thread):
                     return None
                 self._wait_for_the_swap_thread()
                 end = self._wait_for_others()
+                most = self._most_frames()
+                if most < min(sum(s.ready() for s in self._streams), self.limits.max_batch):
+                    end = "budget"
                 streams = self._streams[self._turn:] + self._streams[:self._turn]
                 self._turn = (self._turn + 1) % max(len(self._streams), 1)
                 for stream in streams:
-                    if len(batch) == self.limits.max_batch:
+                    if len(batch) == most:
                         break
                     frame = stream.take()
                     if frame is not None:
@@ -253,7 +254,8 @@ class Scheduler(threading.Thread):
         until, end = time.perf_counter() + limits.window_ms / 1000.0, "window"
         if limits.latency_ms > 0:
             oldest = min(s.waiting_since() for s in self._streams if s.ready())
-            budget = oldest + limits.latency_ms / 1000.0 - self._round_seconds
+            rounds = self._round_times.predict(min(len(self._streams), limits.max_batch)) or 0.0
+            budget = oldest + limits.latency_ms / 1000.0 - rounds
             if budget < until:
                 until, end = budget, "budget"
         while not self._stopping and not self._full():
@@ -262,6 +264,16 @@ class Scheduler(threading.Thread):
                 return end
             self._wake.wait(left)
         return "full"
+
+    def _most_frames(self) -> int:
+        """The most frames the round may take (``_wake`` held): ``max_batch``, fewer when a round that big is predicted
+        to take its oldest frame past the latency budget (at least one)."""
+        limits = self.limits
+        if limits.latency_ms <= 0 or limits.max_batch == 1:
+            return limits.max_batch
+        oldest = min(s.waiting_since() for s in self._streams if s.ready())
+        left = oldest + limits.latency_ms / 1000.0 - time.perf_counter()
+        return self._round_times.most_frames(left, limits.max_batch)
 
     def _decoded(self, rnd: Round, stream: LiveStream, frame: Frame) -> bool:
         """Decodes the taken frame's pixels (``frame.rgb``); False when they cannot be: the frame is refused alone,
@@ -313,7 +325,7 @@ class Scheduler(threading.Thread):
                     self._swap_group(group)
                 with self._wake:
                     if frames:
-                        self._swap_seconds = _smoothed(self._swap_seconds, (time.perf_counter() - started) / frames)
+                        self._swap_seconds = smoothed(self._swap_seconds, (time.perf_counter() - started) / frames)
                     self._swap_free_at = 0.0
                     self._wake.notify()
         finally:
@@ -385,8 +397,8 @@ class Scheduler(threading.Thread):
         header["timings"].update(queue=_ms(rnd.taken - frame.arrived), encode=_ms(done - started),
                                  total=_ms(done - frame.arrived))
         self.metrics.latency.observe(done - frame.arrived)
+        self._finished(rnd)  # before the answer goes: the round's time is known when its last answer is read
         stream.answer(frame.seq, header, image)
-        self._finished(rnd)
 
     # ------------------------------------------------------------------------------- endings
 
@@ -397,7 +409,7 @@ class Scheduler(threading.Thread):
             if rnd.left > 0:
                 return
             self._rounds -= 1
-            self._round_seconds = _smoothed(self._round_seconds, time.perf_counter() - rnd.taken)
+            self._round_times.add(rnd.size, time.perf_counter() - rnd.taken)
             self._wake.notify()
 
     def _server_failed(self, group: Group, positions, error: TritonCallError) -> None:
