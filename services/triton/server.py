@@ -188,8 +188,9 @@ class EmbeddedTriton:
                 raise TritonStartError(self._failure_message(f"tritonserver exited with code {self.process.returncode}"))
             # Triton listens only once its models are loaded. A gRPC call to a port not yet listening puts the
             # channel into reconnect backoff (1 s, 1.6 s, 2.6 s ...): readiness was seen up to 7 s late. So the
-            # port is tried with a plain socket first, and gRPC asked only when it accepts.
-            if _accepts(self.address, self.ports.grpc):
+            # port is tried with a plain socket first, and gRPC asked only when it accepts. The metrics port opens a
+            # moment after gRPC: ready means both, so that a scrape right after start is answered.
+            if _accepts(self.address, self.ports.grpc) and _accepts(self.address, self.ports.metrics):
                 try:
                     if client.is_server_ready(client_timeout=CALL_SECONDS):
                         return

@@ -12,6 +12,13 @@ def submit(http, target, sources=(OBAMA,), **form):
     return http.post("/v1/jobs", files=files, data={k: str(v) for k, v in form.items()})
 
 
+def stored_source(http, photo=OBAMA) -> str:
+    """The id of ``photo`` stored as a live source (POST /v1/sources)."""
+    answer = http.post("/v1/sources", files=[("source", (photo.name, photo.read_bytes(), "image/jpeg"))])
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
 def metric_values(http) -> dict[str, float]:
     """The service's /metrics as {series with labels: value}."""
     lines = http.get("/metrics").text.splitlines()

@@ -14,7 +14,7 @@ from swapstream.benchmarks.media import cut
 from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
 from tests.helpers.media import MEDIA, frames_of
-from tests.helpers.service import OBAMA, metric_values
+from tests.helpers.service import metric_values, stored_source
 
 FRAMES = 30
 COUNTERS = ("received", "decoded", "answered", "refused")
@@ -32,9 +32,7 @@ def service(tmp_path_factory, triton):
 @pytest.fixture(scope="module")
 def source(service) -> str:
     with service.client() as http:
-        answer = http.post("/v1/sources", files=[("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))])
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]
+        return stored_source(http)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from swapstream.services.jobs.process import ServiceProcess
 from swapstream.services.live import protocol
 from tests.helpers.hostile import scan_bomb
 from tests.helpers.media import MEDIA, frames_of
-from tests.helpers.service import OBAMA
+from tests.helpers.service import OBAMA, stored_source
 
 IDLE = 3.0
 
@@ -42,9 +42,7 @@ def service(tmp_path_factory, triton):
 @pytest.fixture(scope="module")
 def source(service) -> str:
     with service.client() as http:
-        answer = http.post("/v1/sources", files=[("source", (OBAMA.name, OBAMA.read_bytes(), "image/jpeg"))])
-    assert answer.status_code == 201, answer.text
-    return answer.json()["id"]
+        return stored_source(http)
 
 
 @pytest.fixture(scope="module")
