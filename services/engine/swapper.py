@@ -1,7 +1,7 @@
-"""FaceSwapper: detect, align, swap, blend. It holds what lives long (the DALI pipelines, the Triton client, the
+"""FaceSwapper: detect, align, swap, blend. It holds what lives long (the frame pipelines, the Triton client, the
 ``Swapper``) and does not change after it is built: what belongs to one call (the stage clock, the score
-threshold) is an argument of that call, so callers may share one swapper's settings safely. Its DALI pipelines
-are its own: one call at a time per FaceSwapper (callers that share one hold a lock)."""
+threshold) is an argument of that call, so callers may share one swapper safely, from several threads too (each
+DALI pipeline runs one batch at a time under its own lock; OpenCV's geometry keeps no state)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,7 +51,8 @@ def strongest_per_frame(found: Detections, limit: int) -> Detections:
 
 
 class FaceSwapper:
-    """Detect (Triton ``detect``), align (DALI), swap (``swapper``), blend (DALI); immutable after build."""
+    """Detect (Triton ``detect``), align, swap (``swapper``), blend (DALI on a GPU, OpenCV on a CPU); immutable after
+    build."""
 
     def __init__(self, client: SwapstreamClient, swapper: Swapper, device: str = "cpu",
                  detect_size: int = DETECT_SIZE):

@@ -8,8 +8,8 @@ Three kinds of threads share the work of a round:
   swapper (an identity drives only the swapper that made it), then by size (``size_groups``: padding a group to one
   size may at most double its pixels), and each group gets one Triton ``detect`` call (padded to one size, their own
   sizes in ``IMAGE_SIZES``);
-- the swap thread takes the detected rounds in order: causal tracking per stream, one batched DALI alignment, the
-  swapper's one batched call (Triton ``swap`` or ``facemesh``) with each face's own identity, one batched DALI blend;
+- the swap thread takes the detected rounds in order: causal tracking per stream, one batched alignment, the
+  swapper's one batched call (Triton ``swap`` or ``facemesh``) with each face's own identity, one batched blend;
 - encoder threads encode each answer (JPEG/WebP) and hand it to its stream. A stream always has the same encoder,
   so its answers stay in order.
 
