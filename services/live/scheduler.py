@@ -271,8 +271,10 @@ class Scheduler(threading.Thread):
         limits = self.limits
         if limits.latency_ms <= 0 or limits.max_batch == 1:
             return limits.max_batch
-        oldest = min(s.waiting_since() for s in self._streams if s.ready())
-        left = oldest + limits.latency_ms / 1000.0 - time.perf_counter()
+        waiting = [s.waiting_since() for s in self._streams if s.ready()]
+        if not waiting:  # the streams that had a frame closed while the round waited
+            return limits.max_batch
+        left = min(waiting) + limits.latency_ms / 1000.0 - time.perf_counter()
         return self._round_times.most_frames(left, limits.max_batch)
 
     def _decoded(self, rnd: Round, stream: LiveStream, frame: Frame) -> bool:
