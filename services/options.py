@@ -196,7 +196,7 @@ FACES = ("all", "largest")
 FACE_LABELS = ("all faces", "the largest face")
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEVICE = Option("device", str, "cpu", "where DALI runs", choices=("cpu", "gpu"))
-SMOOTHING = Option("smoothing", bool, True, "smooth the faces' landmarks across frames", form=True)
+SMOOTHING = Option("smoothing", bool, True, "smooth the faces' landmarks and meshes across frames", form=True)
 SWAPPERS = ("mesh", "simswap")
 # Unset (None): the run's default, chosen by ``engine.swappers.choice`` (the service's own for jobs and streams).
 SWAPPER = Option("swapper", str, None, "the face swapper; default: simswap if its real weights are present, else "

@@ -12,8 +12,12 @@ from swapstream.services.engine.tracking import LargestTrackSelector, TrackedFac
 
 
 def smoothed(faces: list[TrackedFace], smoothing: bool) -> list[TrackedFace]:
-    """The smoothing switch: with smoothing off, each face keeps the landmarks the detector found."""
-    return faces if smoothing else [replace(face, landmarks=face.raw_landmarks) for face in faces]
+    """The smoothing switch: with smoothing off, each face keeps the landmarks the detector found and the mesh the
+    mesh network found."""
+    if smoothing:
+        return faces
+    return [replace(face, landmarks=face.raw_landmarks, mesh=face.mesh if face.raw_mesh is None else face.raw_mesh)
+            for face in faces]
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class TrackedFace:
     score: float               # detector score (interpolated when filled)
     filled: bool               # True: the detector missed this face here, it was interpolated
     mesh: np.ndarray | None = None  # [468,3] smoothed face mesh in frame pixels, when the frames came with meshes
+    raw_mesh: np.ndarray | None = None  # [468,3] that mesh as the network found it (or interpolated when filled)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class _Track:
         scale = _face_size(obs.box)
         mesh = None if obs.mesh is None else self.mesh_filter(obs.mesh, t, scale)
         return TrackedFace(self.id, self.box_filter(obs.box, t, scale), self.landmark_filter(obs.landmarks, t, scale),
-                           obs.landmarks.copy(), obs.score, obs.filled, mesh)
+                           obs.landmarks.copy(), obs.score, obs.filled, mesh, obs.mesh)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

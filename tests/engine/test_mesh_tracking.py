@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from swapstream.benchmarks.media import iter_frames
+from swapstream.services.engine import selection
 from swapstream.services.engine.clock import StageClock
 from swapstream.services.engine.mesh_tracking import DETECT_EVERY, DETECTION_IOU, VideoLocator, five_points
 from swapstream.services.engine.swapper import FaceSwapper
@@ -139,11 +140,11 @@ def test_the_tracker_smooths_the_mesh_and_fills_its_gaps():
     rng = np.random.default_rng(0)
     base = rng.uniform(100, 300, (468, 3))
     tracker = FaceTracker(max_gap=3)
-    out = []
+    out, found = [], {}
     box = np.array([100.0, 100.0, 300.0, 300.0])
     landmarks = np.array([[150, 180], [250, 180], [200, 220], [160, 260], [240, 260]], float)
     for n in range(40):
-        meshes = (base + rng.normal(0, 1.5, base.shape))[None]
+        meshes = found[n] = (base + rng.normal(0, 1.5, base.shape))[None]
         if n in (20, 21):
             out += tracker.push(n, np.zeros((0, 4)), np.zeros((0, 5, 2)), np.zeros(0), meshes=np.zeros((0, 468, 3)))
             continue
@@ -156,6 +157,12 @@ def test_the_tracker_smooths_the_mesh_and_fills_its_gaps():
     smoothed = np.stack([f.mesh for f in faces[5:20]])[:, :5, :2]
     raw_jitter = crop_jitter(base[None, :5, :2] + rng.normal(0, 1.5, (15, 5, 2)))
     assert crop_jitter(smoothed) < 0.5 * raw_jitter
+    # The smoothing switch off (--no-smoothing): the swap gets each frame's mesh as the network found it.
+    unsmoothed = selection.smoothed(faces, smoothing=False)
+    for n in (5, 10, 19):
+        assert not np.allclose(faces[n].mesh, found[n][0])
+        np.testing.assert_array_equal(unsmoothed[n].mesh, found[n][0])
+        np.testing.assert_array_equal(unsmoothed[n].landmarks, faces[n].raw_landmarks)
     with pytest.raises(ValueError, match="one mesh per face"):
         FaceTracker().push(0, box[None], landmarks[None], [0.9], meshes=np.zeros((2, 468, 3)))
 
