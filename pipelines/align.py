@@ -127,15 +127,18 @@ class Box:
         return self.y1 - self.y0, self.x1 - self.x0
 
 
-def footprint(frame_to_crop: np.ndarray, crop_size: int, frame_h: int, frame_w: int) -> Box:
+def footprint(frame_to_crop: np.ndarray, crop_size: int, frame_h: int, frame_w: int,
+              within: tuple[int, int, int, int] | None = None) -> Box:
     """The frame pixels a crop covers, clipped to the frame: what aligning reads and pasting back writes.
+    ``within``: only the crop's pixels (x, y, w, h) count (what a paste's mask touches: ``cv2.boundingRect``).
 
     The crop covers [-0.5, S - 0.5]^2 in OpenCV coordinates (pixel centres at integers);
     bilinear sampling reaches at most one pixel further, hence the margin of 1.
     """
     crop_to_frame = invert_affine(frame_to_crop)
-    lo, hi = -0.5, crop_size - 0.5
-    corners = np.array([[lo, lo, 1], [hi, lo, 1], [lo, hi, 1], [hi, hi, 1]])
+    x, y, w, h = within if within is not None else (0, 0, crop_size, crop_size)
+    (lo_x, lo_y), (hi_x, hi_y) = (x - 0.5, y - 0.5), (x + w - 0.5, y + h - 0.5)
+    corners = np.array([[lo_x, lo_y, 1], [hi_x, lo_y, 1], [lo_x, hi_y, 1], [hi_x, hi_y, 1]])
     mapped = corners @ crop_to_frame.T
     x0, y0 = np.floor(mapped.min(axis=0)).astype(int) - 1
     x1, y1 = np.ceil(mapped.max(axis=0)).astype(int) + 2

@@ -1,8 +1,8 @@
 """Paste processed faces back into their frames.
 
 Each face crop and its mask are warped back with the inverse of the alignment matrix, but only
-into the face's bounding box in the frame (the crop's corners mapped back, clipped to the frame),
-so the work per face does not grow with the frame size. All K faces and masks are warped by one
+into the box in the frame that the mask's non-zero part maps to (its corners mapped back, clipped to the
+frame), so the work per face does not grow with the frame size nor with the crop's margin. All K faces and masks are warped by one
 DALI pipeline run (per `max_batch_size` faces): batched `warp_affine`, per-sample size and matrix; on the CPU, by
 OpenCV's `warpAffine` face by face (``align.geometry_backend``: DALI's CPU warp costs several times more). The face is
 warped with its border pixels repeated and the mask with zeros outside the crop, as facefusion's
@@ -69,17 +69,19 @@ class Blender:
         out = frames.copy()
         n, h, w = frames.shape[:3]
         size = faces.shape[1]
-        boxes = [footprint(m, size, h, w) for m in matrices]
-        todo = [k for k, box in enumerate(boxes) if not box.empty]
+        # Only where each mask is not zero: the rest of the crop leaves the frame as it is.
+        touched = [cv2.boundingRect(mask) for mask in masks]
+        boxes = [footprint(m, size, h, w, rect) if rect[2] else None for m, rect in zip(matrices, touched)]
+        todo = [k for k, box in enumerate(boxes) if box is not None and not box.empty]
         if not todo:
             return out
         if self._pipe is None:
+            inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
             for k in todo:
-                box_to_crop, size = from_box(matrices[k], boxes[k]), boxes[k].shape[::-1]
-                inverse = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-                face = cv2.warpAffine(faces[k], box_to_crop, size, flags=inverse, borderMode=cv2.BORDER_REPLICATE)
-                mask = cv2.warpAffine(masks[k], box_to_crop, size, flags=inverse, borderMode=cv2.BORDER_CONSTANT,
-                                      borderValue=0)
+                box_to_crop, box_size = from_box(matrices[k], boxes[k]), boxes[k].shape[::-1]
+                face = cv2.warpAffine(faces[k], box_to_crop, box_size, flags=inverse, borderMode=cv2.BORDER_REPLICATE)
+                mask = cv2.warpAffine(masks[k], box_to_crop, box_size, flags=inverse,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                 _composite(out[frame_index[k]], face, mask, boxes[k])
             return out
         warped_faces, warped_masks = self._pipe.run(

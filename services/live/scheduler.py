@@ -252,12 +252,11 @@ class Scheduler(threading.Thread):
         if limits.max_batch == 1 or limits.window_ms <= 0:
             return "full"
         until, end = time.perf_counter() + limits.window_ms / 1000.0, "window"
-        if limits.latency_ms > 0:
-            oldest = min(s.waiting_since() for s in self._streams if s.ready())
+        budget_end = self._budget_end() if limits.latency_ms > 0 else None
+        if budget_end is not None:
             rounds = self._round_times.predict(min(len(self._streams), limits.max_batch)) or 0.0
-            budget = oldest + limits.latency_ms / 1000.0 - rounds
-            if budget < until:
-                until, end = budget, "budget"
+            if budget_end - rounds < until:
+                until, end = budget_end - rounds, "budget"
         while not self._stopping and not self._full():
             left = until - time.perf_counter()
             if left <= 0:
@@ -271,11 +270,15 @@ class Scheduler(threading.Thread):
         limits = self.limits
         if limits.latency_ms <= 0 or limits.max_batch == 1:
             return limits.max_batch
-        waiting = [s.waiting_since() for s in self._streams if s.ready()]
-        if not waiting:  # the streams that had a frame closed while the round waited
+        end = self._budget_end()
+        if end is None:  # the streams that had a frame closed while the round waited
             return limits.max_batch
-        left = min(waiting) + limits.latency_ms / 1000.0 - time.perf_counter()
-        return self._round_times.most_frames(left, limits.max_batch)
+        return self._round_times.most_frames(end - time.perf_counter(), limits.max_batch)
+
+    def _budget_end(self) -> float | None:
+        """When the oldest waiting frame's latency budget runs out (``_wake`` held); None when no frame waits."""
+        waiting = [s.waiting_since() for s in self._streams if s.ready()]
+        return min(waiting) + self.limits.latency_ms / 1000.0 if waiting else None
 
     def _decoded(self, rnd: Round, stream: LiveStream, frame: Frame) -> bool:
         """Decodes the taken frame's pixels (``frame.rgb``); False when they cannot be: the frame is refused alone,
