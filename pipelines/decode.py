@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import errno
 import math
+import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +36,7 @@ import av
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from swapstream.pipelines.ahead import made_ahead
 from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
 from swapstream.pipelines.decode_rgb import BatchArrays, RgbWriter
 
@@ -241,10 +244,10 @@ class VideoReader:
         # One writer for the whole video keeps its scaler context (frame.to_ndarray builds one per frame).
         to_rgb = RgbWriter()
         try:
-            with open_container(self.info.path) as container:
-                stream = _video_stream(container)
-                stream.thread_type = "AUTO"
-                for frame in self._kept_frames(container, stream):
+            # Decoded in a thread of its own, converted here (pipelines/ahead.py).
+            with open_container(self.info.path) as container, \
+                    closing(made_ahead(self._decoded(container), name="decode")) as frames:
+                for frame in frames:
                     if (frame.height, frame.width) != (h, w):
                         raise self._size_changed(index, frame.width, frame.height)
                     to_rgb.write(frame, batch[filled], turns)
@@ -259,6 +262,12 @@ class VideoReader:
             raise self._failure(index, exc) from exc
         if filled:
             yield VideoBatch(batch[:filled], index - filled, np.asarray(pts, dtype=np.int64))
+
+    def _decoded(self, container):
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = decoder_threads()
+        yield from self._kept_frames(container, stream)
 
     def _kept_frames(self, container, stream):
         """The decoded frames of `keep` (all without it): from the key frame before the first, until the last."""
@@ -292,6 +301,11 @@ class VideoReader:
             f"({self.info.codec}, {self.decoder} on {self.device}): {detail}. The file is probably "
             f"corrupt or truncated: fetch it again or re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)."
         )
+
+
+def decoder_threads() -> int:
+    """Threads of the PyAV decoder: every core but the one converting its frames to RGB (`made_ahead`)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def _rotate_upright(frames, rotation: int):

@@ -33,8 +33,8 @@ class RgbWriter:
     """Converts frames to RGB into given arrays. One per video: it keeps swscale's context (built once)."""
 
     def __init__(self):
-        # One thread: on a busy machine swscale's slice threads cost more CPU than they save (and a thread of our
-        # own converting while the decoder runs cost 1.6 ms more CPU a 720p frame than it saved, under load).
+        # One thread: on a busy machine swscale's slice threads cost more CPU than they save. The overlap comes
+        # from the decoder's own thread instead (pipelines/ahead.py).
         self._reformatter = VideoReformatter()
         # A turned frame is interleaved here first, then turned into ``out`` by OpenCV (0.7 ms a 720p frame;
         # ``out[...] = np.rot90(...)``, a strided copy, took 28 ms).

@@ -3,7 +3,10 @@ bad files, and which decoder the GPU configuration selects."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -244,3 +247,38 @@ def test_keep_is_given_at_construction_and_needs_pyav():
         open_video(VID03, decoder="dali", keep=np.array([3]))
     with pytest.raises(ValueError, match="needs the PyAV decoder"):
         VideoReader(info, "cpu", 4, "dali", keep=np.array([3]))
+
+
+def _decode_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "decode"]
+
+
+def _open_files() -> set[str]:
+    return {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+
+
+def test_a_file_damaged_after_probing_fails_at_its_frame_and_leaves_no_decoder(tmp_path):
+    """Frames are decoded in a thread of their own (pipelines/ahead.py): PyAV's error there reaches the reader's
+    caller as a VideoDecodeError naming the frame, after the batches before it, and the thread is gone."""
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(VID03.read_bytes())
+    reader = open_video(damaged, batch_size=8)
+    size = damaged.stat().st_size
+    with open(damaged, "r+b") as f:  # zeros over the middle third, after the probe
+        f.seek(size // 3)
+        f.write(b"\0" * (size // 3))
+    given = []
+    with pytest.raises(VideoDecodeError, match=r"decoding failed at frame (\d+) of 216") as caught:
+        for batch in reader:
+            given.append(len(batch))
+    failed_at = int(re.search(r"at frame (\d+)", str(caught.value)).group(1))
+    assert sum(given) > 0 and failed_at >= sum(given)
+    assert not _decode_threads() and str(damaged) not in _open_files()
+
+
+def test_a_reader_left_after_one_batch_stops_its_decoder_and_closes_the_file():
+    batches = iter(open_video(VID03, batch_size=8))
+    first = next(batches)
+    assert len(first) == 8 and _decode_threads()
+    batches.close()
+    assert not _decode_threads() and str(VID03.resolve()) not in _open_files()
