@@ -276,7 +276,7 @@ SERVE = _table(
            "batch, ms", low=0),
     Option("live_max_batch", int, 16, "live frames per detect/swap batch; 1 = frame by frame, batch-1 calls", low=0,
            low_open=True),
-    Option("live_latency_ms", float, 150.0, "latency budget of a live frame, ms: a batch stops waiting for other "
+    Option("live_latency_ms", float, 200.0, "latency budget of a live frame, ms: a batch stops waiting for other "
            "streams' frames when waiting would take its oldest frame past it (with the time a batch takes, as "
            "measured); 0: no budget", low=0),
     Option("live_idle_timeout", float, 30.0, "seconds without a frame before a live stream is closed", low=0,

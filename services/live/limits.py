@@ -10,7 +10,7 @@ class LiveLimits:
     max_streams: int = 8                  # open streams; one more is closed with 1013 (try later)
     window_ms: float = 4.0                # how long the scheduler waits for other streams' frames to join a batch
     max_batch: int = 16                   # frames per batch (1: frame by frame, batch-1 calls)
-    latency_ms: float = 150.0             # a batch stops waiting for other streams' frames when its oldest frame,
+    latency_ms: float = 200.0             # a batch stops waiting for other streams' frames when its oldest frame,
                                           # with the time a batch takes, would pass this (0: no budget)
     pipeline: int = 2                     # batches in flight: the next one's detect while one is swapped (1: none)
     max_frame_bytes: int = 4 * 1024 * 1024  # a larger binary message closes the stream (1009)

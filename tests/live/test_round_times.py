@@ -17,7 +17,9 @@ def test_an_unmeasured_size_is_predicted_in_proportion_from_the_nearest_measured
     times.add(1, 0.1)
     assert times.predict(1) == pytest.approx(0.1)
     assert times.predict(3) == pytest.approx(0.3)  # no batching gain assumed until one is measured
+    assert times.most_frames(0.15, 16) == 2  # tried once: see below
     assert times.most_frames(0.15, 16) == 1
+    assert times.most_frames(0.25, 16) == 3  # 2 fits: 3 is tried
     assert times.most_frames(0.25, 16) == 2
 
 
@@ -27,6 +29,7 @@ def test_a_measured_batching_gain_lets_rounds_grow():
     times.add(2, 0.06)  # the networks batch: a second frame costs little
     assert times.predict(2) == pytest.approx(0.06)
     assert times.predict(4) == pytest.approx(0.12)  # from 2, the nearest measured
+    assert times.most_frames(0.15, 16) == 6  # tried once: see below
     assert times.most_frames(0.15, 16) == 5
 
 
@@ -43,3 +46,18 @@ def test_a_size_not_measured_lately_gives_way_to_recent_rounds():
         times.add(1, 0.02)  # then fast one-frame rounds
     assert times.predict(4) == pytest.approx(0.08)
     assert times.most_frames(0.15, 4) == 4
+
+
+def test_a_size_beyond_the_budget_is_tried_once_in_recent_rounds_and_grows_rounds_if_it_pays():
+    """On a CPU a two-frame round costs less than two one-frame rounds when its faces are warped side by side: the
+    linear prediction alone would never let it be measured."""
+    times = RoundTimes()
+    times.add(1, 0.10)
+    assert times.most_frames(0.12, 4) == 2          # the size below fits: one round one frame bigger is tried
+    for _ in range(RECENT - 1):
+        assert times.most_frames(0.12, 4) == 1      # not again until RECENT rounds have passed
+        times.add(1, 0.10)
+    times.add(2, 0.11)                              # the trial's measure: the second frame cost a tenth
+    assert times.most_frames(0.12, 4) == 3          # 2 now fits, so 3 is tried (predicted 0.165, over the budget)
+    assert times.most_frames(0.12, 4) == 2          # and then rounds of 2
+    assert times.most_frames(0.0, 4) == 1           # nothing fits: no trial either
