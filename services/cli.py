@@ -350,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     # OpenCV's worker threads took 40 % more CPU for the same wall time on a live face's swap here (29 against 20
     # CPU-ms): its calls are small. The engine has threads of its own (stages, faces in flight, live rounds).
     cv2.setNumThreads(1)
+    # A face's swap makes hundreds of short OpenCV calls, each giving up the GIL and waiting to get it back: beside
+    # a thread busy in Python, up to the switch interval each (5 ms by default; one swap took 2 s instead of 25 ms,
+    # 0.3 s at 0.5 ms).
+    sys.setswitchinterval(0.0005)
     # SIGTERM (what Docker and Kubernetes send) stops a command as Ctrl-C does: its clean-up runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
