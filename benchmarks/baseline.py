@@ -104,7 +104,19 @@ def _decoded_frames(path: Path):
 
 def run_baseline(models: InProcessModels, sources: list[Path], target: Path, output: Path,
                  options: SwapOptions | None = None) -> SwapSummary:
-    """Swaps every face of the video ``target`` frame by frame; writes ``output``; times each stage."""
+    """Swaps every face of the video ``target`` frame by frame; writes ``output``; times each stage.
+
+    OpenCV runs with its own worker threads here, as the peers run it (the CLI turns them off for the engine)."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(-1)  # OpenCV's default
+    try:
+        return _run_baseline(models, sources, target, output, options)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _run_baseline(models: InProcessModels, sources: list[Path], target: Path, output: Path,
+                  options: SwapOptions | None) -> SwapSummary:
     options = options or SwapOptions()
     summary = SwapSummary()
     clock = StageClock(summary.stage_seconds)
