@@ -259,6 +259,9 @@ class TritonPool:
     def _call_memory(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
         try:
             return self._call_region(server, model, layout, timeout)
+        except shm.MissingOutput as error:
+            log.warning("%s; calling server %s again", error.message(), server.address)
+            return self._call_region(server, model, layout, timeout)
         except InferenceServerException as error:
             if not (server.memory and shm.lost_region(error)):
                 raise

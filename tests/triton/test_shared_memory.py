@@ -272,3 +272,18 @@ def test_a_full_dev_shm_fails_that_call_only(monkeypatch):
     region = memory.region(shm.MIN_BYTES)
     assert region is not None and region.size >= shm.MIN_BYTES
     memory.close()
+
+
+def test_an_answer_without_an_asked_output_is_a_clear_server_fault(triton):
+    """Triton once answered a call without one of its outputs (a bench run); the client says so instead of failing
+    on a None: a real answer that lacks ``SCORES`` (asked only for ``BOXES``) read as one that should have it."""
+    images = read_rgb("img01_single_frontal_obama.jpg")[None, :360, :640]
+    asked = shm.Layout.plan({"IMAGES": images}, ["BOXES"])
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        inputs, outputs = asked.request(None)
+        result = client.infer("detect", inputs, outputs=outputs)
+    assert set(asked.answer(result, None)) == {"BOXES"}
+    wanted = shm.Layout.plan({"IMAGES": images}, ["BOXES", "SCORES"])
+    with pytest.raises(shm.MissingOutput, match="model 'detect' lacks its output 'SCORES'") as caught:
+        wanted.answer(result, None)
+    assert caught.value.status() == "StatusCode.INTERNAL"  # a server fault: tried again, then another server
