@@ -3,8 +3,9 @@
 Each decodes the whole file to RGB frames in memory (one batch or frame at a time, nothing kept). Besides the wall
 time each row has the CPU seconds it took (this process's threads and the ffmpeg child): on a shared machine the
 CPU time is the steadier figure. Raw PyAV decodes as a user of it would: FFmpeg's frame threads
-(``thread_type = "AUTO"``) and its default conversion (``to_ndarray(format="rgb24")``). DALI's CPU decoder takes VP8/VP9/MJPEG only: on an
-H.264 file it is reported as unsupported, which is why the harness also measures a VP9 copy of the clip.
+(``thread_type = "AUTO"``) and its default conversion (``to_ndarray(format="rgb24")``). DALI's CPU decoder takes
+VP8/VP9/MJPEG only: on an H.264 file it is reported as unsupported, which is why the harness also measures a VP9 copy
+of the clip.
 """
 from __future__ import annotations
 
