@@ -421,12 +421,10 @@ class JobStore:
 
     def complete(self, job_id: str, worker: str, result: str, *, frames: int, faces_swapped: int, fps: float,
                  stats: dict) -> bool:
-        """running (by ``worker``) -> done; False if it is not this worker's running job. An earlier attempt's error
-        (why it was re-queued) goes: a done job has none."""
+        """running (by ``worker``) -> done; False if it is not this worker's running job."""
         now = time.time()
         with self._transaction(write=True) as tx:
-            done = tx.execute("UPDATE jobs SET state = 'done', worker = NULL, error = NULL, error_code = NULL, "
-                              "result = ?, frames_done = ?, "
+            done = tx.execute("UPDATE jobs SET state = 'done', worker = NULL, result = ?, frames_done = ?, "
                               "frames_total = ?, faces_swapped = ?, fps = ?, stats = ?, finished_at = ?, "
                               "updated_at = ? WHERE id = ? AND state = 'running' AND worker = ?",
                               (result, frames, frames, faces_swapped, fps, json.dumps(stats), now, now, job_id,

@@ -213,17 +213,6 @@ def test_recover_requeues_jobs_of_dead_workers_then_gives_up(store):
     assert store.recover(local_worker_is_dead, stale_after=3600) == []
 
 
-def test_a_job_done_after_being_re_queued_keeps_no_error(store):
-    job_id, = _create(store, max_attempts=2)
-    store.claim("w1")
-    requeued = store.fail(job_id, "w1", "Triton unavailable", retry=True, code="inference_unavailable")
-    assert requeued == "queued" and store.get(job_id).error == "Triton unavailable"
-    store.claim("w2")
-    assert store.complete(job_id, "w2", "outputs/x.mp4", frames=3, faces_swapped=3, fps=1.0, stats={})
-    done = store.get(job_id)
-    assert (done.state, done.error, done.error_code, done.attempts) == ("done", None, None, 2)
-
-
 def test_recover_requeues_jobs_with_a_stale_heartbeat(store):
     silent, fresh = _create(store, 2, max_attempts=1)
     store.claim("other-host:1:x:0")
