@@ -1,4 +1,4 @@
-"""An iterator's items made in a thread of their own, a few ahead of the one who takes them.
+"""An iterator's items made in a thread of their own, a few ahead of the one who takes them; and stages chained so.
 
 The reader decodes a video's frames in such a thread while its own thread converts the previous ones to RGB: the
 two overlap on two cores, and the decoder needs no frame threads of its own there (which cost about 1 CPU-ms a 720p
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -65,3 +65,17 @@ def made_ahead(items: Iterator[T], depth: int = 4, name: str = "made-ahead") -> 
     finally:
         stop.set()
         thread.join()
+
+
+def made_in_stages(source: Iterable, stages: list[Callable[[Iterator], Iterator]], depth: int = 2) -> Iterator:
+    """What the last stage yields: the source and each stage (an iterator of items to an iterator of items) run in a
+    thread of their own (``made_ahead``), ``depth`` items apart. The first failure ends the stages after it and is
+    raised here. Closing this stops every thread, the last stage first."""
+    chain = [made_ahead(iter(source), depth, "stage-0")]
+    for n, stage in enumerate(stages, 1):
+        chain.append(made_ahead(stage(chain[-1]), depth, f"stage-{n}"))
+    try:
+        yield from chain[-1]
+    finally:
+        for ahead in reversed(chain):
+            ahead.close()

@@ -7,8 +7,6 @@ Four stages overlap through bounded queues, so memory stays bounded for any vide
 """
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -18,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from swapstream.pipelines.ahead import made_in_stages
 from swapstream.services.engine.clock import STAGES, StageClock
 from swapstream.services.engine.encoder import VideoWriter, write_image
 from swapstream.services.engine.errors import SwapInputError
@@ -35,7 +34,6 @@ QUEUE_DEPTH = 2
 # other's is sent, aligned or blended. ``swapstream bench`` (the stand-in SimSwap chain, batch 8, two runs each,
 # interleaved): 6.2-6.3 frames/s one at a time, 6.9-7.3 two.
 SWAPS_IN_FLIGHT = 2
-_DONE = object()  # end of a stream of items
 
 
 @dataclass
@@ -86,64 +84,6 @@ class SwapSummary:
         text = (f"{self.frames} frames, {self.faces_swapped} faces swapped, {self.frames_without_face} frames "
                 f"without a face, {self.seconds:.1f} s ({self.fps:.1f} frames/s)")
         return "\n".join([text] + self.notes)
-
-
-class _Pipeline:
-    """Runs generator stages in threads joined by bounded queues; the first error stops them all."""
-
-    def __init__(self):
-        self.error: BaseException | None = None
-        self.stop = threading.Event()
-
-    def _put(self, q: queue.Queue, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _drain(self, q: queue.Queue) -> Iterator:
-        while True:
-            try:
-                item = q.get(timeout=0.1)
-            except queue.Empty:
-                if self.stop.is_set():
-                    return
-                continue
-            if item is _DONE:
-                return
-            yield item
-
-    def _work(self, make_items, out_q: queue.Queue) -> None:
-        try:
-            for item in make_items():
-                if not self._put(out_q, item):
-                    return
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            self.error = self.error or error
-            self.stop.set()
-        finally:
-            self._put(out_q, _DONE)
-
-    def run(self, source: Iterable, stages: list[Callable[[Iterator], Iterator]]) -> Iterator:
-        """Yields what the last stage yields; each stage maps an iterator of items to an iterator of items."""
-        queues = [queue.Queue(QUEUE_DEPTH) for _ in range(len(stages) + 1)]
-        feeders = [lambda: iter(source)] + [
-            (lambda stage=stage, q=q: stage(self._drain(q))) for stage, q in zip(stages, queues)]
-        threads = [threading.Thread(target=self._work, args=(feed, q), daemon=True)
-                   for feed, q in zip(feeders, queues)]
-        for thread in threads:
-            thread.start()
-        try:
-            yield from self._drain(queues[-1])
-        finally:
-            self.stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-        if self.error:
-            raise self.error
 
 
 def _batches(frames: Iterable[tuple[np.ndarray, TrackedFrame]], size: int) -> Iterator[tuple[np.ndarray, list]]:
@@ -296,7 +236,7 @@ def _swap_video(run: _Run, target: Path, output: Path, progress) -> None:
         run.swap_stage,
     ]
     with writer:
-        for frames in _Pipeline().run(clock.iterate("decode", reader), stages):
+        for frames in made_in_stages(clock.iterate("decode", reader), stages, QUEUE_DEPTH):
             with clock("encode"):
                 writer.write(frames)
             summary.frames += len(frames)

@@ -386,10 +386,10 @@ class Layout:
         """The outputs as arrays of their own (copied out of the region: its next call overwrites it)."""
         arrays = {}
         for name in self.outputs:
-            if result.get_output(name) is None:
+            tensor = result.get_output(name)
+            if tensor is None:
                 raise MissingOutput(result.get_response().model_name, name)
             if region is not None and name in self.out_region:
-                tensor = result.get_output(name)
                 dtype = triton_to_np_dtype(tensor.datatype)
                 arrays[name] = region.view(tuple(tensor.shape), dtype, self.out_region[name][0]).copy()
             else:

@@ -6,7 +6,7 @@ from contextlib import closing
 
 import pytest
 
-from swapstream.pipelines.ahead import made_ahead
+from swapstream.pipelines.ahead import made_ahead, made_in_stages
 
 
 def _threads(name: str) -> list[threading.Thread]:
@@ -56,3 +56,40 @@ def test_closing_early_stops_the_maker_and_closes_the_items():
     # Closed: the maker has stopped (joined) and the source was closed in its thread; nothing runs any more.
     assert closed.is_set() and not _threads("ahead-close")
     assert len(made) <= 4  # the one taken, the queue's two, the one that waited to be put
+
+
+def test_stages_each_in_a_thread_of_their_own_give_the_last_ones_items_in_order():
+    seen = {}
+
+    def stage(name, step):
+        def run(items):
+            for item in items:
+                seen.setdefault(name, set()).add(threading.current_thread().name)
+                yield item * step
+        return run
+
+    out = list(made_in_stages(range(20), [stage("double", 2), stage("add", 1)]))
+    assert out == [n * 2 for n in range(20)]
+    assert seen == {"double": {"stage-1"}, "add": {"stage-2"}}
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+
+
+def test_a_stage_that_fails_ends_every_stage_and_its_error_is_raised_to_the_taker():
+    def failing(items):
+        for item in items:
+            if item == 5:
+                raise RuntimeError("stage broke at 5")
+            yield item
+
+    taken = []
+    with pytest.raises(RuntimeError, match="stage broke at 5"):
+        for item in made_in_stages(iter(range(1000)), [failing, lambda items: (i for i in items)]):
+            taken.append(item)
+    assert taken == [0, 1, 2, 3, 4]
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+
+
+def test_closing_the_stages_early_stops_every_thread():
+    with closing(made_in_stages(iter(range(10**9)), [lambda items: (i + 1 for i in items)])) as out:
+        assert next(out) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
