@@ -13,6 +13,7 @@ A warp only reads the frame pixels under the crop's footprint, so only that box 
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from nvidia.dali import backend, fn, pipeline_def, types
+
+from swapstream.pipelines.device import GPU_EXTRA, DeviceFrames, copy_out_of_dali, device_frames, on_device
 
 DEVICES = ("cpu", "gpu")
 BACKENDS = ("dali", "opencv")
@@ -47,11 +50,35 @@ def geometry_backend(device: str, backend: str | None = None) -> str:
 
 
 def require_device(device: str) -> str:
-    """``check_device``, and for "gpu" that a CUDA GPU is there: checked before work starts, not by graph builders."""
-    if check_device(device) == "gpu" and backend.GetCUDADeviceCount() == 0:
+    """``check_device``, and for "gpu" that cuda-python (device memory, CUDA shared memory to Triton) and a CUDA GPU
+    are there: checked before work starts, not by graph builders nor in the middle of a job."""
+    if check_device(device) == "gpu":
+        try:
+            importlib.import_module("cuda.bindings.runtime")
+        except ImportError:
+            raise DeviceError(f"device 'gpu' was asked for, but the Python package cuda-python is not installed: "
+                              f"{GPU_EXTRA}; or use --device cpu") from None
+    if device == "gpu" and backend.GetCUDADeviceCount() == 0:
         raise DeviceError("device 'gpu' was asked for, but DALI sees no CUDA GPU (no NVIDIA GPU or driver visible "
                           "to this process); use --device cpu, or run where nvidia-smi lists a GPU")
     return device
+
+
+def input_device(device: str, value) -> str:
+    """Where a pipeline of ``device`` takes ``value`` in (its ``fn.external_source`` device): "gpu" for a tensor
+    already on the GPU (no host copy), "cpu" for a host array (moved to the GPU inside the graph on "gpu")."""
+    if not on_device(value):
+        return "cpu"
+    if check_device(device) != "gpu":
+        raise ValueError(f"a {type(value).__name__} on the GPU was handed to a pipeline built for device 'cpu': "
+                         "build it with device 'gpu', or copy the frames to the host first (pipelines.device.to_host)")
+    return "gpu"
+
+
+def source(name: str, source_device: str, device: str, **kwargs):
+    """``fn.external_source`` fed on ``source_device`` (``input_device``), its output on ``device``."""
+    data = fn.external_source(name=name, device=source_device, **kwargs)
+    return data.gpu() if device == "gpu" and source_device == "cpu" else data
 
 
 def pipeline_kwargs(device: str, batch_size: int, device_id: int = 0) -> dict:
@@ -154,13 +181,11 @@ def from_box(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
     return box_to_crop
 
 
-def warp_graph(device: str, size: int):
-    """Graph (call inside a pipeline): inputs "images" (HWC uint8) and "matrices" (2x3 float32,
-    DALI convention); returns size x size warps, zero outside the image (BORDER_CONSTANT 0)."""
-    images = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
+def warp_graph(device: str, size: int, images_on: str = "cpu"):
+    """Graph (call inside a pipeline): inputs "images" (HWC uint8, fed on ``images_on``) and "matrices" (2x3
+    float32, DALI convention); returns size x size warps, zero outside the image (BORDER_CONSTANT 0)."""
+    images = source("images", images_on, check_device(device), dtype=types.UINT8, ndim=3, layout="HWC")
     matrices = fn.external_source(name="matrices", dtype=types.FLOAT, ndim=2)
-    if check_device(device) == "gpu":
-        images = images.gpu()
     return fn.warp_affine(
         images,
         matrix=matrices,
@@ -173,34 +198,53 @@ def warp_graph(device: str, size: int):
 
 
 class BatchedPipeline:
-    """A built DALI pipeline over `graph()`, fed per-sample lists, run in chunks of at most
-    `max_batch_size` samples (DALI batches may be smaller than the pipeline's batch size)."""
+    """A built DALI pipeline over `graph(source)`, fed per-sample lists, run in chunks of at most
+    `max_batch_size` samples (DALI batches may be smaller than the pipeline's batch size).
+
+    ``graph`` takes where its frames are fed (``input_device``): the pipeline for host inputs is built now, the one
+    for inputs already on the GPU when the first of them comes."""
 
     def __init__(self, graph, device: str, max_batch_size: int, device_id: int = 0):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.device = check_device(device)
         self.max_batch_size = max_batch_size
-
-        @pipeline_def(**pipeline_kwargs(device, max_batch_size, device_id))
-        def pipeline():
-            return graph()
-
-        self._pipe = pipeline()
-        self._pipe.build()
+        self.device_id = device_id
+        self._graph = graph
+        self._pipes = {"cpu": self._build("cpu")}
         self._lock = threading.Lock()  # one DALI pipeline runs one batch at a time
+        self._building = threading.Lock()
+
+    def _build(self, source_device: str):
+        @pipeline_def(**pipeline_kwargs(self.device, self.max_batch_size, self.device_id))
+        def pipeline():
+            return self._graph(source_device)
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def _chunks(self, count: int, inputs: dict):
+        """(start, the DALI pipeline for these inputs, the chunk's inputs), ``max_batch_size`` samples a chunk."""
+        if count == 0:
+            return
+        source_device = input_device(self.device, next(iter(inputs.values()))[0])
+        with self._building:
+            if source_device not in self._pipes:
+                self._pipes[source_device] = self._build(source_device)
+            pipe = self._pipes[source_device]
+        for start in range(0, count, self.max_batch_size):
+            yield start, pipe, {name: [x if on_device(x) else np.ascontiguousarray(x)
+                                       for x in samples[start : start + self.max_batch_size]]
+                                for name, samples in inputs.items()}
 
     def run(self, **inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Inputs by name, one array per sample; returns each output's samples, in order."""
         count = len(next(iter(inputs.values())))
         outputs: list[list[np.ndarray]] | None = None
-        for start in range(0, count, self.max_batch_size):
-            chunk = {
-                name: [np.ascontiguousarray(x) for x in samples[start : start + self.max_batch_size]]
-                for name, samples in inputs.items()
-            }
+        for _, pipe, chunk in self._chunks(count, inputs):
             with self._lock:
-                results = self._pipe.run(**chunk)
+                results = pipe.run(**chunk)
                 if outputs is None:
                     outputs = [[] for _ in results]
                 for collected, result in zip(outputs, results):
@@ -210,15 +254,26 @@ class BatchedPipeline:
     def run_into(self, out: np.ndarray, **inputs: list[np.ndarray]) -> np.ndarray:
         """``run`` for a graph with one output of one shape per sample: the samples are copied once, into
         ``out`` (one row each), not into arrays of their own first."""
-        for start in range(0, len(out), self.max_batch_size):
-            chunk = {name: [np.ascontiguousarray(x) for x in samples[start : start + self.max_batch_size]]
-                     for name, samples in inputs.items()}
+        for start, pipe, chunk in self._chunks(len(out), inputs):
             with self._lock:
-                (result,) = self._pipe.run(**chunk)
+                (result,) = pipe.run(**chunk)
                 if hasattr(result, "as_cpu"):
                     result = result.as_cpu()
                 for i in range(len(result)):
                     out[start + i] = np.asarray(result[i])  # aliases DALI's buffer until the next run: copied now
+        return out
+
+    def run_on_device(self, shape: tuple[int, ...], **inputs) -> DeviceFrames:
+        """``run_into`` on the GPU: the samples (one ``shape[1:]`` each) are copied, device to device, into frames
+        of their own that stay on the GPU (``DeviceFrames``)."""
+        if self.device != "gpu":
+            raise ValueError("run_on_device needs a pipeline built for device 'gpu'")
+        out = DeviceFrames(shape, self.device_id)
+        row = out.nbytes // max(len(out), 1)
+        for start, pipe, chunk in self._chunks(len(out), inputs):
+            with self._lock:
+                (result,) = pipe.run(**chunk)
+                copy_out_of_dali(result, out.pointer + start * row)  # before the next run overwrites it
         return out
 
 
@@ -237,14 +292,18 @@ class Aligner:
         self.device = check_device(device)
         self.backend = geometry_backend(device, backend)
         self._pipe = None if self.backend == "opencv" else \
-            BatchedPipeline(lambda: warp_graph(device, self.size), device, max_batch_size, device_id)
+            BatchedPipeline(lambda images_on: warp_graph(device, self.size, images_on), device, max_batch_size,
+                            device_id)
 
     def __call__(
         self, frames: np.ndarray, frame_index: np.ndarray, matrices: np.ndarray
     ) -> np.ndarray:
         """frames (N,H,W,3) uint8; frame_index (K,) which frame each face is in; matrices (K,2,3)
         OpenCV frame->crop. Returns (K,S,S,3) uint8 crops, as cv2.warpAffine(INTER_LINEAR,
-        BORDER_CONSTANT 0) would give them."""
+        BORDER_CONSTANT 0) would give them. ``frames`` may be ``DeviceFrames`` (on "gpu": read where they are;
+        the crops come to the host)."""
+        if self._pipe is None:
+            input_device(self.device, frames)  # frames on the GPU are refused here: OpenCV reads host memory
         frames, frame_index, matrices = _check_align_inputs(frames, frame_index, matrices)
         h, w = frames.shape[1:3]
         crops = np.zeros((len(frame_index), self.size, self.size, frames.shape[-1]), dtype=np.uint8)
@@ -257,7 +316,11 @@ class Aligner:
                 cv2.warpAffine(frames[frame_index[k]], matrices[k], (self.size, self.size), dst=crops[k],
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             return crops
-        images = [frames[frame_index[k], boxes[k].y0 : boxes[k].y1, boxes[k].x0 : boxes[k].x1] for k in todo]
+        if isinstance(frames, DeviceFrames):  # on the GPU a whole frame is a pointer, not a copy: no box cut
+            boxes = [Box(0, 0, w, h)] * len(boxes)
+            images = [frames.sample(int(frame_index[k])) for k in todo]
+        else:
+            images = [frames[frame_index[k], boxes[k].y0 : boxes[k].y1, boxes[k].x0 : boxes[k].x1] for k in todo]
         dali_matrices = [dali_warp_matrix(from_box(matrices[k], boxes[k])) for k in todo]
         if len(todo) == len(crops):
             return self._pipe.run_into(crops, images=images, matrices=dali_matrices)
@@ -286,8 +349,8 @@ def align_faces(
 
 
 def _check_align_inputs(frames, frame_index, matrices):
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.dtype != np.uint8:
+    frames = device_frames(frames) if on_device(frames) else np.asarray(frames)
+    if len(frames.shape) != 4 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (N,H,W,C), got {frames.dtype} {frames.shape}")
     frame_index = np.asarray(frame_index, dtype=np.int64).reshape(-1)
     matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3)

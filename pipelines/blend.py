@@ -20,7 +20,7 @@ import numpy as np
 from nvidia.dali import fn, types
 
 from swapstream.pipelines.align import (BatchedPipeline, Box, check_device, footprint, from_box, geometry_backend,
-                                        opencv_to_dali_inverse)
+                                        opencv_to_dali_inverse, source)
 
 
 def box_warp_matrix(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
@@ -29,16 +29,14 @@ def box_warp_matrix(frame_to_crop: np.ndarray, box: Box) -> np.ndarray:
     return opencv_to_dali_inverse(from_box(frame_to_crop, box)).astype(np.float32)
 
 
-def paste_graph(device: str):
-    """Graph (call inside a pipeline): inputs "faces" (SxSx3 uint8), "masks" (SxSx1 uint8),
+def paste_graph(device: str, faces_on: str = "cpu"):
+    """Graph (call inside a pipeline): inputs "faces" (SxSx3 uint8) and "masks" (SxSx1 uint8), fed on ``faces_on``,
     "matrices" (2x3 float32, DALI convention) and "sizes" (float32 [h, w] of each box).
     Returns the faces (border pixels repeated, as BORDER_REPLICATE) and masks (0 outside)."""
-    faces = fn.external_source(name="faces", dtype=types.UINT8, ndim=3, layout="HWC")
-    masks = fn.external_source(name="masks", dtype=types.UINT8, ndim=3, layout="HWC")
+    faces = source("faces", faces_on, check_device(device), dtype=types.UINT8, ndim=3, layout="HWC")
+    masks = source("masks", faces_on, device, dtype=types.UINT8, ndim=3, layout="HWC")
     matrices = fn.external_source(name="matrices", dtype=types.FLOAT, ndim=2)
     sizes = fn.external_source(name="sizes", dtype=types.FLOAT, ndim=1)
-    if check_device(device) == "gpu":
-        faces, masks = faces.gpu(), masks.gpu()
     common = dict(matrix=matrices, size=sizes, interp_type=types.INTERP_LINEAR, inverse_map=True, device=device)
     return fn.warp_affine(faces, **common), fn.warp_affine(masks, fill_value=0.0, **common)
 
@@ -50,7 +48,7 @@ class Blender:
         self.device = check_device(device)
         self.backend = geometry_backend(device, backend)
         self._pipe = None if self.backend == "opencv" else \
-            BatchedPipeline(lambda: paste_graph(device), device, max_batch_size, device_id)
+            BatchedPipeline(lambda faces_on: paste_graph(device, faces_on), device, max_batch_size, device_id)
 
     def __call__(
         self,

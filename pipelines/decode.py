@@ -1,4 +1,5 @@
-"""Video decode into batches of upright RGB frames (numpy uint8 [n, H, W, 3]).
+"""Video decode into batches of upright RGB frames (numpy uint8 [n, H, W, 3]; on "gpu", asked with ``on_device``,
+``DeviceFrames`` that stay on the GPU: `frames_stay_on_device`).
 
 Which decoder runs (decoder="auto"):
 - On "gpu", DALI's own video decoder (NVDEC, `device="mixed"`) where it takes the codec: H.264, HEVC, VP8, VP9,
@@ -38,6 +39,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from swapstream.pipelines.ahead import made_ahead
 from swapstream.pipelines.align import check_device, pipeline_kwargs, to_numpy
+from swapstream.pipelines.device import DeviceFrames
 from swapstream.pipelines.decode_rgb import BatchArrays, RgbWriter
 
 # FFmpeg codec names DALI's decoder takes, per backend (DALI 2.4 docs; CPU list measured here).
@@ -105,7 +107,7 @@ class VideoInfo:
 
 @dataclass(frozen=True, eq=False)
 class VideoBatch:
-    frames: np.ndarray  # uint8 [n, H, W, 3] RGB, upright
+    frames: np.ndarray | DeviceFrames  # uint8 [n, H, W, 3] RGB, upright (on the GPU: see VideoReader.on_device)
     start: int  # index of the first frame in the video
     pts: np.ndarray  # int64 [n], in VideoInfo.time_base units
 
@@ -141,6 +143,14 @@ def dali_decoder_device(device: str) -> str:
     return "mixed" if check_device(device) == "gpu" else "cpu"
 
 
+def frames_stay_on_device(device: str, on_device: bool) -> bool:
+    """Whether the reader's batches stay on the GPU (``DeviceFrames``): asked for (``on_device``), on "gpu" only.
+    NVDEC's frames are then never copied to the host by the reader; PyAV's go to the GPU once, as before."""
+    if on_device and check_device(device) != "gpu":
+        raise ValueError("frames can stay on the GPU only with device 'gpu'; on 'cpu' they are decoded to the host")
+    return on_device
+
+
 KEEP_NEEDS_PYAV = "keep (reading only some frames) needs the PyAV decoder: use decoder='auto' or 'pyav'"
 
 
@@ -151,15 +161,17 @@ def open_video(
     decoder: str = "auto",
     device_id: int = 0,
     keep: np.ndarray | None = None,
+    on_device: bool = False,
 ) -> "VideoReader":
     """Probe `path` and return a reader: iterate it for `VideoBatch`es, `.info` for metadata.
 
     decoder: "auto" (NVDEC on "gpu" where it takes the codec, else PyAV: `choose_decoder`), or force "dali" / "pyav".
     keep: only these frames (sorted indices into the video), decoded from the key frame before the first; PyAV reads
     them (decoder "dali" with `keep` raises ValueError), and a batch's `start` then counts kept frames.
+    on_device: on "gpu", batches of `DeviceFrames` that stay on the GPU (`frames_stay_on_device`).
     Raises VideoDecodeError at once for a missing, non-video, truncated or undecodable file.
     """
-    check_device(device)
+    frames_stay_on_device(device, on_device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if decoder not in ("auto", "dali", "pyav"):
@@ -173,15 +185,16 @@ def open_video(
             f"{info.path}: DALI's {device.upper()} decoder does not take {info.codec} "
             f"({info.pix_fmt}); use decoder='auto' or 'pyav'"
         )
-    return VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id, keep=keep)
+    return VideoReader(info, device, batch_size, chosen if decoder == "auto" else decoder, device_id, keep=keep,
+                       on_device=on_device)
 
 
 class VideoReader:
     """Iterable of `VideoBatch`es of one video. Each iteration decodes the file from the start."""
 
     def __init__(self, info: VideoInfo, device: str, batch_size: int, decoder: str, device_id: int = 0,
-                 keep: np.ndarray | None = None):
-        """``keep``: only these frames (see ``open_video``); PyAV only."""
+                 keep: np.ndarray | None = None, on_device: bool = False):
+        """``keep``: only these frames (see ``open_video``); PyAV only. ``on_device``: batches stay on the GPU."""
         if keep is not None and decoder == "dali":
             raise ValueError(KEEP_NEEDS_PYAV)
         self.info = info
@@ -190,6 +203,14 @@ class VideoReader:
         self.decoder = decoder
         self.device_id = device_id
         self.keep = keep
+        self.on_device = frames_stay_on_device(device, on_device)
+
+    def _frames(self, output) -> np.ndarray | DeviceFrames:
+        """A GPU pipeline's one output sample (an FHWC sequence) as the batch's frames: copied device to device into
+        ``DeviceFrames`` when they stay on the GPU, else to the host."""
+        if self.on_device:
+            return DeviceFrames.from_dali(output, self.device_id, output.shape()[0])
+        return to_numpy(output)[0]
 
     def __iter__(self) -> Iterator[VideoBatch]:
         if self.decoder == "dali":
@@ -208,7 +229,7 @@ class VideoReader:
                 (frames,) = pipe.run()
             except RuntimeError as exc:
                 raise self._failure(start, exc) from exc
-            batch = to_numpy(frames)[0]
+            batch = self._frames(frames)
             if len(batch) == 0:
                 break
             if batch.shape[1:3] != (self.info.height, self.info.width):
@@ -228,7 +249,7 @@ class VideoReader:
                 (frames,) = pipe.run(frames=[batch.frames])
             except RuntimeError as exc:
                 raise self._failure(batch.start, exc) from exc
-            yield VideoBatch(to_numpy(frames)[0], batch.start, batch.pts)
+            yield VideoBatch(self._frames(frames), batch.start, batch.pts)
 
     def _pyav_batches(self, upright: bool) -> Iterator[VideoBatch]:
         """Batches from PyAV, each frame converted to RGB once, straight into its batch's array.

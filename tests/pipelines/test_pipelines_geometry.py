@@ -351,7 +351,7 @@ def test_align_over_the_face_boxes_equals_the_whole_frame_warp(group_photo):
     matrices = np.stack([estimate_similarity(points, ffhq_512) for points in landmarks]
                         + [estimate_similarity(upside_down, ffhq_512), similarity(2.0, 10.0, -100.0, 40.0),
                            similarity(1.0, 0.0, 5000.0, 5000.0)])
-    whole_frames = BatchedPipeline(lambda: warp_graph("cpu", 512), "cpu", 8)
+    whole_frames = BatchedPipeline(lambda images_on: warp_graph("cpu", 512, images_on), "cpu", 8)
     (reference,) = whole_frames.run(images=[frames[i] for i in index],
                                     matrices=[dali_warp_matrix(m) for m in matrices])
     reference = np.stack(reference)
