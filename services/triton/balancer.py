@@ -18,6 +18,7 @@ ready pod, and a gRPC client that connected to one name would otherwise keep its
   per server and per calling thread, registered once, given back when the pool is released); others plain gRPC.
   A server that answers that it does not know a region (restarted since) gets the calling thread's region
   registered again, once a call. Regions given back while the pool runs are unregistered by the watcher.
+  Tensors already on the GPU go to a server on this host through CUDA shared memory the same way (``cuda_memory``).
 
 One ``TritonPool`` per target string is shared by every client of the process (``pool_for``), so a process has one
 watcher and one gRPC channel per server whatever its number of clients.
@@ -36,6 +37,7 @@ from typing import Callable
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from swapstream.services.triton import cuda_memory
 from swapstream.services.triton import shared_memory as shm
 
 log = logging.getLogger("swapstream.triton")
@@ -103,6 +105,7 @@ class Server:
     in_flight: set = field(default_factory=set)
     calls: int = 0
     memory: shm.ServerMemory | None = None  # its shared-memory regions, for a server on this host
+    gpu_memory: cuda_memory.CudaServerMemory | None = None  # its CUDA regions (tensors on the GPU), on this host too
 
 
 class TritonPool:
@@ -151,9 +154,11 @@ class TritonPool:
             for address in dict.fromkeys(addresses):
                 if address not in current:
                     client = grpcclient.InferenceServerClient(address)
-                    memory = (shm.ServerMemory(address, client, self.probe_timeout)
-                              if self._shared_memory and self._local(address) else None)
-                    self._servers[address] = Server(address, client, memory=memory)
+                    local = self._shared_memory and self._local(address)
+                    memory = shm.ServerMemory(address, client, self.probe_timeout) if local else None
+                    gpu_memory = (cuda_memory.CudaServerMemory(address, client, self.probe_timeout)
+                                  if local and cuda_memory.available() else None)
+                    self._servers[address] = Server(address, client, memory=memory, gpu_memory=gpu_memory)
                     if current:
                         log.warning("Triton server %s added (%s)", address, self.targets)
             for address in current - set(addresses):
@@ -209,8 +214,9 @@ class TritonPool:
                 self._resolve()
             self.probe()
             for server in self.servers():
-                if server.up and server.memory:
-                    server.memory.collect()  # regions given back since the last round (see shared_memory)
+                for memory in (server.memory, server.gpu_memory) if server.up else ():
+                    if memory:
+                        memory.collect()  # regions given back since the last round (see shared_memory)
             with self._lock:
                 retired, self._retired = self._retired, [s for s in self._retired if s.in_flight]
             for server in retired:
@@ -267,13 +273,16 @@ class TritonPool:
                 raise
         log.warning("Triton server %s lost this process's shared memory (restarted?): registering it again",
                     server.address)
-        server.memory.drop_current()  # this thread's region; other threads replace theirs when they find out
+        for memory in (server.memory, server.gpu_memory):  # this thread's regions; other threads replace theirs
+            if memory:
+                memory.drop_current()
         return self._call_region(server, model, layout, timeout)
 
     def _call_region(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
         """One call on ``server``, its large tensors through this thread's region when the server is local."""
         region = server.memory.region(layout.nbytes) if server.memory and layout.nbytes else None
-        inputs, outputs = layout.request(region)
+        gpu = server.gpu_memory.region(layout.gpu_nbytes) if server.gpu_memory and layout.gpu_nbytes else None
+        inputs, outputs = layout.request(region, gpu)
         return layout.answer(self._call_one(server, model, inputs, outputs, timeout), region)
 
     def _call_one(self, server: Server, model: str, inputs: list, outputs: list, timeout: float | None):
@@ -319,8 +328,9 @@ class TritonPool:
 
 
 def _close(server: Server) -> None:
-    if server.memory:
-        server.memory.close()
+    for memory in (server.memory, server.gpu_memory):
+        if memory:
+            memory.close()
     server.client.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from swapstream.pipelines.device import on_device
 from swapstream.services.triton import balancer
 from swapstream.services.triton.shared_memory import Layout
 
@@ -52,8 +53,9 @@ class SwapstreamClient:
 
     def detect(self, images: np.ndarray, *, image_sizes: np.ndarray | None = None, detect_size: int | None = None,
                score_threshold: float | None = None, nms_threshold: float | None = None) -> Detections:
-        """Faces in RGB images [N,H,W,3] uint8 (padded to one size; their own sizes in ``image_sizes``)."""
-        inputs = {"IMAGES": np.asarray(images, np.uint8)}
+        """Faces in RGB images [N,H,W,3] uint8 (padded to one size; their own sizes in ``image_sizes``); images on the
+        GPU (``pipelines.device``) go to a server on this host by CUDA shared memory."""
+        inputs = {"IMAGES": images if on_device(images) else np.asarray(images, np.uint8)}
         if image_sizes is not None:
             inputs["IMAGE_SIZES"] = np.asarray(image_sizes, np.int32)
         if detect_size is not None:

@@ -39,13 +39,14 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from swapstream.pipelines.device import device_shape, on_device, to_host
 from swapstream.services.triton.reaper import SHM_FOLDER
 
 log = logging.getLogger("swapstream.triton")
@@ -176,11 +177,14 @@ class Region:
         except BufferError:  # an array still views it: the mapping goes with the last view
             pass
 
+    def _unregister(self) -> None:
+        self._client.unregister_system_shared_memory(self.name, client_timeout=self._timeout)
+
     def unregister(self) -> bool:
         """One try at unregistering the region: True when done (or the server is gone), False when refused."""
         self.timed_out = False
         try:
-            self._client.unregister_system_shared_memory(self.name, client_timeout=self._timeout)
+            self._unregister()
             return True
         except InferenceServerException as error:
             if error.status() in GONE:
@@ -203,7 +207,10 @@ class Region:
 
 
 class ServerMemory:
-    """The regions of one local server, one per calling thread."""
+    """The regions of one local server, one per calling thread (system shared memory; ``cuda_memory`` keeps CUDA
+    shared memory the same way, through ``_make`` and ``_first_use``)."""
+
+    WHERE = str(SHM_FOLDER)  # where a region's memory is, for the log
 
     def __init__(self, address: str, client: grpcclient.InferenceServerClient, timeout: float | None = None):
         """``timeout``: the deadline of each registration call, in seconds (the pool's ``probe_timeout``)."""
@@ -230,14 +237,14 @@ class ServerMemory:
         self._first_use()
         size = -(-int(nbytes * HEADROOM) // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
-            region = Region(size, self._client, self._timeout)
+            region = self._make(size)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.ENOMEM):
                 return self._refuse(error)
             # /dev/shm is full now: this call goes as plain gRPC, the next one tries again.
             if not self._full:
                 log.warning("no room in %s for a %d-byte shared-memory region (%s): calls to Triton server %s go "
-                            "as plain gRPC until there is", SHM_FOLDER, size, error.strerror, self.address)
+                            "as plain gRPC until there is", self.WHERE, size, error.strerror, self.address)
             self._full = True
             return None
         except InferenceServerException as error:
@@ -250,6 +257,10 @@ class ServerMemory:
             dropped = [self._regions.pop(t) for t in ended]
         self._give_back(([old] if old else []) + dropped)
         return region
+
+    def _make(self, size: int) -> Region:
+        """A new region of ``size`` bytes, registered with the server (OSError ENOSPC/ENOMEM: no room now)."""
+        return Region(size, self._client, self._timeout)
 
     def _refuse(self, error: Exception) -> None:
         self.refused = str(error).strip()[:200]
@@ -329,6 +340,16 @@ class ServerMemory:
             return [r.name for r in self._regions.values()]
 
 
+def transport(value, local: bool, gpu_memory: bool = True) -> str:
+    """How one input tensor goes to a server: "cuda" (a CUDA shared-memory region: a tensor already on the GPU, to
+    a server on this host that takes ``gpu_memory``), "system" (a system shared-memory region: a large host array
+    to a server on this host), or "message" (inside the gRPC message; a tensor on the GPU is copied to the host
+    for it, once)."""
+    if on_device(value):
+        return "cuda" if local and gpu_memory else "message"
+    return "system" if local and value.nbytes >= MIN_BYTES else "message"
+
+
 def lost_region(error: InferenceServerException) -> bool:
     """The server does not know a region the request names (it restarted since it was registered)."""
     message = (error.message() or "").lower()
@@ -338,33 +359,47 @@ def lost_region(error: InferenceServerException) -> bool:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a call's tensors go: which inputs and outputs through the region, at what offsets."""
+    """Where a call's tensors go: which inputs and outputs through the region, at what offsets; inputs already on
+    the GPU through a CUDA region (``cuda_memory``), back to back (tritonclient writes them so)."""
 
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     in_region: dict[str, int]                          # input name -> offset
     out_region: dict[str, tuple[int, int]]             # output name -> (offset, bytes)
     nbytes: int
+    on_gpu: dict[str, tuple[int, int]] = field(default_factory=dict)  # input name -> (offset, bytes) in a CUDA region
+    gpu_nbytes: int = 0
 
     @classmethod
     def plan(cls, inputs: dict[str, np.ndarray], outputs: list[str],
              output_sizes: dict[str, int] | None = None) -> "Layout":
         """``output_sizes``: the byte size of outputs known before the call (others come in the answer)."""
-        offset, in_region, out_region = 0, {}, {}
+        offset, in_region, out_region, gpu_offset, on_gpu = 0, {}, {}, 0, {}
         for name, value in inputs.items():
-            if value.nbytes >= MIN_BYTES:
+            kind = transport(value, local=True)  # what a server on this host gets; others get the message
+            if kind == "cuda":
+                shape, dtype = device_shape(value)
+                on_gpu[name] = (gpu_offset, int(np.prod(shape)) * dtype.itemsize)
+                gpu_offset += on_gpu[name][1]
+            elif kind == "system":
                 in_region[name] = offset
                 offset += -(-value.nbytes // ALIGN) * ALIGN
         for name, size in (output_sizes or {}).items():
             if size >= MIN_BYTES and name in outputs:
                 out_region[name] = (offset, size)
                 offset += -(-size // ALIGN) * ALIGN
-        return cls(inputs, outputs, in_region, out_region, offset)
+        return cls(inputs, outputs, in_region, out_region, offset, on_gpu, gpu_offset)
 
-    def request(self, region: Region | None) -> tuple[list, list]:
-        """Triton's inputs and requested outputs: through ``region`` where planned, else in the message."""
+    def request(self, region: Region | None, gpu_region=None) -> tuple[list, list]:
+        """Triton's inputs and requested outputs: through ``region`` (system shared memory) and ``gpu_region``
+        (CUDA shared memory, ``cuda_memory.CudaRegion``) where planned, else in the message."""
+        if gpu_region is not None and self.on_gpu:
+            gpu_region.write([self.inputs[name] for name in self.on_gpu])
         tensors = []
         for name, value in self.inputs.items():
+            if name in self.on_gpu:
+                tensors.append(self._gpu_input(name, value, gpu_region))
+                continue
             tensor = grpcclient.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
             if region is not None and name in self.in_region:
                 offset = self.in_region[name]
@@ -381,6 +416,16 @@ class Layout:
                 output.set_shared_memory(region.name, size, offset)
             wanted.append(output)
         return tensors, wanted
+
+    def _gpu_input(self, name: str, value, gpu_region) -> grpcclient.InferInput:
+        shape, dtype = device_shape(value)
+        tensor = grpcclient.InferInput(name, list(shape), np_to_triton_dtype(dtype))
+        if gpu_region is not None:
+            offset, nbytes = self.on_gpu[name]
+            tensor.set_shared_memory(gpu_region.name, nbytes, offset)
+        else:  # a server elsewhere (or one without CUDA shared memory): the one copy to the host
+            tensor.set_data_from_numpy(np.ascontiguousarray(to_host(value)))
+        return tensor
 
     def answer(self, result, region: Region | None) -> dict[str, np.ndarray]:
         """The outputs as arrays of their own (copied out of the region: its next call overwrites it)."""
