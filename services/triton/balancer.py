@@ -156,8 +156,7 @@ class TritonPool:
                     client = grpcclient.InferenceServerClient(address)
                     local = self._shared_memory and self._local(address)
                     memory = shm.ServerMemory(address, client, self.probe_timeout) if local else None
-                    gpu_memory = (cuda_memory.CudaServerMemory(address, client, self.probe_timeout)
-                                  if local and cuda_memory.available() else None)
+                    gpu_memory = cuda_memory.CudaServerMemory(address, client, self.probe_timeout) if local else None
                     self._servers[address] = Server(address, client, memory=memory, gpu_memory=gpu_memory)
                     if current:
                         log.warning("Triton server %s added (%s)", address, self.targets)

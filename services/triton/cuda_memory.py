@@ -38,23 +38,14 @@ NAME_PART = "cuda_"  # a CUDA region's name: shared_memory.MINE + pid + "_cuda_"
 
 
 def cuda_shared_memory():
-    """tritonclient's CUDA shared-memory module; ImportError (saying what to install) without cuda-python."""
+    """tritonclient's CUDA shared-memory module (imported at the first CUDA region: 0.1 s, which a run on the CPU does
+    not pay); ImportError (saying what to install) without cuda-python."""
     try:
         import tritonclient.utils.cuda_shared_memory as module
     except (ImportError, RuntimeError) as error:  # tritonclient raises RuntimeError when cuda-python is missing
         raise ImportError("CUDA shared memory to Triton needs the Python package cuda-python: "
                           "pip install 'swapstream[gpu]'") from error
     return module
-
-
-def available() -> bool:
-    """Whether this process can make CUDA shared-memory regions at all (cuda-python is there; a GPU is checked by
-    ``require_device`` at start, and a region that cannot be made sends its call in the message)."""
-    try:
-        cuda_shared_memory()
-    except ImportError:
-        return False
-    return True
 
 
 class CudaRegion(shm.Region):

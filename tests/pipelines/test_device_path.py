@@ -120,12 +120,14 @@ def test_device_gpu_without_cuda_python_is_refused_at_start_saying_what_to_insta
     code = ("import sys; sys.modules['cuda.bindings'] = sys.modules['cuda.bindings.runtime'] = None\n"
             "from swapstream.pipelines.align import DeviceError, require_device\n"
             "from swapstream.services.triton import cuda_memory\n"
-            "assert require_device('cpu') == 'cpu' and not cuda_memory.available()\n"
-            "try:\n    require_device('gpu')\nexcept DeviceError as error:\n    print(error)\n")
+            "assert require_device('cpu') == 'cpu'\n"
+            "for check in (lambda: require_device('gpu'), cuda_memory.cuda_shared_memory):\n"
+            "    try:\n        check()\n    except (DeviceError, ImportError) as error:\n        print(error)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "cuda-python is not installed" in done.stdout and "swapstream[gpu]" in done.stdout
-    assert "--device cpu" in done.stdout
+    refused, no_module = done.stdout.splitlines()
+    assert "cuda-python is not installed" in refused and "swapstream[gpu]" in refused and "--device cpu" in refused
+    assert "needs the Python package cuda-python" in no_module and "swapstream[gpu]" in no_module
 
 
 # ---- on a GPU only (skipped here) ----------------------------------------------------------------------------------
