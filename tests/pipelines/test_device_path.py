@@ -134,10 +134,11 @@ def test_device_gpu_without_cuda_python_is_refused_at_start_saying_what_to_insta
 
 
 @needs_gpu
-def test_on_a_gpu_nvdec_batches_stay_on_the_device_with_the_host_paths_pixels():
+@pytest.mark.parametrize("decoder", ["dali", "pyav"])
+def test_on_a_gpu_the_readers_batches_stay_on_the_device_with_the_host_paths_pixels(decoder):
     clip = MEDIA / "vid03_square_480_expressions.mp4"
-    on_host = list(open_video(clip, "gpu", batch_size=8))
-    kept = list(open_video(clip, "gpu", batch_size=8, on_device=True))
+    on_host = list(open_video(clip, "gpu", batch_size=8, decoder=decoder))
+    kept = list(open_video(clip, "gpu", batch_size=8, decoder=decoder, on_device=True))
     assert [b.start for b in kept] == [b.start for b in on_host]
     for device_batch, host_batch in zip(kept, on_host):
         assert isinstance(device_batch.frames, DeviceFrames)

@@ -107,6 +107,26 @@ def test_on_a_gpu_frames_on_the_device_go_to_detect_by_cuda_shared_memory(triton
         pool._release()
 
 
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here: runs where one is")
+def test_on_a_gpu_cuda_regions_grow_per_thread_and_are_unregistered_at_close(triton, frame):
+    import tritonclient.grpc as grpcclient
+    pool = TritonPool(triton.grpc_url)
+    own = SwapstreamClient(triton.grpc_url, pool=pool)
+    memory = pool.servers()[0].gpu_memory
+    try:
+        small = np.ascontiguousarray(frame[None, :240, :320])
+        own.detect(_on_device(small))
+        (first,) = memory.names()
+        own.detect(_on_device(np.ascontiguousarray(np.repeat(frame[None, :480, :640], 4, axis=0))))
+        (second,) = memory.names()  # a bigger batch: a bigger region, the first given back
+        assert second != first
+    finally:
+        pool._release()
+    with grpcclient.InferenceServerClient(triton.grpc_url) as admin:
+        left = set(admin.get_cuda_shared_memory_status(as_json=True).get("regions", {}))
+    assert not left & {first, second}
+
+
 def _on_device(frames: np.ndarray):
     """Host frames copied into device memory of their own, as the reader's DeviceFrames are."""
     import cuda.bindings.runtime as cudart
