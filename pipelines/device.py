@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+from nvidia.dali.backend import TensorGPU, TensorListGPU
 
 # DLPack device types (dlpack.h): memory a CUDA kernel reads as it is.
 DLPACK_CUDA, DLPACK_CUDA_MANAGED = 2, 13
@@ -30,6 +31,8 @@ def on_device(value) -> bool:
     """Whether ``value`` is a tensor in GPU memory (a DLPack CUDA device, or only a CUDA array interface)."""
     if isinstance(value, np.ndarray):
         return False
+    if isinstance(value, TensorListGPU):  # a DALI batch: neither protocol, but on the GPU all the same
+        return True
     dlpack_device = getattr(value, "__dlpack_device__", None)
     if dlpack_device is not None:
         return int(dlpack_device()[0]) in DLPACK_ON_DEVICE
@@ -41,7 +44,8 @@ def device_shape(value) -> tuple[tuple[int, ...], np.dtype]:
     interface = getattr(value, "__cuda_array_interface__", None)
     if interface is None:
         raise TypeError(f"{type(value).__name__} is on the GPU but has no __cuda_array_interface__ to read its shape "
-                        "from; hand over a DALI TensorGPU, a CuPy array or a DeviceFrames")
+                        "from; hand over a DALI TensorGPU (a TensorListGPU's as_tensor()), a CuPy array or a "
+                        "DeviceFrames")
     return tuple(int(d) for d in interface["shape"]), np.dtype(interface["typestr"])
 
 
@@ -60,7 +64,8 @@ def to_host(value) -> np.ndarray:
     if isinstance(value, DeviceFrames):
         return value.host()
     if hasattr(value, "as_cpu"):  # DALI TensorGPU / TensorListGPU
-        return np.array(value.as_cpu(), copy=True)
+        host = value.as_cpu()
+        return np.array(host.as_array() if hasattr(host, "as_array") else host, copy=True)
     if hasattr(value, "get"):  # CuPy
         return value.get()
     raise TypeError(f"cannot copy a {type(value).__name__} from the GPU to the host; hand over a DALI TensorGPU, a "
@@ -86,8 +91,10 @@ def _checked(cudart, result, what: str):
     error, *values = result
     if error != cudart.cudaError_t.cudaSuccess:
         _, name = cudart.cudaGetErrorName(error)
-        raise DeviceMemoryError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name} (is a CUDA GPU "
-                                "visible to this process, with its driver? nvidia-smi lists it; else use --device cpu)")
+        hint = ("the GPU is out of memory: use a smaller --batch-size"
+                if error == cudart.cudaError_t.cudaErrorMemoryAllocation else
+                "is a CUDA GPU visible to this process, with its driver? nvidia-smi lists it; else use --device cpu")
+        raise DeviceMemoryError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name} ({hint})")
     return values[0] if len(values) == 1 else values
 
 
@@ -125,9 +132,7 @@ class DeviceFrames:
         return DLPACK_CUDA, self.device_id
 
     def __dlpack__(self, stream=None):
-        from nvidia.dali.backend import TensorGPU
-        # DALI's tensor views this memory (no copy) and exports it; this object outlives the capsule's reader
-        # (tritonclient copies out of it before returning).
+        # DALI's tensor views this memory (no copy) and keeps this object alive as long as the capsule lives.
         return TensorGPU(self, "", self.device_id).__dlpack__(stream)
 
     def sample(self, index: int) -> "_Sample":

@@ -23,7 +23,6 @@ GPU, is refused before any work starts (``pipelines.align.require_device``).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import uuid
 
@@ -31,8 +30,6 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from swapstream.services.triton import shared_memory as shm
-
-log = logging.getLogger("swapstream.triton")
 
 NAME_PART = "cuda_"  # a CUDA region's name: shared_memory.MINE + pid + "_cuda_" + ...
 
