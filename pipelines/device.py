@@ -101,12 +101,18 @@ def _checked(cudart, result, what: str):
 class DeviceFrames:
     """A batch of frames [n, H, W, C] uint8 in GPU memory this object owns (freed when it goes)."""
 
-    def __init__(self, shape: tuple[int, ...], device_id: int = 0, dtype=np.uint8):
+    def __init__(self, shape: tuple[int, ...], device_id: int = 0, dtype=np.uint8, *,
+                 viewing: tuple["DeviceFrames", int] | None = None):
+        """``viewing``: (a batch, a byte offset into it): frames of that batch's memory (kept alive), not new memory."""
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.device_id = device_id
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self._cudart = _cudart()
+        self._owner = viewing[0] if viewing else None
+        if viewing:
+            self.pointer = viewing[0].pointer + viewing[1]
+            return
         _checked(self._cudart, self._cudart.cudaSetDevice(device_id), f"selecting CUDA device {device_id}")
         self.pointer = int(_checked(self._cudart, self._cudart.cudaMalloc(max(self.nbytes, 1)),
                                     f"allocating {self.nbytes} bytes on CUDA device {device_id}"))
@@ -123,6 +129,24 @@ class DeviceFrames:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __getitem__(self, key) -> "DeviceFrames":
+        """Frames by a slice (a view: no copy) or by a list of indices (consecutive ones a view, others gathered
+        device to device into frames of their own), as numpy indexes a batch."""
+        picked = np.arange(len(self))[key]
+        if picked.ndim != 1:
+            raise TypeError(f"DeviceFrames take a slice or a list of frame indices, not {key!r}")
+        step = self.nbytes // max(len(self), 1)
+        if len(picked) == 0 or (np.diff(picked) == 1).all():
+            first = int(picked[0]) if len(picked) else 0
+            return DeviceFrames((len(picked), *self.shape[1:]), self.device_id, self.dtype,
+                                viewing=(self, first * step))
+        out = DeviceFrames((len(picked), *self.shape[1:]), self.device_id, self.dtype)
+        for row, index in enumerate(picked):
+            _checked(self._cudart, self._cudart.cudaMemcpy(out.pointer + row * step, self.pointer + int(index) * step,
+                                                           step, self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice),
+                     "gathering frames on the GPU")
+        return out
 
     @property
     def __cuda_array_interface__(self) -> dict:
@@ -156,7 +180,7 @@ class DeviceFrames:
 
     def __del__(self):
         pointer = getattr(self, "pointer", None)
-        if pointer:
+        if pointer and getattr(self, "_owner", None) is None:
             self._cudart.cudaFree(pointer)
             self.pointer = 0
 

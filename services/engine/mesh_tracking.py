@@ -152,10 +152,11 @@ class _Candidate:
 
 def locate(engine: FaceSwapper, frames: np.ndarray, image_sizes: np.ndarray | None, followers: list[MeshFollower],
            *, score_threshold: float = default("score_threshold"), clock: StageClock,
-           new_shot: list[bool] | None = None) -> Located:
+           new_shot: list[bool] | None = None, on_gpu=None) -> Located:
     """The faces of ``frames`` [N,H,W,3] (padded to one size: each frame's (h, w) in ``image_sizes``), frame n
     belonging to ``followers[n]`` (one per video or stream; a video's frames in order, one per call). ``new_shot``:
-    the frames' scene cuts when the caller found them; None: each follower looks for them."""
+    the frames' scene cuts when the caller found them; None: each follower looks for them. ``on_gpu``: the same
+    frames on the GPU (``pipelines.device.DeviceFrames``), which the detector and the aligner read instead."""
     sizes = np.asarray(image_sizes) if image_sizes is not None else np.tile(frames.shape[1:3], (len(frames), 1))
     if len(followers) != len(frames):
         raise ValueError(f"locate: {len(frames)} frames and {len(followers)} followers; give one follower per frame")
@@ -164,6 +165,7 @@ def locate(engine: FaceSwapper, frames: np.ndarray, image_sizes: np.ndarray | No
         plans = [f.wants_detection(frame[:h, :w], cut)
                  for f, frame, (h, w), cut in zip(followers, frames, sizes, cuts)]
     detect = [n for n, (wanted, _) in enumerate(plans) if wanted]
+    frames = frames if on_gpu is None else on_gpu  # the host pixels were for the plans only
     candidates = _detected(engine, frames, sizes, detect, score_threshold, clock)
     with clock("track"):
         candidates += _followed(followers, candidates, set(detect))
@@ -294,18 +296,21 @@ class VideoLocator:
         self.follower = MeshFollower(detect_every)
         self.cuts = CutDetector()
 
-    def __call__(self, frames: np.ndarray) -> Located:
+    def __call__(self, frames: np.ndarray, on_gpu=None) -> Located:
+        """``on_gpu``: the same frames on the GPU (``DeviceFrames``), which the detector and the aligner read."""
         with self.clock("track"):
             cuts = np.array([self.cuts(frame) for frame in frames], bool)
         if self.mode == "detector":
-            found = self.engine.detect(frames, score_threshold=self.score_threshold, clock=self.clock)
+            found = self.engine.detect(frames if on_gpu is None else on_gpu, score_threshold=self.score_threshold,
+                                       clock=self.clock)
             return Located(found.boxes, found.scores, found.landmarks, np.full((len(found), 468, 3), np.nan),
                            found.frame_index, cuts)
         parts = []
         for n in range(len(frames)):
             detected = self.follower.detected
             parts.append(locate(self.engine, frames[n:n + 1], None, [self.follower],
-                                score_threshold=self.score_threshold, clock=self.clock, new_shot=[bool(cuts[n])]))
+                                score_threshold=self.score_threshold, clock=self.clock, new_shot=[bool(cuts[n])],
+                                on_gpu=None if on_gpu is None else on_gpu[n:n + 1]))
             if self.follower.detected > detected:
                 self.clock.note(DETECTED_NOTE)
         return Located(*(np.concatenate([getattr(p, name) for p in parts]) for name in

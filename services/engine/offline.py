@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from swapstream.pipelines.ahead import made_in_stages
+from swapstream.pipelines.device import on_device, to_host
 from swapstream.services.engine.clock import STAGES, StageClock
 from swapstream.services.engine.encoder import VideoWriter, write_image
 from swapstream.services.engine.errors import SwapInputError
@@ -191,7 +192,8 @@ def _detect_and_track(run: _Run, batches: Iterable[tuple[int, np.ndarray]],
                           clock=run.clock)
     pending: dict[int, np.ndarray] = {}
     for start, frames in batches:
-        found = locate(frames)
+        frames, on_gpu = (to_host(frames), frames) if on_device(frames) else (frames, None)  # one copy, for the host
+        found = locate(frames, on_gpu)
         for offset, frame in enumerate(frames):
             pending[start + offset] = frame
             mine = found.frame_index == offset

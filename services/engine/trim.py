@@ -95,10 +95,12 @@ def check_for_photo(options: dict) -> None:
 
 def open_part(target: Path, options) -> tuple[VideoReader, FramePlan]:
     """A reader of the frames ``options`` (``start``, ``end``, ``fps``) ask for, and the plan they follow."""
-    reader = open_video(target, options.device, options.batch_size)
+    on_gpu = options.device == "gpu"  # the batches stay on the GPU for the detector and the aligner (pipelines/device)
+    reader = open_video(target, options.device, options.batch_size, on_device=on_gpu)
     plan = plan_frames(reader.info, options.start, options.end, options.fps)
     if plan.indices is not None:  # the kept frames only (PyAV), from the same probe
-        reader = VideoReader(reader.info, options.device, options.batch_size, "pyav", keep=plan.indices)
+        reader = VideoReader(reader.info, options.device, options.batch_size, "pyav", keep=plan.indices,
+                             on_device=on_gpu)
     return reader, plan
 
 

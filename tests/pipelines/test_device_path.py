@@ -74,6 +74,17 @@ def test_the_readers_batches_stay_on_the_gpu_only_when_asked_on_gpu():
         open_video("/nonexistent.mp4", "cpu", on_device=True)
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_a_swap_asks_the_reader_for_batches_on_the_gpu_exactly_on_gpu(device):
+    from swapstream.services.engine.offline import SwapOptions
+    from swapstream.services.engine.trim import open_part
+    clip = MEDIA / "vid03_square_480_expressions.mp4"
+    whole, _ = open_part(clip, SwapOptions(device=device))
+    part, plan = open_part(clip, SwapOptions(device=device, start=1.0, end=2.0, fps=10))  # PyAV's kept frames
+    assert plan.indices is not None and part.decoder == "pyav"
+    assert whole.on_device is part.on_device is (device == "gpu")
+
+
 def test_gpu_frames_handed_to_cpu_pipelines_are_refused_clearly():
     gpu = GpuTensor(np.zeros((1, 64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="built for device 'cpu'"):
@@ -144,6 +155,9 @@ def test_on_a_gpu_the_readers_batches_stay_on_the_device_with_the_host_paths_pix
         assert isinstance(device_batch.frames, DeviceFrames)
         np.testing.assert_array_equal(to_host(device_batch.frames), host_batch.frames)
         np.testing.assert_array_equal(device_batch.pts, host_batch.pts)
+    frames, host = kept[0].frames, on_host[0].frames
+    for key in (slice(1, 3), [0, 2, 5], np.array([4])):  # views and gathers, as numpy indexes
+        np.testing.assert_array_equal(to_host(frames[key]), host[key])
 
 
 @needs_gpu
