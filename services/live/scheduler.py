@@ -9,9 +9,7 @@ Three kinds of threads share the work of a round:
   size may at most double its pixels), and each group gets one Triton ``detect`` call (padded to one size, their own
   sizes in ``IMAGE_SIZES``);
 - the swap thread takes the detected rounds in order: causal tracking per stream, one batched alignment, the
-  swapper's one batched call (Triton ``swap``) with each face's own identity, one batched blend. Where the
-  swapper's work is each face's own (``Swapper.per_face_work``: the mesh swapper), nothing is shared by batching
-  it, and the round's frames are aligned, swapped and blended side by side instead, one frame per frame thread;
+  swapper's one batched call (Triton ``swap`` or ``facemesh``) with each face's own identity, one batched blend;
 - encoder threads encode each answer (JPEG/WebP) and hand it to its stream. A stream always has the same encoder,
   so its answers stay in order.
 
@@ -40,7 +38,6 @@ import queue
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -62,7 +59,6 @@ from swapstream.services.triton.client import Detections, TritonCallError
 log = logging.getLogger("swapstream.live")
 
 ENCODERS = 2            # encoder threads (JPEG/WebP encoding releases the GIL)
-FRAME_WORKERS = 2       # a round's frames swapped side by side (``Swapper.per_face_work``)
 SHARED_STAGES = ("detect", "track", "align", "swap", "blend")
 
 
@@ -123,11 +119,6 @@ class Group:
     def swapper(self) -> str:
         return self.items[0][0].options.swapper
 
-    def part(self, position: int) -> "Group":
-        """The group's frame at ``position`` alone, with its own clock (the group's times so far)."""
-        return Group([self.items[position]], self.round, self.frames[position:position + 1], None,
-                     StageClock(dict(self.clock.seconds)))
-
 
 class Scheduler(threading.Thread):
     def __init__(self, swappers: Callable[[str, str], FaceSwapper], limits: LiveLimits, metrics: LiveMetrics):
@@ -148,7 +139,6 @@ class Scheduler(threading.Thread):
         self._swap_free_at = 0.0       # when the swap thread should be done with its round (0: idle)
         self._detected: queue.Queue = queue.Queue()  # rounds for the swap thread: at most ``pipeline``
         self._swap_thread = threading.Thread(target=self._swap_loop, name="live-swap", daemon=True)
-        self._frame_pool = ThreadPoolExecutor(FRAME_WORKERS, thread_name_prefix="live-frame")
         self._encoders = [queue.Queue() for _ in range(ENCODERS)]
         self._encoder_threads = [threading.Thread(target=self._encode_loop, args=(jobs,), name=f"live-encode-{i}",
                                                   daemon=True) for i, jobs in enumerate(self._encoders)]
@@ -344,7 +334,6 @@ class Scheduler(threading.Thread):
                     self._swap_free_at = 0.0
                     self._wake.notify()
         finally:
-            self._frame_pool.shutdown()
             for jobs in self._encoders:
                 jobs.put(None)
             for thread in self._encoder_threads:
@@ -361,12 +350,7 @@ class Scheduler(threading.Thread):
                                                    found.scores[mine], found.meshes[mine])
                 except Exception as error:  # noqa: BLE001 - this stream's frame only; the others go on
                     self._failed(group.round, stream, frame, error, restart=True)
-        if len(faces) > 1 and self.swappers("swap", group.swapper).swapper.per_face_work:
-            parts = [self._frame_pool.submit(self._swap_apart, group.part(position), {0: faces[position]})
-                     for position in faces]
-            for part in parts:
-                part.result()
-        elif faces:
+        if faces:
             self._swap_apart(group, faces)
 
     def _swap_apart(self, group: Group, faces: dict[int, list[TrackedFace]]) -> None:

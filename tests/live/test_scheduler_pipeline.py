@@ -8,7 +8,6 @@ import base64
 import contextlib
 import json
 import logging
-import threading
 import time
 
 import av
@@ -82,44 +81,6 @@ def test_pipelined_answers_equal_one_batch_at_a_time(mesh, frames):
         diff = np.abs(_decoded(one_image) - _decoded(two_image))
         assert diff.mean() < 0.5 and diff.max() <= 16, (one["seq"], diff.mean(), diff.max())
     assert [header["seq"] for header, _ in results[2]] == list(range(FRAMES))  # in order, none dropped
-
-
-class _Watched(FaceSwapper):
-    """The real swapper, noting each ``swap_frames`` call's thread and frame count."""
-    calls: list = []  # on the class: a FaceSwapper is immutable once built
-
-    def swap_frames(self, frames, *args, **kwargs):
-        self.calls.append((threading.current_thread().name, len(frames)))
-        return super().swap_frames(frames, *args, **kwargs)
-
-
-def test_a_rounds_frames_are_swapped_side_by_side_with_the_same_answers(client, mesh, frames):
-    """Three streams offer a frame each and one round takes all three: the mesh swapper's work is each face's own, so
-    each frame is aligned, swapped and blended apart, in the scheduler's frame threads; each answer is the one a
-    round of that frame alone gives."""
-    swappers, identity = mesh
-    watched = {stage: _Watched(client, create_swapper("mesh", client), "cpu") for stage in ("detect", "swap")}
-    results = {}
-    for limits in (LiveLimits(window_ms=600_000, latency_ms=0), LiveLimits(max_batch=1, pipeline=1)):
-        _Watched.calls.clear()
-        with running_scheduler(lambda stage, _name: watched[stage], limits) as run:
-            streams = [run.stream(f"side{i}-{limits.max_batch}", identity) for i in range(3)]
-            pending = [collect(stream, 1) for stream in streams]
-            for i, stream in enumerate(streams):
-                _offer(run, stream, 0, frames[2 * i])
-            results[limits.max_batch] = [protocol.unpack_frame(result(waiting, 1)[0][1]) for waiting in pending]
-            assert run.value("swapstream_live_batch_frames_sum") == 3
-            rounds = run.value("swapstream_live_batch_frames_count")
-        calls = list(_Watched.calls)
-        if limits.max_batch > 1:
-            assert rounds == 1 and len(calls) == 3, (rounds, calls)
-            assert all(thread.startswith("live-frame") and count == 1 for thread, count in calls), calls
-        else:
-            assert rounds == 3 and [thread for thread, _ in calls] == ["live-swap"] * 3, calls
-    for (apart, apart_image), (alone, alone_image) in zip(results[16], results[1]):
-        assert apart["faces"] == alone["faces"] == 1 and apart["batch"] == 3 and alone["batch"] == 1
-        diff = np.abs(_decoded(apart_image) - _decoded(alone_image))  # the stack blur's rounding, as above
-        assert diff.mean() < 0.5 and diff.max() <= 16, (diff.mean(), diff.max())
 
 
 @pytest.mark.parametrize("budget_ms, window_ms, ended", [(1.0, 600_000.0, "budget"), (0.0, 300.0, "window")])

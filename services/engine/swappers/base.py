@@ -15,7 +15,6 @@ class Swapper(ABC):
     name: str                                   # "mesh" | "simswap"
     identity_template: tuple[str, int]          # which aligned crop the source needs, e.g. ("ffhq_512", 512)
     follows_meshes: bool = False                # swap warps with face meshes it may be handed (``meshes``)
-    per_face_work: bool = False                 # swap is each face's own work, nothing shared by a batch's faces
 
     @abstractmethod
     def identity(self, crops: np.ndarray) -> dict[str, np.ndarray]:

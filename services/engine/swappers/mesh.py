@@ -69,7 +69,6 @@ def _halves(source: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
 class MeshSwapper(Swapper):
     name = "mesh"
     follows_meshes = True
-    per_face_work = True
     identity_template = ("ffhq_512", mesh_warp.SIZE)
 
     def __init__(self, client: SwapstreamClient):
