@@ -13,7 +13,6 @@ A warp only reads the frame pixels under the crop's footprint, so only that box 
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import cv2
 import numpy as np
 from nvidia.dali import backend, fn, pipeline_def, types
 
-from swapstream.pipelines.device import GPU_EXTRA, DeviceFrames, copy_out_of_dali, device_frames, on_device
+from swapstream.pipelines.device import (GPU_EXTRA, DeviceFrames, DeviceMemoryError, copy_out_of_dali,
+                                         cuda_runtime, device_frames, on_device)
 
 DEVICES = ("cpu", "gpu")
 BACKENDS = ("dali", "opencv")
@@ -54,8 +54,8 @@ def require_device(device: str) -> str:
     are there: checked before work starts, not by graph builders nor in the middle of a job."""
     if check_device(device) == "gpu":
         try:
-            importlib.import_module("cuda.bindings.runtime")
-        except ImportError:
+            cuda_runtime()
+        except DeviceMemoryError:
             raise DeviceError(f"device 'gpu' was asked for, but the Python package cuda-python is not installed: "
                               f"{GPU_EXTRA}; or use --device cpu") from None
     if device == "gpu" and backend.GetCUDADeviceCount() == 0:

@@ -79,7 +79,8 @@ def copy_out_of_dali(tensor_list, address: int) -> None:
     tensor_list.copy_to_external(ctypes.c_void_p(address))
 
 
-def _cudart():
+def cuda_runtime():
+    """cuda-python's CUDA runtime module (DeviceMemoryError without cuda-python)."""
     try:
         import cuda.bindings.runtime as cudart
     except ImportError as error:
@@ -108,7 +109,7 @@ class DeviceFrames:
         self.dtype = np.dtype(dtype)
         self.device_id = device_id
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        self._cudart = _cudart()
+        self._cudart = cuda_runtime()
         self._owner = viewing[0] if viewing else None
         if viewing:
             self.pointer = viewing[0].pointer + viewing[1]
