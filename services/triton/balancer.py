@@ -107,6 +107,11 @@ class Server:
     memory: shm.ServerMemory | None = None  # its shared-memory regions, for a server on this host
     gpu_memory: cuda_memory.CudaServerMemory | None = None  # its CUDA regions (tensors on the GPU), on this host too
 
+    @property
+    def memories(self) -> list[shm.ServerMemory]:
+        """Its region keepers (system, CUDA): none for a server elsewhere."""
+        return [memory for memory in (self.memory, self.gpu_memory) if memory]
+
 
 class TritonPool:
     def __init__(self, targets: str, *, probe_interval: float = PROBE_INTERVAL, probe_timeout: float = PROBE_TIMEOUT,
@@ -213,9 +218,8 @@ class TritonPool:
                 self._resolve()
             self.probe()
             for server in self.servers():
-                for memory in (server.memory, server.gpu_memory) if server.up else ():
-                    if memory:
-                        memory.collect()  # regions given back since the last round (see shared_memory)
+                for memory in server.memories if server.up else ():
+                    memory.collect()  # regions given back since the last round (see shared_memory)
             with self._lock:
                 retired, self._retired = self._retired, [s for s in self._retired if s.in_flight]
             for server in retired:
@@ -272,9 +276,8 @@ class TritonPool:
                 raise
         log.warning("Triton server %s lost this process's shared memory (restarted?): registering it again",
                     server.address)
-        for memory in (server.memory, server.gpu_memory):  # this thread's regions; other threads replace theirs
-            if memory:
-                memory.drop_current()
+        for memory in server.memories:  # this thread's regions; other threads replace theirs when they find out
+            memory.drop_current()
         return self._call_region(server, model, layout, timeout)
 
     def _call_region(self, server: Server, model: str, layout: shm.Layout, timeout: float | None) -> dict:
@@ -327,9 +330,8 @@ class TritonPool:
 
 
 def _close(server: Server) -> None:
-    for memory in (server.memory, server.gpu_memory):
-        if memory:
-            memory.close()
+    for memory in server.memories:
+        memory.close()
     server.client.close()
 
 
