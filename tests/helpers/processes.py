@@ -4,22 +4,28 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def children(pid: int) -> list[int]:
+    """The processes started by any thread of ``pid``; threads (or the process) gone meanwhile skipped."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    found = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children of all its threads), gone ones skipped."""
     found, todo = [], [pid]
     while todo:
-        current = todo.pop()
-        try:
-            tasks = list(Path(f"/proc/{current}/task").iterdir())
-        except FileNotFoundError:
-            continue
-        for task in tasks:
-            try:
-                children = (task / "children").read_text().split()
-            except FileNotFoundError:
-                continue
-            found += [int(child) for child in children]
-            todo += [int(child) for child in children]
+        below = children(todo.pop())
+        found += below
+        todo += below
     return found
 
 

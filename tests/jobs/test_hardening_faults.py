@@ -16,6 +16,7 @@ from swapstream.services.jobs.process import ServiceProcess, wait_for
 from swapstream.services.jobs.store import JobStore
 from tests.helpers.disk import small_tmpfs
 from tests.helpers.media import MEDIA
+from tests.helpers.processes import children
 from tests.helpers.service import submit
 
 ROSE = MEDIA / "img03_single_frontal_rose_leslie.jpg"
@@ -160,13 +161,8 @@ def test_a_full_disk_delays_jobs_never_fails_them_and_delete_still_works(small_d
 
 # ----------------------------------------------------------------------------- a frozen Triton, and SIGTERM
 
-def _children(pid: int) -> list[str]:
-    """Children started by any thread of ``pid`` (a restarted Triton is the supervisor thread's child)."""
-    return [child for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
-
-
 def _reaper_and_server(service: ServiceProcess) -> tuple[int, int]:
-    for child in _children(service.process.pid):
+    for child in children(service.process.pid):  # a restarted Triton is the supervisor thread's child
         if b"reaper" in Path(f"/proc/{child}/cmdline").read_bytes():
             (server,) = Path(f"/proc/{child}/task/{child}/children").read_text().split()
             return int(child), int(server)
